@@ -1,0 +1,50 @@
+"""``smoothcert <command>``: one subcommand per pipeline stage.
+
+Subcommands live in ``smoothcert.commands.<name>`` and are found automatically:
+each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args)``.
+A :class:`SmoothcertError` (bad input) prints one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from smoothcert import commands
+from smoothcert.errors import SmoothcertError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as argparse does, but without the usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="smoothcert", description="smoothcert: certified robustness by randomized smoothing, one subcommand per pipeline stage",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_Parser)
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")):
+        module = importlib.import_module(f"smoothcert.commands.{mod}")
+        p = sub.add_parser(mod.replace("_", "-"), help=module.HELP, description=module.HELP,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SmoothcertError as exc:
+        print(f"smoothcert {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"smoothcert {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Arguments and setup shared by the subcommands."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from smoothcert import config as config_mod
+
+
+def add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="params.yaml", help="the pipeline configuration (validated before use)")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (Snakemake passes its 'threads')")
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_shard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", default="0-of-1", help="which part of the test set, as i-of-n")
+
+
+def setup(args: argparse.Namespace) -> tuple[dict, torch.device]:
+    """Load + validate the config, set torch threads, pick the device."""
+    cfg = config_mod.load(args.config)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return cfg, config_mod.resolve_device(cfg)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value

@@ -1,0 +1,20 @@
+"""The training stage."""
+from smoothcert import config as config_mod
+from smoothcert.commands._common import add_config, add_progress, add_threads, setup
+from smoothcert.train import train
+
+HELP = "train one noise-augmented base model (resumes from OUT/checkpoint.pt)"
+
+
+def add_arguments(p):
+    add_config(p)
+    add_threads(p)
+    add_progress(p)
+    p.add_argument("--model", required=True, help="model id from the config, e.g. gaussian-fixed-l2-0.25")
+    p.add_argument("--data", required=True, help="prepared data folder")
+    p.add_argument("--out", required=True, help="model folder: checkpoint.pt, model.pt, metrics.tsv")
+
+
+def run(args):
+    cfg, device = setup(args)
+    train(cfg, config_mod.model_spec(cfg, args.model), args.data, args.out, device, progress=not args.no_progress)

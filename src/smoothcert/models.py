@@ -1,0 +1,105 @@
+"""Base classifiers by name. Normalization is always the first layer.
+
+Noise is added in [0, 1] pixel space and every radius is in pixel space, as in
+Cohen et al.: the model receives un-normalized pixels and normalizes them itself.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from smoothcert.errors import SmoothcertError
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std as a layer, so inputs stay in pixel space."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and an MLP head, for 8×8 digits up to 28×28 MNIST-sized images."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, size: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4 if size >= 8 else 2),
+        )
+        side = 4 if size >= 8 else 2
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * side * side, 128), nn.ReLU(inplace=True),
+                                  nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """The two-conv residual block of He et al.'s CIFAR ResNets."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32×32 inputs (depth 20 and 110 as in Cohen et al.)."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise SmoothcertError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        layers, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(self.stem(x)))
+
+
+def _resnet50(in_channels: int, num_classes: int, size: int) -> nn.Module:
+    from torchvision.models import resnet50
+
+    return resnet50(weights=None, num_classes=num_classes)
+
+
+ARCHS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "digits_cnn": lambda c, k, size: SmallCNN(c, k, width=32, size=size),
+    "mnist_cnn": lambda c, k, size: SmallCNN(c, k, width=64, size=size),
+    "cifar_resnet20": lambda c, k, size: CifarResNet(20, k, c),
+    "cifar_resnet110": lambda c, k, size: CifarResNet(110, k, c),
+    "resnet50": _resnet50,
+}
+
+
+def build_model(arch: str, in_channels: int, num_classes: int, size: int, mean: list[float], std: list[float]) -> nn.Module:
+    """``Normalize(mean, std)`` followed by the architecture registered as ``arch``."""
+    if arch not in ARCHS:
+        raise SmoothcertError(f"unknown arch {arch!r}; allowed: {sorted(ARCHS)}")
+    return nn.Sequential(Normalize(mean, std), ARCHS[arch](in_channels, num_classes, size))
