@@ -25,7 +25,8 @@ from smoothcert.methods import get as get_method, load_wrapper
 from smoothcert.noise import stream_seed
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "method", "norm", "sigma", "pA_lower", "count",
-           "n0", "n", "alpha", "gap", "proxy_radius", "log_volume", "sigma_min", "sigma_gmean", "sigma_max"]
+           "n0", "n", "alpha", "gap", "proxy_radius", "log_volume", "sigma_min", "sigma_gmean", "sigma_max",
+           "evals", "opt_time", "opt_evals"]
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Certified:
     classifier: torch.nn.Module
     to_space: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
     radius_factor: float = 1.0
+    evals_per_draw: int = 1
 
 
 def shard_indices(indices: np.ndarray, shard: int, shards: int) -> np.ndarray:
@@ -42,8 +44,8 @@ def shard_indices(indices: np.ndarray, shard: int, shards: int) -> np.ndarray:
     return np.array_split(np.asarray(indices), shards)[shard]
 
 
-def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> np.ndarray:
-    """Read a θ shard file ``{idx, theta}`` and check it matches these inputs."""
+def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a θ shard file ``{idx, theta, time, evals}``, check it matches these inputs; return (θ, time, evals)."""
     blob = load_torch(path, what="theta file")
     require(isinstance(blob, dict) and {"idx", "theta"} <= set(blob), f"theta file {path} needs idx and theta")
     t_idx, theta = blob["idx"].numpy(), blob["theta"].double().numpy()
@@ -51,13 +53,19 @@ def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> np.ndarray:
             f"theta file {path} has shape {tuple(theta.shape)} for inputs {t_idx[:3].tolist()}..., "
             f"expected ({len(idx)}, {dim}) for {idx[:3].tolist()}...")
     require(np.isfinite(theta).all() and (theta > 0).all(), f"theta file {path} holds NaN, inf or non-positive values")
-    return theta
+    n = len(idx)
+    t = blob["time"].double().numpy() if "time" in blob else np.zeros(n)
+    e = blob["evals"].long().numpy() if "evals" in blob else np.zeros(n, dtype=np.int64)
+    return theta, t, e
 
 
 def certify_shard(cfg: dict, spec: ModelSpec, method_name: str, model: torch.nn.Module, x: torch.Tensor,
-                  y: torch.Tensor, idx: np.ndarray, out_path: str | Path, device, theta: np.ndarray | None = None,
-                  progress: bool = True):
-    """Certify inputs ``x`` (test indices ``idx``) and write ``out_path``; skip rows already written."""
+                  y: torch.Tensor, idx: np.ndarray, out_path: str | Path, device, theta=None, progress: bool = True):
+    """Certify inputs ``x`` (test indices ``idx``) and write ``out_path``; skip rows already written.
+
+    ``theta``: for per-input methods, the (θ, opt_time, opt_evals) triple from :func:`load_theta`.
+    """
+    theta, opt_time, opt_evals = theta if theta is not None else (None, np.zeros(len(idx)), np.zeros(len(idx), int))
     method = get_method(method_name)
     cc = cfg["certify"]
     num_classes = int(model(x[:1].to(device)).shape[1]) if len(x) else 0
@@ -79,7 +87,11 @@ def certify_shard(cfg: dict, spec: ModelSpec, method_name: str, model: torch.nn.
                                  [stream_seed(cfg["seed"], idx[p], "select") for p in pos],
                                  [stream_seed(cfg["seed"], idx[p], "estimate") for p in pos], sampling)
         elapsed = (time.time() - t0) / len(pos)
-        writer.append(rows(out, th, idx[pos], y[pos].numpy(), method_name, spec, cfg, target.radius_factor, elapsed))
+        new = rows(out, th, idx[pos], y[pos].numpy(), method_name, spec, cfg, target.radius_factor, elapsed)
+        for r, p in zip(new, pos):
+            r.update(evals=(cc["n0"] + cc["n"]) * target.evals_per_draw, opt_time=float(opt_time[p]),
+                     opt_evals=int(opt_evals[p]))
+        writer.append(new)
         bar.update(len(pos))
     bar.close()
     return writer.finish()
