@@ -23,6 +23,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="smoothcert", description="smoothcert: certified robustness by randomized smoothing, one subcommand per pipeline stage",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default="params.yaml", help="the pipeline configuration (validated before use)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_Parser)
     for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")):
         module = importlib.import_module(f"smoothcert.commands.{mod}")

@@ -81,6 +81,22 @@ def load(path: str | Path = "params.yaml") -> dict:
     return validate(cfg, str(path))
 
 
+def freeze(cfg: dict, folder: str | Path) -> str:
+    """Write ``cfg`` to ``folder/config-<hash>.yaml`` (atomically, once) and return the path.
+
+    The name is a hash of the content, so concurrent workflows never overwrite each other's copy.
+    """
+    import hashlib
+
+    from smoothcert.io import write_text
+
+    text = yaml.safe_dump(cfg, sort_keys=True)
+    path = Path(folder) / f"config-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    if not path.exists():
+        write_text(path, text)
+    return str(path)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One base model: training objective, fixed/data-dependent σ, norm (noise) and σ."""

@@ -9,7 +9,8 @@ from smoothcert import config as config_mod
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="params.yaml", help="the pipeline configuration (validated before use)")
+    p.add_argument("--config", default=argparse.SUPPRESS,
+                   help="the pipeline configuration, validated before use (default: params.yaml; may also precede the command)")
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,56 @@
+# smoothcert — thin top-level Snakefile. The experiment grid comes from params.yaml
+# through smoothcert.config; each stage lives in workflow/rules/<stage>.smk and calls the CLI.
+import sys
+from pathlib import Path
+
+from smoothcert import config as sc_config
+from smoothcert.errors import SmoothcertError
+from smoothcert.methods import METHODS
+
+
+configfile: "params.yaml"
+
+
+try:
+    sc_config.validate(config, "config")
+except SmoothcertError as exc:
+    sys.stderr.write(f"smoothcert: invalid configuration: {exc}\n")
+    sys.exit(2)
+
+DATASET = config["data"]["dataset"]
+DATA = f"data/prepared/{DATASET}"
+MODELS = f"models/{DATASET}"
+RESULTS = f"results/{DATASET}"
+REPORT = "report"
+SHARDS = sc_config.shard_names(config)
+EXPERIMENTS = sc_config.experiments(config)
+# The CLI reads the merged, validated config (params.yaml plus any --configfile/--config
+# overrides) from a content-addressed copy, so every job sees exactly what Snakemake saw.
+CONFIG_COPY = sc_config.freeze(config, ".smoothcert")
+SMK = f"smoothcert --config {CONFIG_COPY}"
+
+
+wildcard_constraints:
+    model=r"[a-z]+-[a-z]+-l[12]-[0-9.e+-]+",
+    method=r"[a-z_]+",
+    shard=r"\d+-of-\d+",
+
+
+def final_table(model, method):
+    name = "final.tsv" if METHODS[method].memory else "certify.tsv"
+    return f"{RESULTS}/{model}/{method}/{name}"
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/optimize.smk"
+include: "workflow/rules/certify.smk"
+include: "workflow/rules/memory.smk"
+include: "workflow/rules/video.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.report.output,

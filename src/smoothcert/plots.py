@@ -1,0 +1,163 @@
+"""Report figures (matplotlib, headless Agg), each written atomically as PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from smoothcert.io import atomic_path  # noqa: E402
+from smoothcert.report import MEMORY_ACTIONS, Experiment  # noqa: E402
+
+AXIS = {"l2": "ℓ2 radius (pixel space, [0,1] scale)", "l1": "ℓ1 radius (pixel space, [0,1] scale)"}
+STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3))]
+MARKERS = [None, "o", "s", "^", "D", "v"]
+DPI = 110
+
+
+def save(fig, path: str | Path) -> None:
+    """Write ``fig`` atomically as PNG and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _norms(curves: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(curves["norm"]))
+
+
+def _style_maps(experiments: list[Experiment]):
+    methods = list(dict.fromkeys(e.method for e in experiments))
+    sigmas = sorted({e.sigma for e in experiments if np.isfinite(e.sigma)})
+    variants = list(dict.fromkeys((e.objective, e.sigma_mode) for e in experiments))
+    cmap = plt.get_cmap("viridis")
+    colors = {s: cmap(0.85 * i / max(1, len(sigmas) - 1)) for i, s in enumerate(sigmas)}
+    return ({m: STYLES[i % len(STYLES)] for i, m in enumerate(methods)}, colors,
+            {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(variants)}, len(variants) > 1)
+
+
+def certified_accuracy(curves: pd.DataFrame, experiments: list[Experiment], path, title: str,
+                       proxy: bool = False) -> None:
+    """One panel per norm: certified accuracy vs radius; line style per method, color per σ."""
+    norms = _norms(curves)
+    styles, colors, markers, many = _style_maps(experiments)
+    by_key = {e.key: e for e in experiments}
+    fig, axes = plt.subplots(1, max(1, len(norms)), figsize=(6.2 * max(1, len(norms)), 4.6), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        part = curves[curves["norm"] == norm]
+        for key, c in part.groupby("experiment", sort=False):
+            e = by_key[key]
+            label = f"{e.method}, σ={e.sigma:g}" + (f" ({e.objective}/{e.sigma_mode})" if many else "")
+            ax.plot(c["radius"], c["certified_accuracy"], linestyle=styles[e.method],
+                    color=colors.get(e.sigma, "black"), marker=markers[(e.objective, e.sigma_mode)],
+                    markevery=max(1, len(c) // 8), markersize=4, label=label, linewidth=1.6)
+        name = AXIS.get(norm, f"{norm} radius")
+        ax.set_xlabel(("proxy " if proxy else "") + name)
+        ax.set_ylabel("certified accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{norm}")
+        ax.legend(fontsize=7, loc="upper right", ncol=1 if len(part["experiment"].unique()) <= 10 else 2)
+    fig.suptitle(title)
+    save(fig, path)
+
+
+def log_volume(experiments: list[Experiment], path, title: str) -> None:
+    """Per norm: box plots of the log-volume of certified regions (certified correct inputs) per experiment."""
+    norms = list(dict.fromkeys(e.norm for e in experiments))
+    fig, axes = plt.subplots(1, max(1, len(norms)), figsize=(6.2 * max(1, len(norms)), 4.6), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        data, labels = [], []
+        for e in experiments:
+            if e.norm != norm or "log_volume" not in e.table:
+                continue
+            t = e.table
+            ok = (t["correct"] > 0) & (t["predict"] >= 0)
+            lv = t.loc[ok, "log_volume"].to_numpy(dtype=float)
+            lv = lv[np.isfinite(lv)]
+            if len(lv):
+                data.append(lv)
+                labels.append(f"{e.method}\nσ={e.sigma:g}")
+        if data:
+            ax.boxplot(data, tick_labels=labels, showfliers=True, flierprops={"markersize": 2})
+            ax.tick_params(axis="x", labelsize=7, rotation=45)
+        else:
+            ax.text(0.5, 0.5, "no certified volumes", ha="center", va="center", transform=ax.transAxes)
+        ax.set_ylabel("log volume of certified region (nats)")
+        ax.set_title(f"{norm}: certified correct inputs")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    save(fig, path)
+
+
+def memory_effect(mem: pd.DataFrame, path, title: str) -> None:
+    """Before/after-memory bars (clean accuracy, ACR) and stacked counts of memory actions."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    labels = [f"{r.method}\n{r.model_id}" for r in mem.itertuples()]
+    x = np.arange(len(mem))
+    w = 0.38
+    for ax, metric, name in ((axes[0], "acc@0", "certified accuracy at r=0"), (axes[1], "acr", "ACR")):
+        before, after = mem[f"before_{metric}"], mem[f"after_{metric}"]
+        ax.bar(x - w / 2, before, w, label="before memory (certify.tsv)", color="tab:gray")
+        ax.bar(x + w / 2, after, w, label="after memory (final.tsv)", color="tab:blue")
+        ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
+        ax.set_ylabel(name)
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    bottom = np.zeros(len(mem))
+    colors = {"none": "tab:green", "inside": "tab:olive", "shrunk": "tab:orange", "abstained": "tab:red"}
+    for action in MEMORY_ACTIONS:
+        axes[2].bar(x, mem[action], bottom=bottom, label=action, color=colors[action])
+        bottom += mem[action].to_numpy(dtype=float)
+    axes[2].set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
+    axes[2].set_ylabel("test inputs")
+    axes[2].set_title("memory actions")
+    axes[2].legend(fontsize=7)
+    fig.suptitle(title)
+    save(fig, path)
+
+
+def ancer_theta(panels: list[dict], path, title: str) -> None:
+    """Rows of (image, per-pixel θ map); each dict: image (C,H,W) in [0,1], theta (C,H,W), caption."""
+    rows = len(panels)
+    fig, axes = plt.subplots(rows, 2, figsize=(6.4, 3.0 * rows), squeeze=False)
+    for (a, b), p in zip(axes, panels):
+        img = np.asarray(p["image"], dtype=float)
+        if img.shape[0] == 1:
+            a.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+        else:
+            a.imshow(np.clip(img.transpose(1, 2, 0), 0, 1))
+        a.set_title(p["caption"], fontsize=8)
+        a.axis("off")
+        th = np.asarray(p["theta"], dtype=float).mean(0)
+        im = b.imshow(th, cmap="magma")
+        b.set_title(f"θ per pixel (mean over channels)\n{p['experiment']}", fontsize=8)
+        b.axis("off")
+        fig.colorbar(im, ax=b, fraction=0.046, pad=0.04, label="θ (noise scale)")
+    fig.suptitle(title)
+    save(fig, path)
+
+
+def training(metrics: dict[str, pd.DataFrame], path, title: str) -> None:
+    """Training loss and test clean/noisy accuracy per epoch, one line per model."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for i, (model_id, m) in enumerate(metrics.items()):
+        color = plt.get_cmap("tab10")(i % 10)
+        axes[0].plot(m["epoch"], m["train_loss"], color=color, label=model_id)
+        axes[1].plot(m["epoch"], m["test_clean_acc"], color=color, label=f"{model_id} clean")
+        axes[1].plot(m["epoch"], m["test_noisy_acc"], color=color, linestyle="--", label=f"{model_id} noisy")
+    axes[0].set_ylabel("training loss")
+    axes[1].set_ylabel("test accuracy (base classifier)")
+    axes[1].set_ylim(0, 1.02)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    save(fig, path)

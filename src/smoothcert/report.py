@@ -1,0 +1,304 @@
+"""Comparison metrics over certificate tables (pure functions: DataFrames in, DataFrames out).
+
+A certificate table has the columns of :data:`smoothcert.certify.COLUMNS` (one row per
+test input). An input counts as certified at radius r when it is classified
+correctly (not abstained) and its radius is ≥ r, as in Cohen et al. (2019).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from smoothcert import stats
+from smoothcert.errors import require
+
+ABSTAIN = -1
+LOCUSLAB_COLUMNS = ["idx", "label", "predict", "radius", "correct"]
+MEMORY_ACTIONS = ("none", "inside", "shrunk", "abstained")
+KEYS = ["model_id", "objective", "sigma_mode", "method", "sigma", "norm"]
+# Summary columns compared across rows (+1: higher is better, -1: lower). Cost columns are not ranked.
+RANKED_PREFIXES = {"acc@": 1, "proxy_acc@": 1, "lb@": 1}
+RANKED = {"clean": 1, "acr": 1, "abstain": -1, "median_log_volume": 1}
+COST = ["opt_time", "opt_evals", "time", "evals"]
+
+
+@dataclass
+class Experiment:
+    """One certified experiment: its identity, final table and (memory methods) the table before memory."""
+
+    model_id: str
+    objective: str
+    sigma_mode: str
+    method: str
+    sigma: float
+    norm: str
+    table: pd.DataFrame
+    before: pd.DataFrame | None = None
+    theta: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model_id}/{self.method}"
+
+    def keys(self) -> dict:
+        return {k: getattr(self, k) for k in KEYS}
+
+
+def rlabel(r: float) -> str:
+    """Column suffix for radius ``r`` (``0``, ``0.25``, ``1``)."""
+    return f"{float(r):g}"
+
+
+def _hits(df: pd.DataFrame, radii, column: str = "radius") -> np.ndarray:
+    """(m, len(radii)) bool: input certified correct at each radius."""
+    ok = (df["correct"].to_numpy(dtype=float) > 0) & (df["predict"].to_numpy() != ABSTAIN)
+    rad = df[column].to_numpy(dtype=float)
+    return ok[:, None] & (rad[:, None] >= np.asarray(radii, dtype=float)[None, :])
+
+
+def certified_accuracy(df: pd.DataFrame, radii, column: str = "radius") -> np.ndarray:
+    """Fraction of inputs certified correct at each radius (NaN for an empty table)."""
+    radii = np.atleast_1d(np.asarray(radii, dtype=float))
+    if len(df) == 0:
+        return np.full(len(radii), np.nan)
+    return _hits(df, radii, column).mean(0)
+
+
+def acr(df: pd.DataFrame) -> float:
+    """Average certified radius: mean of radius·correct (abstentions count 0)."""
+    if len(df) == 0:
+        return float("nan")
+    ok = (df["correct"].to_numpy(dtype=float) > 0) & (df["predict"].to_numpy() != ABSTAIN)
+    return float(np.mean(np.where(ok, df["radius"].to_numpy(dtype=float), 0.0)))
+
+
+def abstention_rate(df: pd.DataFrame) -> float:
+    """Fraction of inputs on which the smoothed classifier abstains."""
+    return float(np.mean(df["predict"].to_numpy() == ABSTAIN)) if len(df) else float("nan")
+
+
+def clean_accuracy(df: pd.DataFrame) -> float:
+    """Smoothed clean accuracy (= certified accuracy at radius 0)."""
+    return float(certified_accuracy(df, [0.0])[0])
+
+
+def median_log_volume(df: pd.DataFrame) -> float:
+    """Median log-volume of the certified region over certified correct inputs (NaN if none)."""
+    if "log_volume" not in df:
+        return float("nan")
+    ok = _hits(df, [0.0])[:, 0] & (df["radius"].to_numpy(dtype=float) > 0)
+    lv = df["log_volume"].to_numpy(dtype=float)[ok]
+    lv = lv[np.isfinite(lv)]
+    return float(np.median(lv)) if len(lv) else float("nan")
+
+
+def lower_bounds(df: pd.DataFrame, radii, alpha: float, rho: float) -> np.ndarray:
+    """App.-D lower bound on the true certified accuracy at each radius (w.p. ≥ 1 - rho)."""
+    hits = _hits(df, radii)
+    return np.array([stats.certified_accuracy_lower_bound(hits[:, j], alpha, rho) for j in range(hits.shape[1])])
+
+
+def _mean(df: pd.DataFrame, col: str) -> float:
+    if col not in df:
+        return float("nan")
+    v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def table_alpha(df: pd.DataFrame, default: float) -> float:
+    """The per-certificate failure probability recorded in the table (else ``default``)."""
+    if "alpha" in df:
+        a = pd.to_numeric(df["alpha"], errors="coerce").dropna()
+        if len(a):
+            return float(a.max())
+    return float(default)
+
+
+def summary_row(df: pd.DataFrame, radii, alpha: float, rho: float) -> dict:
+    """Every summary metric of one certificate table, for the radius grid ``radii``."""
+    row = {"inputs": len(df), "clean": clean_accuracy(df), "abstain": abstention_rate(df), "acr": acr(df)}
+    proxy = "proxy_radius" if "proxy_radius" in df and df["proxy_radius"].notna().all() else "radius"
+    for r, a, p, lb in zip(radii, certified_accuracy(df, radii), certified_accuracy(df, radii, proxy),
+                           lower_bounds(df, radii, table_alpha(df, alpha), rho)):
+        row[f"acc@{rlabel(r)}"] = a
+        row[f"proxy_acc@{rlabel(r)}"] = p
+        row[f"lb@{rlabel(r)}"] = lb
+    row["median_log_volume"] = median_log_volume(df)
+    for c in COST:
+        row[c] = _mean(df, c)
+    return row
+
+
+def _ordered(columns, radii_by_norm: dict) -> list[str]:
+    grid = sorted({rlabel(r) for rs in radii_by_norm.values() for r in rs}, key=float)
+    out = KEYS + ["inputs", "clean", "abstain", "acr"]
+    for prefix in ("acc@", "proxy_acc@", "lb@"):
+        out += [f"{prefix}{g}" for g in grid]
+    out += ["median_log_volume"] + COST
+    return [c for c in out if c in columns] + [c for c in columns if c not in out]
+
+
+def summary(experiments: list[Experiment], radii_by_norm: dict, alpha: float, rho: float) -> pd.DataFrame:
+    """One row per experiment: accuracy/proxy accuracy/App.-D bound on the norm's grid, ACR, volume, cost."""
+    rows = [{**e.keys(), **summary_row(e.table, radii_by_norm[e.norm], alpha, rho)} for e in experiments]
+    df = pd.DataFrame(rows)
+    return df[_ordered(df.columns, radii_by_norm)] if len(df) else df
+
+
+def direction(column: str) -> int:
+    """+1 if higher is better, -1 if lower, 0 if the column is not ranked."""
+    if column in RANKED:
+        return RANKED[column]
+    return next((d for p, d in RANKED_PREFIXES.items() if column.startswith(p)), 0)
+
+
+def best_mask(df: pd.DataFrame, group: str | None = "norm", tol: float = 1e-12) -> pd.DataFrame:
+    """Boolean frame: the best value of each ranked column (ties included) within each ``group``."""
+    mask = pd.DataFrame(False, index=df.index, columns=df.columns)
+    groups = df.groupby(group).groups.values() if group and group in df else [df.index]
+    for col in df.columns:
+        d = direction(col)
+        if not d:
+            continue
+        for ix in groups:
+            v = pd.to_numeric(df.loc[ix, col], errors="coerce")
+            if v.notna().sum() < 2:
+                continue
+            best = v.max() if d > 0 else v.min()
+            mask.loc[ix, col] = (v - best).abs() <= tol
+    return mask
+
+
+def memory_table(experiments: list[Experiment], radii_by_norm: dict) -> pd.DataFrame:
+    """Per memory experiment: certified accuracy and ACR before/after the memory step, counts of each action."""
+    rows = []
+    for e in experiments:
+        if e.before is None:
+            continue
+        radii = radii_by_norm[e.norm]
+        row = {**e.keys(), "inputs": len(e.table)}
+        for stage, df in (("before", e.before), ("after", e.table)):
+            row[f"{stage}_acr"] = acr(df)
+            row[f"{stage}_abstain"] = abstention_rate(df)
+            for r, a in zip(radii, certified_accuracy(df, radii)):
+                row[f"{stage}_acc@{rlabel(r)}"] = a
+        counts = e.table["memory"].value_counts() if "memory" in e.table else pd.Series(dtype=int)
+        for action in MEMORY_ACTIONS:
+            row[action] = int(counts.get(action, 0))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def objective_table(summ: pd.DataFrame, radius: float | None = None) -> pd.DataFrame:
+    """Certified accuracy (ACR and acc at ``radius``) per (norm, σ, objective, sigma_mode) × method."""
+    if summ.empty:
+        return summ
+    values = ["acr"] + ([f"acc@{rlabel(radius)}"] if radius is not None and f"acc@{rlabel(radius)}" in summ else [])
+    wide = summ.pivot_table(index=["norm", "sigma", "objective", "sigma_mode"], columns="method", values=values,
+                            aggfunc="first", sort=False)
+    wide.columns = [f"{m} {v}" for v, m in wide.columns]
+    return wide.reset_index()
+
+
+def training_table(metrics: dict[str, pd.DataFrame], specs) -> pd.DataFrame:
+    """Final-epoch training metrics per model (``metrics``: model id → metrics.tsv frame)."""
+    rows = []
+    for spec in specs:
+        m = metrics.get(spec.id)
+        if m is None or m.empty:
+            continue
+        last = m.iloc[-1]
+        rows.append({"model_id": spec.id, "objective": spec.objective, "sigma_mode": spec.sigma_mode,
+                     "norm": spec.norm, "sigma": spec.sigma, "epochs": int(last["epoch"]),
+                     "train_loss": float(last["train_loss"]), "train_acc": float(last["train_acc"]),
+                     "test_clean_acc": float(last["test_clean_acc"]), "test_noisy_acc": float(last["test_noisy_acc"]),
+                     "train_time": float(pd.to_numeric(m["time"], errors="coerce").sum())})
+    return pd.DataFrame(rows)
+
+
+def headline_metrics(summ: pd.DataFrame) -> dict:
+    """``{"<model_id>/<method>": {"acr", "clean", "abstain", "acc@r"...}}`` for ``dvc metrics show`` (NaN → None)."""
+    out = {}
+    for _, row in summ.iterrows():
+        vals = {k: row[k] for k in ("acr", "clean", "abstain", "median_log_volume")}
+        vals.update({k: row[k] for k in summ.columns if k.startswith("acc@")})
+        out[f"{row['model_id']}/{row['method']}"] = {
+            k: (None if v is None or pd.isna(v) else float(v)) for k, v in vals.items()}
+    return out
+
+
+def curve_radii(experiments: list[Experiment], radii_by_norm: dict, norm: str, points: int = 201,
+                column: str = "radius") -> np.ndarray:
+    """A fine radius grid for ``norm``: 0 to the larger of the configured grid and the largest radius seen."""
+    top = max(radii_by_norm.get(norm, [0.0]) or [0.0])
+    for e in experiments:
+        if e.norm == norm and column in e.table and len(e.table):
+            top = max(top, float(np.nanmax(e.table[column].to_numpy(dtype=float))))
+    return np.linspace(0.0, top if top > 0 else 1.0, points)
+
+
+def curves(experiments: list[Experiment], radii_by_norm: dict, column: str = "radius", points: int = 201) -> pd.DataFrame:
+    """Long table (experiment, method, sigma, norm, radius, certified_accuracy) on a fine grid per norm."""
+    parts = []
+    for norm in dict.fromkeys(e.norm for e in experiments):
+        grid = curve_radii(experiments, radii_by_norm, norm, points, column)
+        for e in experiments:
+            if e.norm != norm:
+                continue
+            col = column if column in e.table and e.table[column].notna().all() else "radius"
+            parts.append(pd.DataFrame({"experiment": e.key, "method": e.method, "sigma": e.sigma, "norm": norm,
+                                       "radius": grid, "certified_accuracy": certified_accuracy(e.table, grid, col)}))
+    cols = ["experiment", "method", "sigma", "norm", "radius", "certified_accuracy"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def fill_imported(df: pd.DataFrame, name: str, columns: list[str], sigma: float = float("nan"),
+                  norm: str = "l2") -> pd.DataFrame:
+    """A locuslab/smoothing table (idx label predict radius correct time) completed to ``columns``.
+
+    ``time`` may be a ``H:MM:SS.ffffff`` string (locuslab) or seconds; proxy radius = radius; no volume.
+    """
+    missing = [c for c in LOCUSLAB_COLUMNS if c not in df]
+    require(not missing, f"imported table {name!r} lacks columns {missing}")
+    df = df.copy()
+    if "time" in df and not pd.api.types.is_numeric_dtype(df["time"]):
+        df["time"] = pd.to_timedelta(df["time"], errors="coerce").dt.total_seconds()
+    fill = {"method": name, "norm": norm, "sigma": sigma, "proxy_radius": df["radius"], "log_volume": np.nan,
+            "opt_time": 0.0, "opt_evals": 0}
+    for c in columns:
+        if c not in df:
+            df[c] = fill.get(c, np.nan)
+    return df
+
+
+def markdown(df: pd.DataFrame, bold: pd.DataFrame | None = None, digits: int = 3) -> str:
+    """A GitHub markdown table; cells flagged in ``bold`` are **bold**; NaN → empty."""
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        if isinstance(v, (float, np.floating)):
+            if np.isinf(v):
+                return "∞" if v > 0 else "-∞"
+            return f"{v:.{digits}f}" if abs(v) < 1e5 else f"{v:.3g}"
+        return str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" if not pd.api.types.is_numeric_dtype(df[c]) else "---:" for c in df.columns) + "|"
+    lines = [head, sep]
+    for i, (ix, row) in enumerate(df.iterrows()):
+        cells = []
+        for c in df.columns:
+            text = cell(row[c])
+            if bold is not None and text and bool(bold.loc[ix, c]):
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def drop_empty(df: pd.DataFrame) -> pd.DataFrame:
+    """Drop columns that are NaN in every row (e.g. another norm's radii)."""
+    return df.loc[:, [c for c in df.columns if not df[c].isna().all()]]
