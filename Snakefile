@@ -22,6 +22,7 @@ DATA = f"data/prepared/{DATASET}"
 MODELS = f"models/{DATASET}"
 RESULTS = f"results/{DATASET}"
 REPORT = "report"
+METRICS = "metrics"
 SHARDS = sc_config.shard_names(config)
 EXPERIMENTS = sc_config.experiments(config)
 # The CLI reads the merged, validated config (params.yaml plus any --configfile/--config
@@ -52,5 +53,10 @@ include: "workflow/rules/report.smk"
 
 rule all:
     default_target: True
+    input:
+        rules.report.output,
+
+
+rule report_all:
     input:
         rules.report.output,

@@ -1,0 +1,367 @@
+"""Memory-based certification: sound certificates for data-dependent smoothing.
+
+With a per-input σ/θ, the certificate of input x alone does not certify the
+data-dependent classifier: a nearby input may be smoothed with another θ and
+answer another class. The memory classifier fixes this (Alfarra et al., DDRS;
+Eiras et al., ANCER): inputs are processed in test-set (idx) order and every
+certified region is recorded. For a new input x of predicted class c with region
+Rₓ = {z : ‖(z − x) ⊘ θₓ‖_p ≤ g}:
+
+1. if x lies in a recorded region of another class k, answer k, with the largest
+   copy of that region's shape centred at x that fits inside it (``inside``);
+2. else shrink g until Rₓ is disjoint from every recorded region of another
+   class (``shrunk``), or abstain when nothing is left (``abstained``);
+3. overlaps with regions of the same class are allowed;
+4. record the region answered with.
+
+Guarantee (the invariant tests check independently): recorded regions of
+different classes never intersect, and every answered region lies in the set
+where the memory classifier answers its class.
+
+Geometry. Regions are axis-aligned ellipsoids (``l2``) or generalized
+cross-polytopes (``l1``). Every shrink uses a *lower bound* on the distance
+    d_k = min { ‖(z − x) ⊘ θₓ‖_p : z ∈ R_k },
+so Rₓ with gap below d_k is disjoint from R_k. The bound is exact in exact
+arithmetic (ℓ1: fractional-knapsack LP solution evaluated through its dual;
+ℓ2: the Lagrange dual of the convex QP, maximized with scipy's vectorized
+Newton) and is valid for *any* multiplier, so solver inaccuracy can only
+shrink more, never less; a relative safety margin covers rounding.
+Vectorized screens (centre distance vs. largest semi-axes, in each norm) rule
+out most pairs before the dual is evaluated.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+
+from smoothcert import stats
+from smoothcert.errors import SmoothcertError, require
+from smoothcert.io import atomic_path
+
+ACTIONS = ("none", "inside", "shrunk", "abstained")
+_SAFETY = 1e-9     # relative margin applied to every computed gap (covers rounding)
+_ROUND = 1e-12     # relative floating error allowance inside the dual bounds
+_CHUNK = 64        # pairs solved together in the branch-and-bound refinement
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Geometry (vectorized over recorded regions k)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_norm(norm: str) -> None:
+    require(norm in stats.NORMS, f"unknown norm {norm!r}; allowed: {list(stats.NORMS)}")
+
+
+def region_gauge(points: np.ndarray, centers: np.ndarray, thetas: np.ndarray, norm: str) -> np.ndarray:
+    """‖(z − c_k) ⊘ θ_k‖_p for points z (broadcast against (m, d) centres): z ∈ R_k iff this ≤ g_k."""
+    u = np.abs(points - centers) / thetas
+    return np.sqrt(np.einsum("...j,...j->...", u, u)) if norm == "l2" else u.sum(-1)
+
+
+def distance_lower_bound(x: np.ndarray, theta_x: np.ndarray, centers: np.ndarray, thetas: np.ndarray,
+                         gaps: np.ndarray, norm: str, newton_iter: int = 100) -> np.ndarray:
+    """Lower bound on d_k = min {‖(z − x) ⊘ θₓ‖_p : z ∈ R_k} for each region k (0 when x ∈ R_k).
+
+    Exact up to rounding (tight), and never above d_k: Rₓ with any gap < bound is disjoint from R_k.
+
+    ℓ2: weak duality, q(λ) = Σ_j λ w_j v_j Δ_j² / (w_j + λ v_j) − λ g_k² ≤ d_k² for every λ ≥ 0
+    (w = θₓ⁻², v = θ_k⁻², Δ = x − c_k); λ is the root of q'(λ) = 0 (strong duality), found by
+    ``scipy.optimize.newton`` from λ = 0, where q' is convex and decreasing so Newton increases
+    monotonically to the root. ℓ1: the LP min Σ δ_j/θₓⱼ s.t. Σ (|Δ_j| − δ_j)/θ_kj ≤ g_k, 0 ≤ δ_j ≤ |Δ_j|
+    is a fractional knapsack (cheapest ratio θ_kj/θₓⱼ first); its value is evaluated through the dual
+    L(μ) = μE − Σ_j R_j max(0, μ − κ_j) at the critical ratio, a lower bound for any μ ≥ 0.
+    """
+    _check_norm(norm)
+    centers = np.atleast_2d(np.asarray(centers, dtype=float))
+    thetas = np.atleast_2d(np.asarray(thetas, dtype=float))
+    gaps = np.atleast_1d(np.asarray(gaps, dtype=float))
+    x = np.asarray(x, dtype=float)
+    theta_x = np.asarray(theta_x, dtype=float)
+    m = len(centers)
+    out = np.zeros(m)
+    if m == 0:
+        return out
+    delta = np.abs(x - centers)
+    if norm == "l1":
+        cap = delta / thetas                        # R_j: reduction available on axis j
+        excess = cap.sum(1) - gaps                  # E: how far outside R_k (in its gauge)
+        ratio = thetas / theta_x                    # κ_j: cost per unit reduction
+        rows = np.flatnonzero(excess > 0)
+        if len(rows):
+            order = np.argsort(ratio[rows], axis=1, kind="stable")
+            r_sorted = np.take_along_axis(cap[rows], order, 1)
+            k_sorted = np.take_along_axis(ratio[rows], order, 1)
+            crit = np.minimum((np.cumsum(r_sorted, 1) < excess[rows, None]).sum(1), cap.shape[1] - 1)
+            mu = k_sorted[np.arange(len(rows)), crit]
+            hinge = cap[rows] * np.maximum(0.0, mu[:, None] - ratio[rows])
+            value = mu * excess[rows] - hinge.sum(1)
+            err = _ROUND * mu * (2 * cap[rows].sum(1) + gaps[rows])
+            out[rows] = np.maximum(0.0, value - err)
+        return out
+    w = theta_x ** -2.0
+    v = thetas ** -2.0
+    d2 = delta ** 2
+    g2 = gaps ** 2
+    rows = np.flatnonzero((v * d2).sum(1) > g2)    # x outside R_k (q'(0) > 0)
+    if len(rows):
+        wv, vr, dr, gr = w * vr_ones(v[rows]), v[rows], d2[rows], g2[rows]
+
+        def slope(lam):
+            return (wv ** 2 * vr * dr / (wv + lam[:, None] * vr) ** 2).sum(1) - gr
+
+        def curvature(lam):
+            return -2.0 * (wv ** 2 * vr ** 2 * dr / (wv + lam[:, None] * vr) ** 3).sum(1)
+
+        lam = optimize.newton(slope, np.zeros(len(rows)), fprime=curvature, maxiter=newton_iter, tol=1e-12,
+                              rtol=1e-12, disp=False)
+        lam = np.where(np.isfinite(lam) & (lam > 0), lam, 0.0)
+        terms = lam[:, None] * wv * vr * dr / (wv + lam[:, None] * vr)
+        q = terms.sum(1) - lam * gr
+        q -= _ROUND * (terms.sum(1) + lam * gr)
+        out[rows] = np.sqrt(np.maximum(q, 0.0))
+    return out
+
+
+def vr_ones(a: np.ndarray) -> np.ndarray:
+    """Ones shaped like ``a`` (broadcast helper)."""
+    return np.ones_like(a)
+
+
+def may_intersect(c1, theta1, g1, c2, theta2, g2, norm: str) -> bool:
+    """Conservative intersection test of two regions: False only if they are provably disjoint."""
+    if g1 <= 0 or g2 <= 0:
+        return bool(region_gauge(np.asarray(c1, float), np.asarray(c2, float)[None], np.asarray(theta2, float)[None],
+                                 norm)[0] <= g2) if g1 <= 0 else may_intersect(c2, theta2, g2, c1, theta1, g1, norm)
+    bound = distance_lower_bound(c1, theta1, np.asarray(c2)[None], np.asarray(theta2)[None], [g2], norm)[0]
+    return not bound > g1
+
+
+def inscribed_gap(x: np.ndarray, center: np.ndarray, theta: np.ndarray, gap: float, norm: str) -> float:
+    """Largest g' (≤, by a safety margin) with {z : ‖(z − x) ⊘ θ‖_p ≤ g'} ⊆ {z : ‖(z − c) ⊘ θ‖_p ≤ gap}.
+
+    Exact for norm balls in the θ-scaled space: g' = gap − ‖(x − c) ⊘ θ‖_p (triangle inequality, tight
+    along the ray from c through x); ≤ 0 when x is not strictly inside.
+    """
+    s = float(region_gauge(np.asarray(x, float), np.asarray(center, float), np.asarray(theta, float), norm))
+    return _shrink(gap - s * (1.0 + _ROUND) - _ROUND * gap)
+
+
+def _shrink(value):
+    """Apply the safety margin to a computed gap (keeps ≤ 0 as is)."""
+    return np.where(np.asarray(value) > 0, np.asarray(value) * (1.0 - _SAFETY), value) if np.ndim(value) \
+        else (value * (1.0 - _SAFETY) if value > 0 else value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The memory
+# ---------------------------------------------------------------------------------------------------------------
+
+class Memory:
+    """Recorded certified regions, grown one input at a time (in idx order).
+
+    State arrays (first ``len(self)`` rows valid): ``idx``, ``center`` (n, d), ``label``, ``theta`` (n, d),
+    ``gap`` (final). Invariant: regions of different labels are pairwise disjoint (see module docstring).
+    """
+
+    def __init__(self, norm: str, d: int, capacity: int = 1024, answer_abstained: bool = False):
+        _check_norm(norm)
+        require(int(d) >= 1, f"memory dimension must be >= 1, got {d}")
+        self.norm, self.d, self.n = norm, int(d), 0
+        self.answer_abstained = answer_abstained
+        cap = max(1, int(capacity))
+        self._idx = np.zeros(cap, dtype=np.int64)
+        self._center = np.zeros((cap, self.d))
+        self._label = np.zeros(cap, dtype=np.int64)
+        self._theta = np.ones((cap, self.d))
+        self._gap = np.zeros(cap)
+        self._extent = np.zeros(cap)           # max_j θ_kj g_k: Rk ⊆ ‖z − c_k‖_p ≤ extent
+
+    def __len__(self) -> int:
+        return self.n
+
+    idx = property(lambda self: self._idx[:self.n])
+    center = property(lambda self: self._center[:self.n])
+    label = property(lambda self: self._label[:self.n])
+    theta = property(lambda self: self._theta[:self.n])
+    gap = property(lambda self: self._gap[:self.n])
+
+    def arrays(self) -> dict:
+        """Copies of the recorded regions: ``idx, center, label, theta, gap`` and the scalar ``norm``."""
+        return {"idx": self.idx.copy(), "center": self.center.copy(), "label": self.label.copy(),
+                "theta": self.theta.copy(), "gap": self.gap.copy(), "norm": np.str_(self.norm)}
+
+    def _record(self, idx: int, center: np.ndarray, label: int, theta: np.ndarray, gap: float) -> None:
+        if self.n == len(self._idx):
+            grow = len(self._idx)
+            self._idx = np.concatenate([self._idx, np.zeros(grow, np.int64)])
+            self._center = np.concatenate([self._center, np.zeros((grow, self.d))])
+            self._label = np.concatenate([self._label, np.zeros(grow, np.int64)])
+            self._theta = np.concatenate([self._theta, np.ones((grow, self.d))])
+            self._gap = np.concatenate([self._gap, np.zeros(grow)])
+            self._extent = np.concatenate([self._extent, np.zeros(grow)])
+        i = self.n
+        self._idx[i], self._center[i], self._label[i] = idx, center, label
+        self._theta[i], self._gap[i], self._extent[i] = theta, gap, float(theta.max()) * gap
+        self.n += 1
+
+    def _check_input(self, center, theta, gap):
+        center = np.asarray(center, dtype=float).reshape(-1)
+        theta = np.asarray(theta, dtype=float).reshape(-1)
+        require(center.shape == (self.d,) and theta.shape == (self.d,),
+                f"memory input has {center.size} coordinates and {theta.size} θ values, expected {self.d}")
+        require(np.isfinite(center).all(), "memory input centre holds NaN or inf")
+        require(np.isfinite(theta).all() and (theta > 0).all(), "memory input θ holds NaN, inf or non-positive values")
+        require(np.isfinite(gap) and gap >= 0, f"memory input gap {gap} is not a finite non-negative number")
+        return center, theta, float(gap)
+
+    def process(self, idx: int, center, label: int, theta, gap: float) -> tuple[int, float, str]:
+        """Decide the memory classifier's answer for one input and record it; return (label, gap, action).
+
+        ``label`` is the per-input certified prediction (−1: abstained, passed through unrecorded unless
+        ``answer_abstained``). The region answered with is centred at ``center`` with the returned gap and
+        θ = ``theta`` — except for ``inside``, where θ is that of the containing region (see
+        :attr:`last_theta`). Every non-abstained answer is recorded.
+        """
+        center, theta, gap = self._check_input(center, theta, gap)
+        label = int(label)
+        self.last_theta = theta
+        if label < 0 and not self.answer_abstained:
+            return label, 0.0, "none"
+        n = self.n
+        other = np.flatnonzero(self._label[:n] != label)
+        p = 2 if self.norm == "l2" else 1
+        if len(other):
+            dist = np.linalg.norm(center - self._center[other], ord=p, axis=1) if p == 1 else \
+                np.sqrt(((center - self._center[other]) ** 2).sum(1))
+            ext = self._extent[other]
+            # 1. inside a recorded region of another class (only possible where dist <= extent)
+            near = other[dist <= ext * (1 + 1e-9)]
+            if len(near):
+                s = region_gauge(center, self._center[near], self._theta[near], self.norm)
+                g_in = _shrink(self._gap[near] - s * (1.0 + _ROUND) - _ROUND * self._gap[near])
+                scale = np.exp(np.log(self._theta[near]).mean(1)) * g_in
+                if (g_in > 0).any():
+                    best = int(np.argmax(np.where(g_in > 0, scale, -np.inf)))
+                    k = near[best]
+                    self.last_theta = self._theta[k].copy()
+                    self._record(idx, center, int(self._label[k]), self.last_theta, float(g_in[best]))
+                    return int(self._label[k]), float(g_in[best]), "inside"
+            # 2. shrink against other-class regions: screens, then dual bounds in branch-and-bound order
+            if label < 0:      # abstained input outside every other-class region: nothing to certify
+                return label, 0.0, "none"
+            tmax = float(theta.max())
+            lb0 = (dist - ext) / tmax
+            cand = other[lb0 < gap]
+            if len(cand):
+                scaled = np.abs(center - self._center[cand]) / theta
+                if p == 2:
+                    reach = np.sqrt((scaled ** 2).sum(1))
+                else:
+                    reach = scaled.sum(1)
+                lb1 = reach - self._gap[cand] * (self._theta[cand] / theta).max(1)
+                keep = lb1 < gap
+                cand, lb1 = cand[keep], lb1[keep]
+                order = np.argsort(lb1, kind="stable")
+                cand, lb1 = cand[order], lb1[order]
+                new_gap = gap
+                start = 0
+                while start < len(cand):
+                    live = np.flatnonzero(lb1[start:] < new_gap) + start
+                    if not len(live):
+                        break
+                    batch = cand[live[:_CHUNK]]
+                    bound = distance_lower_bound(center, theta, self._center[batch], self._theta[batch],
+                                                 self._gap[batch], self.norm)
+                    new_gap = min(new_gap, float(bound.min()))
+                    start = live[min(_CHUNK, len(live)) - 1] + 1
+                if new_gap < gap:
+                    final = float(_shrink(new_gap))
+                    if not final > 0:
+                        return -1, 0.0, "abstained"
+                    self._record(idx, center, label, theta, final)
+                    return label, final, "shrunk"
+        if label < 0:
+            return label, 0.0, "none"
+        self._record(idx, center, label, theta, gap)
+        return label, gap, "none"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole tables
+# ---------------------------------------------------------------------------------------------------------------
+
+def run_memory(table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, norm: str,
+               answer_abstained: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Run the memory over a certificate table (rows aligned with ``centers`` and ``thetas``, (n, d)).
+
+    Returns the table sorted by idx with ``memory`` (none|inside|shrunk|abstained), ``gap_original``,
+    ``predict_original`` added and ``predict, gap, radius, proxy_radius, log_volume, correct`` (and, for
+    ``inside`` rows, ``sigma_min/gmean/max`` of the answered region) recomputed from the final region;
+    plus the recorded regions as arrays (see :meth:`Memory.arrays`). Deterministic.
+    """
+    _check_norm(norm)
+    require({"idx", "label", "predict", "gap"} <= set(table.columns),
+            "certificate table needs columns idx, label, predict and gap")
+    centers = np.asarray(centers, dtype=float)
+    thetas = np.asarray(thetas, dtype=float)
+    n = len(table)
+    require(centers.ndim == 2 and centers.shape[0] == n and thetas.shape == centers.shape,
+            f"memory needs centres and θ of shape (rows, d) = ({n}, d); got {centers.shape} and {thetas.shape}")
+    require(not table["idx"].duplicated().any(), "certificate table lists an input (idx) more than once")
+    order = np.argsort(table["idx"].to_numpy(), kind="stable")
+    out = table.iloc[order].reset_index(drop=True).copy()
+    centers, thetas = centers[order], thetas[order].copy()
+    gaps = out["gap"].to_numpy(dtype=float)
+    predict = out["predict"].to_numpy(dtype=np.int64)
+    require(np.isfinite(gaps).all() and (gaps >= 0).all(), "certificate table has NaN or negative gaps")
+    mem = Memory(norm, centers.shape[1], capacity=max(16, n), answer_abstained=answer_abstained)
+    new_pred, new_gap, action = np.empty(n, np.int64), np.empty(n), np.empty(n, dtype=object)
+    for i in range(n):
+        new_pred[i], new_gap[i], action[i] = mem.process(int(out["idx"].iat[i]), centers[i], int(predict[i]),
+                                                         thetas[i], gaps[i] if predict[i] >= 0 else 0.0)
+        if action[i] == "inside":
+            thetas[i] = mem.last_theta
+    out["predict_original"] = predict
+    out["gap_original"] = gaps
+    out["memory"] = action
+    ok = new_pred >= 0
+    g = np.where(ok, new_gap, 0.0)
+    out["predict"] = new_pred
+    out["gap"] = g
+    out["radius"] = np.where(ok, thetas.min(1) * g, 0.0)
+    gmean = np.exp(np.log(thetas).mean(1))
+    out["proxy_radius"] = np.where(ok, gmean * g, 0.0)
+    out["log_volume"] = stats.region_log_volume(thetas, g, norm)
+    out["correct"] = (new_pred == out["label"].to_numpy()).astype(int)
+    inside = action == "inside"
+    if inside.any():
+        for col, val in (("sigma_min", thetas.min(1)), ("sigma_gmean", gmean), ("sigma_max", thetas.max(1))):
+            if col in out.columns:
+                out.loc[inside, col] = val[inside]
+    return out, mem.arrays()
+
+
+def save_memory(path: str | os.PathLike, arrays: dict) -> None:
+    """Atomically write the recorded regions to ``path`` (.npz, no pickles)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def load_memory(path: str | os.PathLike) -> dict:
+    """Read a memory .npz written by :func:`save_memory` (``norm`` as a str)."""
+    path = Path(path)
+    require(path.is_file(), f"memory file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as blob:
+            out = {k: blob[k] for k in blob.files}
+    except Exception as exc:
+        raise SmoothcertError(f"cannot read memory file {path}: {exc}") from exc
+    missing = {"idx", "center", "label", "theta", "gap", "norm"} - set(out)
+    require(not missing, f"memory file {path} lacks arrays {sorted(missing)}")
+    out["norm"] = str(out["norm"])
+    return out
