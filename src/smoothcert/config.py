@@ -26,19 +26,19 @@ def _describe(error) -> str:
     if "enum" in schema:
         allowed = f"one of {schema['enum']}"
     elif error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        bounds = [f"{k} {schema[k]}" for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum") if k in schema]
-        allowed = ", ".join(bounds)
+        ops = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        allowed = "a number " + " and ".join(f"{ops[k]} {schema[k]}" for k in ops if k in schema)
     elif error.validator == "additionalProperties":
         allowed = f"only keys {sorted(schema.get('properties', {}))}"
         return f"{key}: unknown key(s) in {error.message.split('(')[-1].rstrip(')')}; allowed {allowed}"
     elif error.validator == "required":
         return f"{key}: {error.message}"
-    elif "description" in schema:
+    elif error.validator == "pattern" and "description" in schema:
         allowed = schema["description"]
-    elif "type" in schema:
+    elif error.validator == "type":
         allowed = f"type {schema['type']}"
     else:
-        allowed = error.message
+        return f"{key}: {error.message}"
     return f"{key} = {error.instance!r} is not allowed; expected {allowed}"
 
 
