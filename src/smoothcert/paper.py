@@ -31,7 +31,8 @@ def compare(summary: pd.DataFrame, method: str = "cohen", published: dict = COHE
     rows = summary[(summary["method"] == method) & (summary["norm"] == "l2")]
     if "objective" in rows and (rows["objective"] == "gaussian").any():
         rows = rows[(rows["objective"] == "gaussian") & (rows.get("sigma_mode", "fixed") == "fixed")]
-    require(len(rows) > 0, f"summary has no l2 rows of method {method!r} (methods there: {sorted(summary['method'].unique())})")
+    require(len(rows) > 0,
+            f"summary has no l2 rows of method {method!r} (methods there: {sorted(summary['method'].unique())})")
     out = []
     for sigma, values in published.items():
         match = rows[np.isclose(rows["sigma"].astype(float), sigma)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,8 +23,13 @@ DPI = 110
 def save(fig, path: str | Path) -> None:
     """Write ``fig`` atomically as PNG and close it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=DPI)
     plt.close(fig)
+
+
+def _panels(n: int):
+    n = max(1, n)
+    return plt.subplots(1, n, figsize=(6.2 * n, 4.6), squeeze=False, layout="constrained")
 
 
 def _norms(curves: pd.DataFrame) -> list[str]:
@@ -46,14 +52,19 @@ def certified_accuracy(curves: pd.DataFrame, experiments: list[Experiment], path
     norms = _norms(curves)
     styles, colors, markers, many = _style_maps(experiments)
     by_key = {e.key: e for e in experiments}
-    fig, axes = plt.subplots(1, max(1, len(norms)), figsize=(6.2 * max(1, len(norms)), 4.6), squeeze=False)
+    fig, axes = _panels(len(norms))
     for ax, norm in zip(axes[0], norms):
         part = curves[curves["norm"] == norm]
+        shown = [by_key[k] for k in dict.fromkeys(part["experiment"])]
+        # one σ in the panel: color by method instead, so methods stay distinguishable
+        by_method = len({e.sigma for e in shown}) == 1 and len({e.method for e in shown}) > 1
+        mcolors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(dict.fromkeys(e.method for e in shown))}
         for key, c in part.groupby("experiment", sort=False):
             e = by_key[key]
             label = f"{e.method}, σ={e.sigma:g}" + (f" ({e.objective}/{e.sigma_mode})" if many else "")
+            color = mcolors[e.method] if by_method else colors.get(e.sigma, "black")
             ax.plot(c["radius"], c["certified_accuracy"], linestyle=styles[e.method],
-                    color=colors.get(e.sigma, "black"), marker=markers[(e.objective, e.sigma_mode)],
+                    color=color, marker=markers[(e.objective, e.sigma_mode)],
                     markevery=max(1, len(c) // 8), markersize=4, label=label, linewidth=1.6)
         name = AXIS.get(norm, f"{norm} radius")
         ax.set_xlabel(("proxy " if proxy else "") + name)
@@ -70,7 +81,8 @@ def certified_accuracy(curves: pd.DataFrame, experiments: list[Experiment], path
 def log_volume(experiments: list[Experiment], path, title: str) -> None:
     """Per norm: box plots of the log-volume of certified regions (certified correct inputs) per experiment."""
     norms = list(dict.fromkeys(e.norm for e in experiments))
-    fig, axes = plt.subplots(1, max(1, len(norms)), figsize=(6.2 * max(1, len(norms)), 4.6), squeeze=False)
+    many = len({(e.objective, e.sigma_mode) for e in experiments}) > 1
+    fig, axes = _panels(len(norms))
     for ax, norm in zip(axes[0], norms):
         data, labels = [], []
         for e in experiments:
@@ -82,13 +94,13 @@ def log_volume(experiments: list[Experiment], path, title: str) -> None:
             lv = lv[np.isfinite(lv)]
             if len(lv):
                 data.append(lv)
-                labels.append(f"{e.method}\nσ={e.sigma:g}")
+                labels.append(f"{e.method}\nσ={e.sigma:g}" + (f"\n{e.objective}/{e.sigma_mode}" if many else ""))
         if data:
             ax.boxplot(data, tick_labels=labels, showfliers=True, flierprops={"markersize": 2})
-            ax.tick_params(axis="x", labelsize=7, rotation=45)
+            plt.setp(ax.get_xticklabels(), fontsize=7, rotation=30, ha="right")
         else:
             ax.text(0.5, 0.5, "no certified volumes", ha="center", va="center", transform=ax.transAxes)
-        ax.set_ylabel("log volume of certified region (nats)")
+        ax.set_ylabel("log volume of certified region\n(nats, pixel space [0,1] scale)")
         ax.set_title(f"{norm}: certified correct inputs")
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
@@ -97,18 +109,19 @@ def log_volume(experiments: list[Experiment], path, title: str) -> None:
 
 def memory_effect(mem: pd.DataFrame, path, title: str) -> None:
     """Before/after-memory bars (clean accuracy, ACR) and stacked counts of memory actions."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained")
     labels = [f"{r.method}\n{r.model_id}" for r in mem.itertuples()]
     x = np.arange(len(mem))
     w = 0.38
-    for ax, metric, name in ((axes[0], "acc@0", "certified accuracy at r=0"), (axes[1], "acr", "ACR")):
+    for ax, metric, name in ((axes[0], "acc@0", "certified accuracy at r=0"),
+                             (axes[1], "acr", "average certified radius (ACR)")):
         before, after = mem[f"before_{metric}"], mem[f"after_{metric}"]
         ax.bar(x - w / 2, before, w, label="before memory (certify.tsv)", color="tab:gray")
         ax.bar(x + w / 2, after, w, label="after memory (final.tsv)", color="tab:blue")
         ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
         ax.set_ylabel(name)
         ax.set_title(name)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
         ax.grid(alpha=0.3, axis="y")
     bottom = np.zeros(len(mem))
     colors = {"none": "tab:green", "inside": "tab:olive", "shrunk": "tab:orange", "abstained": "tab:red"}
@@ -123,39 +136,44 @@ def memory_effect(mem: pd.DataFrame, path, title: str) -> None:
     save(fig, path)
 
 
-def ancer_theta(panels: list[dict], path, title: str) -> None:
-    """Rows of (image, per-pixel θ map); each dict: image (C,H,W) in [0,1], theta (C,H,W), caption."""
-    rows = len(panels)
-    fig, axes = plt.subplots(rows, 2, figsize=(6.4, 3.0 * rows), squeeze=False)
-    for (a, b), p in zip(axes, panels):
+def ancer_theta(panels: list[dict], path, title: str, per_row: int = 3) -> None:
+    """Pairs of (image, per-pixel θ map); each dict: image (C,H,W) in [0,1], theta (C,H,W), caption, experiment."""
+    cols = min(per_row, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(6.6 * cols, 3.3 * rows), squeeze=False, layout="constrained")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, p in enumerate(panels):
+        a, b = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
         img = np.asarray(p["image"], dtype=float)
         if img.shape[0] == 1:
             a.imshow(img[0], cmap="gray", vmin=0, vmax=1)
         else:
             a.imshow(np.clip(img.transpose(1, 2, 0), 0, 1))
         a.set_title(p["caption"], fontsize=8)
-        a.axis("off")
-        th = np.asarray(p["theta"], dtype=float).mean(0)
-        im = b.imshow(th, cmap="magma")
-        b.set_title(f"θ per pixel (mean over channels)\n{p['experiment']}", fontsize=8)
-        b.axis("off")
-        fig.colorbar(im, ax=b, fraction=0.046, pad=0.04, label="θ (noise scale)")
+        theta = np.asarray(p["theta"], dtype=float)
+        im = b.imshow(theta.mean(0), cmap="magma")
+        b.set_title("θ per pixel" + (" (mean over channels)" if theta.shape[0] > 1 else "") + f"\n{p['experiment']}",
+                    fontsize=8)
+        fig.colorbar(im, ax=b, fraction=0.046, pad=0.04).set_label("θ (noise scale, [0,1] pixels)", fontsize=7)
     fig.suptitle(title)
     save(fig, path)
 
 
 def training(metrics: dict[str, pd.DataFrame], path, title: str) -> None:
     """Training loss and test clean/noisy accuracy per epoch, one line per model."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
     for i, (model_id, m) in enumerate(metrics.items()):
         color = plt.get_cmap("tab10")(i % 10)
         axes[0].plot(m["epoch"], m["train_loss"], color=color, label=model_id)
         axes[1].plot(m["epoch"], m["test_clean_acc"], color=color, label=f"{model_id} clean")
-        axes[1].plot(m["epoch"], m["test_noisy_acc"], color=color, linestyle="--", label=f"{model_id} noisy")
+        axes[1].plot(m["epoch"], m["test_noisy_acc"], color=color, linestyle="--",
+                     label=f"{model_id} under training noise")
     axes[0].set_ylabel("training loss")
     axes[1].set_ylabel("test accuracy (base classifier)")
     axes[1].set_ylim(0, 1.02)
     for ax in axes:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -165,8 +165,8 @@ def best_mask(df: pd.DataFrame, group: str | None = "norm", tol: float = 1e-12) 
             continue
         for ix in groups:
             v = pd.to_numeric(df.loc[ix, col], errors="coerce")
-            if v.notna().sum() < 2:
-                continue
+            if v.notna().sum() < 2 or v.max() - v.min() <= tol:
+                continue  # nothing to rank: one row, or all equal
             best = v.max() if d > 0 else v.min()
             mask.loc[ix, col] = (v - best).abs() <= tol
     return mask
@@ -220,13 +220,12 @@ def training_table(metrics: dict[str, pd.DataFrame], specs) -> pd.DataFrame:
 
 
 def headline_metrics(summ: pd.DataFrame) -> dict:
-    """``{"<model_id>/<method>": {"acr", "clean", "abstain", "acc@r"...}}`` for ``dvc metrics show`` (NaN → None)."""
+    """``{"<model_id>/<method>": {"acr", "clean", "abstain", "acc@r"...}}`` for ``dvc metrics show`` (NaN left out)."""
     out = {}
     for _, row in summ.iterrows():
         vals = {k: row[k] for k in ("acr", "clean", "abstain", "median_log_volume")}
         vals.update({k: row[k] for k in summ.columns if k.startswith("acc@")})
-        out[f"{row['model_id']}/{row['method']}"] = {
-            k: (None if v is None or pd.isna(v) else float(v)) for k, v in vals.items()}
+        out[f"{row['model_id']}/{row['method']}"] = {k: float(v) for k, v in vals.items() if pd.notna(v)}
     return out
 
 
@@ -240,7 +239,8 @@ def curve_radii(experiments: list[Experiment], radii_by_norm: dict, norm: str, p
     return np.linspace(0.0, top if top > 0 else 1.0, points)
 
 
-def curves(experiments: list[Experiment], radii_by_norm: dict, column: str = "radius", points: int = 201) -> pd.DataFrame:
+def curves(experiments: list[Experiment], radii_by_norm: dict, column: str = "radius",
+           points: int = 201) -> pd.DataFrame:
     """Long table (experiment, method, sigma, norm, radius, certified_accuracy) on a fine grid per norm."""
     parts = []
     for norm in dict.fromkeys(e.norm for e in experiments):
@@ -274,15 +274,20 @@ def fill_imported(df: pd.DataFrame, name: str, columns: list[str], sigma: float 
     return df
 
 
-def markdown(df: pd.DataFrame, bold: pd.DataFrame | None = None, digits: int = 3) -> str:
-    """A GitHub markdown table; cells flagged in ``bold`` are **bold**; NaN → empty."""
-    def cell(v) -> str:
+def markdown(df: pd.DataFrame, bold: pd.DataFrame | None = None, digits: int = 3,
+             general: tuple[str, ...] = ("sigma", "radius")) -> str:
+    """A GitHub markdown table; cells flagged in ``bold`` are **bold**; NaN → empty; ``general`` columns as %g."""
+    def cell(v, col) -> str:
         if v is None or (isinstance(v, float) and np.isnan(v)):
             return ""
         if isinstance(v, (float, np.floating)):
             if np.isinf(v):
                 return "∞" if v > 0 else "-∞"
-            return f"{v:.{digits}f}" if abs(v) < 1e5 else f"{v:.3g}"
+            if col in general:
+                return f"{v:g}"
+            if abs(v) >= 1e4 or (abs(v) >= 10 and float(v).is_integer()):
+                return f"{v:.0f}"  # counts (evals) and large values
+            return f"{v:.{digits}f}"
         return str(v)
 
     head = "| " + " | ".join(map(str, df.columns)) + " |"
@@ -291,7 +296,7 @@ def markdown(df: pd.DataFrame, bold: pd.DataFrame | None = None, digits: int = 3
     for i, (ix, row) in enumerate(df.iterrows()):
         cells = []
         for c in df.columns:
-            text = cell(row[c])
+            text = cell(row[c], c)
             if bold is not None and text and bool(bold.loc[ix, c]):
                 text = f"**{text}**"
             cells.append(text)

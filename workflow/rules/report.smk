@@ -10,13 +10,22 @@ rule report:
     output:
         summary=report(f"{REPORT}/summary.csv", caption="../report/summary.rst", category="Tables"),
         markdown=f"{REPORT}/summary.md",
-        metrics=f"{REPORT}/metrics.json",
-        curves=f"{REPORT}/curves.csv",
+        memory=report(f"{REPORT}/memory.csv", caption="../report/memory.rst", category="Tables"),
+        training=report(f"{REPORT}/training.csv", caption="../report/training.rst", category="Tables"),
+        objectives=report(f"{REPORT}/objectives.csv", caption="../report/objectives.rst", category="Tables"),
+        metrics=f"{METRICS}/metrics.json",
+        curves=f"{METRICS}/curves.csv",
         plot=report(f"{REPORT}/certified_accuracy.png", caption="../report/certified_accuracy.rst", category="Plots"),
+        proxy=report(f"{REPORT}/certified_accuracy_proxy.png", caption="../report/certified_accuracy_proxy.rst",
+                     category="Plots"),
+        volume=report(f"{REPORT}/log_volume.png", caption="../report/log_volume.rst", category="Plots"),
+        memory_plot=report(f"{REPORT}/memory_effect.png", caption="../report/memory_effect.rst", category="Plots"),
+        theta=report(f"{REPORT}/ancer_theta.png", caption="../report/ancer_theta.rst", category="Plots"),
+        training_plot=report(f"{REPORT}/training.png", caption="../report/training_plot.rst", category="Plots"),
     params:
         report=config["report"],
         video=lambda w, input: f"--video {RESULTS}/video" if input.video else "",
     log:
         "logs/report.log",
     shell:
-        "{SMK} report --results {RESULTS} --models {MODELS} --data {DATA} {params.video} --out {REPORT} > {log} 2>&1"
+        "{SMK} report --results {RESULTS} --models {MODELS} --data {DATA} {params.video} --out {REPORT} --metrics {METRICS} > {log} 2>&1"

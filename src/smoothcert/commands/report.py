@@ -21,13 +21,19 @@ ANCER_PANELS = 6
 
 def add_arguments(p):
     add_config(p)
-    p.add_argument("--results", required=True, help="results/<dataset> folder (<model>/<method>/certify.tsv, final.tsv)")
-    p.add_argument("--models", default=None, help="models/<dataset> folder (<model>/metrics.tsv) for the training tables")
+    p.add_argument("--results", required=True,
+                   help="results/<dataset> folder (<model>/<method>/certify.tsv, final.tsv)")
+    p.add_argument("--models", default=None,
+                   help="models/<dataset> folder (<model>/metrics.tsv) for the training tables")
     p.add_argument("--data", default=None, help="prepared data folder (test.pt) for the ANCER θ figure")
     p.add_argument("--out", required=True, help="report folder to write")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="NAME[@SIGMA]=PATH",
                    help="add a table in locuslab/smoothing's format (idx label predict radius correct time) "
                         "as method NAME (ℓ2; σ from @SIGMA or a noise_<σ>/sigma_<σ> part of PATH)")
+    p.add_argument("--video", default=None,
+                   help="video results folder (sigma-<σ>/<method>/certify.tsv): adds video.csv/.md and metrics")
+    p.add_argument("--metrics", default=None,
+                   help="folder for metrics.json and curves*.csv (DVC metrics/plots); default: the --out folder")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
 
 
@@ -62,7 +68,8 @@ def parse_import(text: str) -> tuple[str, float, Path]:
     name, sep, path = text.partition("=")
     require(sep == "=" and name and path, f"--import {text!r}: expected NAME=PATH or NAME@SIGMA=PATH")
     name, _, sig = name.partition("@")
-    require(re.fullmatch(r"[A-Za-z0-9_.+-]+", name) is not None, f"--import {text!r}: NAME may use letters, digits, _.+- only")
+    require(re.fullmatch(r"[A-Za-z0-9_.+-]+", name) is not None,
+            f"--import {text!r}: NAME may use letters, digits, _.+- only")
     sigma = float("nan")
     if sig:
         try:
@@ -84,6 +91,22 @@ def load_import(text: str) -> rep.Experiment:
     df = _table(path, rep.LOCUSLAB_COLUMNS, f"imported table {name}")
     df = rep.fill_imported(df, name, COLUMNS, sigma=sigma)
     return rep.Experiment("import", "imported", "fixed", name, sigma, "l2", df)
+
+
+def load_video(folder: str | Path) -> list[rep.Experiment]:
+    """Video certificate tables ``sigma-<σ>/<method>/certify.tsv`` as experiments of model ``video-<σ>``."""
+    from smoothcert.certify import COLUMNS
+
+    folder = Path(folder)
+    require(folder.is_dir(), f"video results folder not found: {folder}")
+    out = []
+    for path in sorted(folder.glob("sigma-*/*/certify.tsv")):
+        sigma, method = float(path.parent.parent.name[len("sigma-"):]), path.parent.name
+        df = _table(path, rep.LOCUSLAB_COLUMNS, f"video certificate table {method}")
+        df = rep.fill_imported(df, method, COLUMNS, sigma=sigma)
+        out.append(rep.Experiment(f"video-{sigma:g}", "video", "fixed", method, sigma, "l2", df))
+    require(len(out) > 0, f"no video certificate tables under {folder} (expected sigma-<σ>/<method>/certify.tsv)")
+    return out
 
 
 def load_training(cfg: dict, models: str | Path) -> dict[str, pd.DataFrame]:
@@ -110,7 +133,7 @@ def ancer_panels(experiments: list[rep.Experiment], cfg: dict, data_dir: str | P
     if not ancer:
         return [], "no ANCER experiment in the config"
     if data_dir is None:
-        return [], "no --data folder given (test images needed)"
+        return [], "no --data folder given; the test images are needed"
     with_theta = [e for e in ancer if e.theta.get("files")]
     if not with_theta:
         return [], f"no ANCER θ files under {ancer[0].model_id}/ancer/theta/"
@@ -165,23 +188,39 @@ def _md_sections(summ: pd.DataFrame, radii_by_norm: dict) -> str:
     return "\n".join(out)
 
 
+def _memory_md(part: pd.DataFrame) -> str:
+    """Before/after rows per experiment, then the action counts."""
+    keys = ["objective", "sigma_mode", "method", "sigma"]
+    rows = []
+    for _, r in part.iterrows():
+        for stage in ("before", "after"):
+            vals = {c[len(stage) + 1:]: r[c] for c in part.columns if c.startswith(f"{stage}_")}
+            rows.append({**{k: r[k] for k in keys}, "stage": stage, **vals})
+    counts = part[keys + ["inputs", *rep.MEMORY_ACTIONS]]
+    return rep.markdown(rep.drop_empty(pd.DataFrame(rows))) + "\nMemory actions (inputs):\n\n" + rep.markdown(counts)
+
+
 def _placeholder(path: Path, title: str, why: str) -> None:
     import matplotlib.pyplot as plt
 
     from smoothcert import plots
 
-    fig, ax = plt.subplots(figsize=(6, 2))
+    fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
     ax.axis("off")
     ax.text(0.5, 0.5, f"{title}\n(not available: {why})", ha="center", va="center")
     plots.save(fig, path)
 
 
-def build_report(cfg: dict, results, out, models=None, data=None, imports=(), plot: bool = True) -> dict:
-    """Write every report file into ``out``; return the headline metrics."""
+def build_report(cfg: dict, results, out, models=None, data=None, imports=(), plot: bool = True,
+                 video=None, metrics_dir=None) -> dict:
+    """Write every report file into ``out`` (metrics.json and curves into ``metrics_dir`` if given)."""
     out = Path(out)
     rc = cfg["report"]
     radii_by_norm = {k: [float(r) for r in v] for k, v in rc["radii"].items()}
     experiments = load_experiments(cfg, results) + [load_import(t) for t in imports]
+    keys = [e.key for e in experiments]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    require(not dup, f"two experiments share a name: {dup} (give each --import its own NAME)")
     for e in experiments:
         require(e.norm in radii_by_norm, f"{e.key}: no report.radii.{e.norm} in the config")
     dataset = cfg["data"]["dataset"]
@@ -200,7 +239,7 @@ def build_report(cfg: dict, results, out, models=None, data=None, imports=(), pl
         md += ("Certified accuracy before (per-input certificates, certify.tsv) and after (sound for the "
                "data-dependent classifier, final.tsv) the memory step, and how many inputs each action hit.\n\n")
         for norm, part in mem.groupby("norm", sort=False):
-            md += f"## {norm}\n\n" + rep.markdown(rep.drop_empty(part.drop(columns=["model_id"]))) + "\n"
+            md += f"## {norm}\n\n" + _memory_md(part) + "\n"
     write_text(out / "memory.md", md)
 
     metrics = load_training(cfg, models) if models else {}
@@ -214,16 +253,27 @@ def build_report(cfg: dict, results, out, models=None, data=None, imports=(), pl
     md += ("Final-epoch metrics of each base model (test accuracies of the base classifier, "
            "clean and under training noise; train_time in seconds).\n\n" + rep.markdown(train) if len(train)
            else "No models folder given.\n")
-    md += ("\n## Certified accuracy per objective × sigma_mode × method\n\nACR and certified accuracy at "
-           "r = 0.5 (where on the grid) of each method on each base model.\n\n" + rep.markdown(objectives))
+    md += ("\n## Certified accuracy per objective × sigma_mode × method\n\nAverage certified radius (acr) and, "
+           "where 0.5 is on the radius grid, certified accuracy at r = 0.5 of each method on each base model.\n\n"
+           + rep.markdown(objectives))
     write_text(out / "training.md", md)
 
     head = rep.headline_metrics(summ)
-    write_json(out / "metrics.json", head)
+    if video:
+        vsumm = rep.summary(load_video(video), radii_by_norm, alpha, rc["rho"])
+        write_csv(out / "video.csv", vsumm)
+        keys = ["method", "sigma", "inputs", "clean", "abstain", "acr"]
+        cols = keys + [f"acc@{rep.rlabel(r)}" for r in radii_by_norm["l2"]] + ["time", "evals"]
+        write_text(out / "video.md", "# Video (Smooth-Reduce on clips)\n\nCertified accuracy on the moving-digits "
+                   "clips; radii in clip pixel space ([0,1] scale).\n\n"
+                   + rep.markdown(vsumm[cols], rep.best_mask(vsumm[cols], group=None)))
+        head.update(rep.headline_metrics(vsumm))
+    dvc_dir = Path(metrics_dir) if metrics_dir else out
+    write_json(dvc_dir / "metrics.json", head)
     curves = rep.curves(experiments, radii_by_norm)
     curves_proxy = rep.curves(experiments, radii_by_norm, column="proxy_radius")
-    write_csv(out / "curves.csv", curves)
-    write_csv(out / "curves_proxy.csv", curves_proxy)
+    write_csv(dvc_dir / "curves.csv", curves)
+    write_csv(dvc_dir / "curves_proxy.csv", curves_proxy)
 
     if plot:
         _figures(out, cfg, experiments, curves, curves_proxy, mem, metrics, data)
@@ -264,5 +314,5 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
 def run(args):
     cfg = config_mod.load(args.config)
     head = build_report(cfg, args.results, args.out, models=args.models, data=args.data, imports=args.imports,
-                        plot=not args.no_plots)
+                        plot=not args.no_plots, video=args.video, metrics_dir=args.metrics)
     print(f"report: {len(head)} experiments -> {args.out}")

@@ -1,0 +1,242 @@
+"""Report metrics on hand-computed tables; the whole report and compare-paper from fixture TSVs."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from smoothcert import paper, report as rep
+from smoothcert.cli import main
+
+FIX = Path(__file__).parent / "fixtures" / "report"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _toy():
+    # correct r=0.8; correct r=0.3; wrong r=0.9; abstain
+    return pd.DataFrame({"idx": [0, 1, 2, 3], "label": [3, 2, 0, 5], "predict": [3, 2, 1, -1],
+                         "radius": [0.8, 0.3, 0.9, 0.0], "correct": [1, 1, 0, 0],
+                         "proxy_radius": [1.2, 0.3, 1.0, 0.0], "log_volume": [-10.0, -30.0, -5.0, -np.inf]})
+
+
+def test_certified_accuracy_acr_abstention():
+    df = _toy()
+    np.testing.assert_allclose(rep.certified_accuracy(df, [0.0, 0.3, 0.5, 1.0]), [0.5, 0.5, 0.25, 0.0])
+    np.testing.assert_allclose(rep.certified_accuracy(df, [1.0, 1.2], "proxy_radius"), [0.25, 0.25])
+    assert rep.acr(df) == pytest.approx((0.8 + 0.3) / 4)
+    assert rep.abstention_rate(df) == 0.25
+    assert rep.clean_accuracy(df) == 0.5
+    assert rep.median_log_volume(df) == pytest.approx(-20.0)  # certified correct only: -10, -30
+    assert np.isnan(rep.certified_accuracy(df.iloc[:0], [0.0])[0])
+
+
+def test_app_d_lower_bound():
+    df = _toy()
+    # m = 4, alpha = rho = 0.001: P(Bin(4, .001) = 0) = 0.996 < 0.999, P(<= 1) = 0.99999 -> q = 1
+    np.testing.assert_allclose(rep.lower_bounds(df, [0.0, 0.5], alpha=0.001, rho=0.001), [0.25, 0.0])
+    # alpha = 1e-6: P(Bin(4, 1e-6) = 0) = 0.999996 >= 0.999 -> q = 0, bound = plain accuracy
+    np.testing.assert_allclose(rep.lower_bounds(df, [0.0, 0.5], alpha=1e-6, rho=0.001), [0.5, 0.25])
+
+
+def test_best_mask_directions_and_ties():
+    df = pd.DataFrame({"norm": ["l2", "l2", "l2", "l1"], "acc@0.5": [0.4, 0.6, 0.6, 0.1],
+                       "abstain": [0.1, 0.3, 0.2, 0.9], "time": [1.0, 0.1, 2.0, 0.5]})
+    m = rep.best_mask(df)
+    assert m["acc@0.5"].tolist() == [False, True, True, False]  # l1 has one row: nothing to rank
+    assert m["abstain"].tolist() == [True, False, False, False]
+    assert not m["time"].any()  # cost is not ranked
+
+
+def test_fill_imported_and_parse():
+    from smoothcert.certify import COLUMNS
+    from smoothcert.commands.report import parse_import
+
+    df = pd.DataFrame({"idx": [0], "label": [1], "predict": [1], "radius": [0.5], "correct": [1],
+                       "time": ["0:01:02.500000"]})
+    out = rep.fill_imported(df, "pub", COLUMNS, sigma=0.25)
+    assert set(COLUMNS) <= set(out.columns)
+    assert out.loc[0, "time"] == pytest.approx(62.5)
+    assert out.loc[0, "method"] == "pub" and out.loc[0, "norm"] == "l2" and out.loc[0, "proxy_radius"] == 0.5
+    assert np.isnan(out.loc[0, "log_volume"])
+    assert parse_import("pub=a/noise_0.5/test/sigma_0.5")[:2] == ("pub", 0.5)
+    assert parse_import("pub@0.12=x.tsv")[:2] == ("pub", 0.12)
+    name, sigma, _ = parse_import("pub=x.tsv")
+    assert np.isnan(sigma)
+
+
+# ---------------------------------------------------------------- whole report from fixtures
+L2 = "gaussian-fixed-l2-0.25"
+L1 = "gaussian-fixed-l1-0.5"
+MACER = "macer-fixed-l2-0.25"
+ALL = ["cohen", "ddrs", "ancer", "smooth_reduce_max", "smooth_reduce_mean"]
+
+
+def _layout(tmp: Path) -> Path:
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg["models"] = [
+        {"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.25], "methods": ALL},
+        {"objective": "gaussian", "sigma_mode": "fixed", "norm": "l1", "sigmas": [0.5], "methods": ["cohen"]},
+        {"objective": "macer", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.25], "methods": ["cohen"]},
+    ]
+    (tmp / "params.yaml").write_text(yaml.safe_dump(cfg))
+    res = tmp / "results"
+    for method in ALL:
+        d = res / L2 / method
+        d.mkdir(parents=True)
+        shutil.copy(FIX / f"{method}.tsv", d / "certify.tsv")
+        if method in ("ddrs", "ancer"):
+            shutil.copy(FIX / f"{method}_final.tsv", d / "final.tsv")
+    c = pd.read_csv(FIX / "cohen.tsv", sep="\t")
+    (res / L1 / "cohen").mkdir(parents=True)
+    c.assign(norm="l1", sigma=0.5, radius=c["radius"] * 0.5).to_csv(res / L1 / "cohen" / "certify.tsv", sep="\t",
+                                                                     index=False)
+    (res / MACER / "cohen").mkdir(parents=True)
+    c.assign(radius=c["radius"] * 1.2).to_csv(res / MACER / "cohen" / "certify.tsv", sep="\t", index=False)
+    gen = torch.Generator().manual_seed(0)
+    (res / L2 / "ancer" / "theta").mkdir()
+    torch.save({"idx": torch.arange(24), "theta": 0.2 + 0.3 * torch.rand(24, 64, generator=gen)},
+               res / L2 / "ancer" / "theta" / "0-of-1.pt")
+    (tmp / "data").mkdir()
+    torch.save({"x": torch.rand(30, 1, 8, 8, generator=gen), "y": torch.randint(0, 10, (30,), generator=gen)},
+               tmp / "data" / "test.pt")
+    for mid in (L2, L1, MACER):
+        (tmp / "models" / mid).mkdir(parents=True)
+        pd.DataFrame({"epoch": [1, 2], "lr": [0.05, 0.05], "train_loss": [1.5, 0.9], "train_acc": [0.5, 0.7],
+                      "test_clean_acc": [0.6, 0.8], "test_noisy_acc": [0.5, 0.7], "time": [1.0, 1.5]}
+                     ).to_csv(tmp / "models" / mid / "metrics.tsv", sep="\t", index=False)
+    return tmp
+
+
+def _args(tmp: Path, *extra):
+    return ["report", "--config", str(tmp / "params.yaml"), "--results", str(tmp / "results"),
+            "--out", str(tmp / "report"), *extra]
+
+
+OUTPUTS = ["summary.csv", "summary.md", "memory.csv", "memory.md", "training.csv", "training.md", "objectives.csv",
+           "metrics.json", "curves.csv", "curves_proxy.csv", "certified_accuracy.png", "certified_accuracy_proxy.png",
+           "log_volume.png", "memory_effect.png", "ancer_theta.png", "training.png"]
+
+
+def test_whole_report_from_fixtures(tmp_path):
+    tmp = _layout(tmp_path)
+    imp = f"locuslab={FIX / 'locuslab_noise_0.25.tsv'}"
+    assert main(_args(tmp, "--models", str(tmp / "models"), "--data", str(tmp / "data"), "--import", imp)) == 0
+    out = tmp / "report"
+    for name in OUTPUTS:
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob(".*tmp"))
+    s = pd.read_csv(out / "summary.csv")
+    assert len(s) == 8
+    assert set(s["method"]) == set(ALL) | {"locuslab"}
+    cohen = pd.read_csv(FIX / "cohen.tsv", sep="\t")
+    row = s[(s["model_id"] == L2) & (s["method"] == "cohen")].iloc[0]
+    assert row["acc@0"] == pytest.approx(cohen["correct"].mean())
+    assert row["acc@0.5"] == pytest.approx(((cohen["radius"] >= 0.5) & (cohen["correct"] == 1)).mean())
+    assert row["acr"] == pytest.approx((cohen["radius"] * cohen["correct"]).mean())
+    assert row["abstain"] == pytest.approx((cohen["predict"] == -1).mean())
+    assert row["evals"] == 2100 and row["opt_time"] == 0
+    imported = s[s["method"] == "locuslab"].iloc[0]
+    assert imported["sigma"] == 0.25 and imported["norm"] == "l2" and np.isnan(imported["median_log_volume"])
+    ancer = s[s["method"] == "ancer"].iloc[0]
+    final = pd.read_csv(FIX / "ancer_final.tsv", sep="\t")
+    assert ancer["acr"] == pytest.approx((final["radius"] * final["correct"]).mean())  # summary uses final.tsv
+    assert ancer["proxy_acc@0.25"] >= ancer["acc@0.25"]
+    assert np.isnan(s[s["norm"] == "l1"].iloc[0]["acc@1.25"])  # l1 grid stops at 1
+    md = (out / "summary.md").read_text()
+    assert "## l1" in md and "## l2" in md and "**" in md
+    mem = pd.read_csv(out / "memory.csv")
+    assert sorted(mem["method"]) == ["ancer", "ddrs"]
+    assert mem[["none", "inside", "shrunk", "abstained"]].iloc[0].tolist() == [18, 3, 2, 1]
+    before = pd.read_csv(FIX / "ddrs.tsv", sep="\t")
+    assert mem[mem["method"] == "ddrs"].iloc[0]["before_acc@0"] == pytest.approx(before["correct"].mean())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics[f"{L2}/cohen"]) >= {"acr", "acc@0.5", "abstain", "clean"}
+    assert "import/locuslab" in metrics
+    curves = pd.read_csv(out / "curves.csv")
+    assert curves.columns[0] == "experiment" and {"norm", "radius", "certified_accuracy"} <= set(curves.columns)
+    first = curves[curves["experiment"] == f"{L2}/cohen"].iloc[0]
+    assert first["radius"] == 0 and first["certified_accuracy"] == pytest.approx(row["acc@0"])
+    train = pd.read_csv(out / "training.csv")
+    assert len(train) == 3 and train["train_time"].tolist() == [2.5] * 3
+    obj = pd.read_csv(out / "objectives.csv")
+    assert {"gaussian", "macer"} <= set(obj["objective"]) and "cohen acr" in obj.columns
+
+
+def test_report_without_optional_inputs(tmp_path):
+    tmp = _layout(tmp_path)
+    assert main(_args(tmp, "--no-plots")) == 0
+    assert (tmp / "report" / "summary.csv").exists() and not (tmp / "report" / "certified_accuracy.png").exists()
+
+
+def test_video_tables(tmp_path):
+    tmp = _layout(tmp_path)
+    for method in ("cohen", "smooth_reduce_max"):
+        d = tmp / "results" / "video" / "sigma-0.25" / method
+        d.mkdir(parents=True)
+        shutil.copy(FIX / "locuslab_noise_0.25.tsv", d / "certify.tsv")
+    assert main(_args(tmp, "--no-plots", "--video", str(tmp / "results" / "video"))) == 0
+    v = pd.read_csv(tmp / "report" / "video.csv")
+    assert v["method"].tolist() == ["cohen", "smooth_reduce_max"] and (v["sigma"] == 0.25).all()
+    assert "video-0.25/smooth_reduce_max" in json.loads((tmp / "report" / "metrics.json").read_text())
+
+
+def test_missing_table_is_one_line_error(tmp_path, capsys):
+    tmp = _layout(tmp_path)
+    (tmp / "results" / L2 / "ddrs" / "final.tsv").unlink()
+    assert main(_args(tmp, "--no-plots")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ddrs/final.tsv" in err and "not found" in err
+
+
+def test_table_lacking_columns_is_one_line_error(tmp_path, capsys):
+    tmp = _layout(tmp_path)
+    p = tmp / "results" / L2 / "cohen" / "certify.tsv"
+    pd.read_csv(p, sep="\t").drop(columns=["proxy_radius"]).to_csv(p, sep="\t", index=False)
+    assert main(_args(tmp, "--no-plots")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "proxy_radius" in err and "cohen/certify.tsv" in err
+    bad = tmp / "bad.tsv"
+    pd.DataFrame({"idx": [0], "label": [1]}).to_csv(bad, sep="\t", index=False)
+    p.unlink()
+    shutil.copy(FIX / "cohen.tsv", p)
+    assert main(_args(tmp, "--no-plots", "--import", f"x={bad}")) == 2
+    assert "lacks columns" in capsys.readouterr().err
+    imp = f"x={FIX / 'locuslab_noise_0.25.tsv'}"
+    assert main(_args(tmp, "--no-plots", "--import", imp, "--import", imp)) == 2
+    assert "share a name" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- paper comparison
+def test_compare_paper(tmp_path):
+    summary = pd.read_csv(FIX / "summary_cifar10.csv")
+    t = paper.compare(summary)
+    assert len(t) == 4 * 7
+    c = t.set_index(["sigma", "radius"])
+    assert c.loc[(0.25, 0.0), "diff"] == pytest.approx(0.01)
+    assert c.loc[(0.25, 0.5), "diff"] == pytest.approx(0.02)
+    assert c.loc[(0.5, 0.0), "diff"] == pytest.approx(-0.05)
+    assert not c.loc[(0.5, 0.0), "within_2se"]  # se = sqrt(.6 * .4 / 500) = 0.022
+    assert c.loc[(1.0, 1.5), "diff"] == pytest.approx(0.0) and c.loc[(1.0, 1.5), "within_2se"]
+    assert np.isnan(c.loc[(0.12, 0.0), "ours"])
+    out = tmp_path / "paper_comparison.md"
+    assert main(["compare-paper", "--summary", str(FIX / "summary_cifar10.csv"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "not run" in text and "0.760 (+0.010)" in text
+    assert (tmp_path / "paper_comparison.csv").exists()
+    assert main(["compare-paper", "--summary", str(FIX / "summary_cifar10.csv"), "--out", str(out),
+                 "--method", "ancer"]) == 2
+
+
+def test_cifar10_paper_config_is_valid():
+    from smoothcert import config
+
+    cfg = config.load(ROOT / "config" / "cifar10_paper.yaml")
+    assert cfg["data"]["dataset"] == "cifar10" and cfg["model"]["arch"] == "cifar_resnet110"
+    assert [s.sigma for s in config.model_specs(cfg)] == [0.12, 0.25, 0.5, 1.0]
+    cc = cfg["certify"]
+    assert (cc["n"], cc["n0"], cc["alpha"], cfg["test"]["step"]) == (100000, 100, 0.001, 20)
+    assert set(paper.COHEN_CIFAR10) == {0.12, 0.25, 0.5, 1.0}
