@@ -22,7 +22,7 @@ rule certify:
         theta=lambda w, input: f"--theta {input.theta}" if input.theta else "",
     log:
         f"logs/certify/{DATASET}/{{model}}/{{method}}/{{shard}}.log",
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=4000,

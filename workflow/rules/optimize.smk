@@ -12,7 +12,7 @@ rule optimize_ddrs:
         test=config["test"],
     log:
         f"logs/optimize/{DATASET}/{{model}}/ddrs/{{shard}}.log",
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=4000,
@@ -34,7 +34,7 @@ rule optimize_ancer:
         test=config["test"],
     log:
         f"logs/optimize/{DATASET}/{{model}}/ancer/{{shard}}.log",
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=4000,
