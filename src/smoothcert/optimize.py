@@ -9,7 +9,8 @@ Noise comes from seeded generators: one shared ``torch.Generator``, or one per
 input (a list), in which case input i's draws depend only on its own generator
 and the result for input i does not depend on which other inputs share its batch.
 Only σ / θ receive gradients; the model's parameters are frozen while optimizing
-(their ``requires_grad`` flags are restored afterwards) and never stepped.
+(their ``requires_grad`` flags are restored afterwards) and never stepped. Gradients
+are enabled inside the optimizers, so they also work when called under ``no_grad``.
 
 Clamping (ℓ2 only): ψ₁, ψ₂ are clamped into [PSI_CLAMP, 1 - PSI_CLAMP] before Φ⁻¹,
 so the surrogate stays finite. With PSI_CLAMP = 1e-3, as in both papers' code,
@@ -153,7 +154,7 @@ def ddrs_sigma(model: nn.Module, x: torch.Tensor, sigma0: torch.Tensor, norm: st
     x = x.detach()
     sigma = torch.as_tensor(sigma0, device=x.device).detach().to(x.dtype).clamp_min(sigma_min).clone()
     require(sigma.shape == (x.shape[0],), f"sigma0 has shape {tuple(sigma.shape)}, expected ({x.shape[0]},)")
-    with frozen(model):
+    with frozen(model), torch.enable_grad():
         for step in range(iterations):
             sigma.requires_grad_(True)
             radius = surrogate(model, x, sigma, norm, samples, generator)
@@ -181,7 +182,7 @@ def ancer_theta(model: nn.Module, x: torch.Tensor, theta0: torch.Tensor, norm: s
     require(bool((theta_init > 0).all()), "theta0 must be positive")
     theta = theta_init.clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr, maximize=True)
-    with frozen(model):
+    with frozen(model), torch.enable_grad():
         for step in range(iterations):
             gap = proxy_gap(top2_probabilities(model, x, theta, norm, samples, generator), norm)
             (theta.grad,) = torch.autograd.grad(ancer_objective(theta, gap, kappa), theta)
