@@ -32,6 +32,7 @@ out most pairs before the dual is evaluated.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ ACTIONS = ("none", "inside", "shrunk", "abstained")
 _SAFETY = 1e-9     # relative margin applied to every computed gap (covers rounding)
 _ROUND = 1e-12     # relative floating error allowance inside the dual bounds
 _CHUNK = 64        # pairs solved together in the branch-and-bound refinement
+_BLOCK = 256       # regions screened together, in ascending order of the screen-0 bound
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -63,15 +65,17 @@ def region_gauge(points: np.ndarray, centers: np.ndarray, thetas: np.ndarray, no
 
 
 def distance_lower_bound(x: np.ndarray, theta_x: np.ndarray, centers: np.ndarray, thetas: np.ndarray,
-                         gaps: np.ndarray, norm: str, newton_iter: int = 100) -> np.ndarray:
+                         gaps: np.ndarray, norm: str, exact: bool = True, newton_iter: int = 100) -> np.ndarray:
     """Lower bound on d_k = min {‖(z − x) ⊘ θₓ‖_p : z ∈ R_k} for each region k (0 when x ∈ R_k).
 
     Exact up to rounding (tight), and never above d_k: Rₓ with any gap < bound is disjoint from R_k.
 
     ℓ2: weak duality, q(λ) = Σ_j λ w_j v_j Δ_j² / (w_j + λ v_j) − λ g_k² ≤ d_k² for every λ ≥ 0
     (w = θₓ⁻², v = θ_k⁻², Δ = x − c_k); λ is the root of q'(λ) = 0 (strong duality), found by
-    ``scipy.optimize.newton`` from λ = 0, where q' is convex and decreasing so Newton increases
-    monotonically to the root. ℓ1: the LP min Σ δ_j/θₓⱼ s.t. Σ (|Δ_j| − δ_j)/θ_kj ≤ g_k, 0 ≤ δ_j ≤ |Δ_j|
+    ``scipy.optimize.newton`` started left of the root (q' is convex and decreasing there, so Newton
+    rises monotonically to it); ``exact=False`` evaluates q only at the isotropic guess λ̂ (one
+    vectorized pass, still a valid bound, used as a screen).
+    ℓ1: the LP min Σ δ_j/θₓⱼ s.t. Σ (|Δ_j| − δ_j)/θ_kj ≤ g_k, 0 ≤ δ_j ≤ |Δ_j|
     is a fractional knapsack (cheapest ratio θ_kj/θₓⱼ first); its value is evaluated through the dual
     L(μ) = μE − Σ_j R_j max(0, μ − κ_j) at the critical ratio, a lower bound for any μ ≥ 0.
     """
@@ -102,58 +106,68 @@ def distance_lower_bound(x: np.ndarray, theta_x: np.ndarray, centers: np.ndarray
             err = _ROUND * mu * (2 * cap[rows].sum(1) + gaps[rows])
             out[rows] = np.maximum(0.0, value - err)
         return out
-    w = theta_x ** -2.0
-    v = thetas ** -2.0
-    d2 = delta ** 2
+    vd = delta ** 2 / thetas ** 2                   # v_j Δ_j²  (v = θ_k⁻²)
+    ratio = (theta_x / thetas) ** 2                 # r_j = v_j / w_j  (w = θₓ⁻²)
     g2 = gaps ** 2
-    rows = np.flatnonzero((v * d2).sum(1) > g2)    # x outside R_k (q'(0) > 0)
+    rho2 = vd.sum(1)
+    point = np.flatnonzero((gaps <= 0) & (rho2 > 0))  # R_k = {c_k}: the distance is ‖(x − c_k) ⊘ θₓ‖₂
+    out[point] = np.sqrt((delta[point] ** 2 / theta_x ** 2).sum(1)) * (1.0 - _ROUND)
+    rows = np.flatnonzero((rho2 > g2) & (gaps > 0))  # x outside R_k (q'(0) > 0)
     if len(rows):
-        wv, vr, dr, gr = w * vr_ones(v[rows]), v[rows], d2[rows], g2[rows]
+        vd, ratio, g2, rho2 = vd[rows], ratio[rows], g2[rows], rho2[rows]
+        # λ̂: the exact multiplier when θₓ and θ_k are isotropic, with r replaced by its vΔ²-weighted mean
+        lam0 = (np.sqrt(rho2 / g2) - 1.0) * rho2 / (vd * ratio).sum(1)
+        if exact:
+            def slope(lam):       # q'(λ); reported as 0 once |q'| ≤ 1e-12 g² (relative stop, then dp = 0)
+                value = (vd / (1.0 + lam[:, None] * ratio) ** 2).sum(1) - g2
+                return np.where(np.abs(value) <= 1e-12 * g2, 0.0, value)
 
-        def slope(lam):
-            return (wv ** 2 * vr * dr / (wv + lam[:, None] * vr) ** 2).sum(1) - gr
+            def curvature(lam):
+                return -2.0 * (vd * ratio / (1.0 + lam[:, None] * ratio) ** 3).sum(1)
 
-        def curvature(lam):
-            return -2.0 * (wv ** 2 * vr ** 2 * dr / (wv + lam[:, None] * vr) ** 3).sum(1)
-
-        lam = optimize.newton(slope, np.zeros(len(rows)), fprime=curvature, maxiter=newton_iter, tol=1e-12,
-                              rtol=1e-12, disp=False)
-        lam = np.where(np.isfinite(lam) & (lam > 0), lam, 0.0)
-        terms = lam[:, None] * wv * vr * dr / (wv + lam[:, None] * vr)
-        q = terms.sum(1) - lam * gr
-        q -= _ROUND * (terms.sum(1) + lam * gr)
+            start = np.where(slope(lam0) >= 0, lam0, 0.0)  # left of the root: Newton then rises monotonically
+            lam = start
+            if len(rows) == 1:    # scipy's vectorized Newton needs two or more starts
+                start, vd, ratio, g2 = (np.repeat(a, 2, 0) for a in (start, vd, ratio, g2))
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)
+                try:
+                    lam = optimize.newton(slope, start, fprime=curvature, maxiter=newton_iter, tol=1e-300)[:len(rows)]
+                except RuntimeError:  # none converged: keep the (valid, looser) starting multipliers
+                    pass
+            vd, ratio, g2 = vd[:len(rows)], ratio[:len(rows)], g2[:len(rows)]
+            lam = np.where(np.isfinite(lam) & (lam > 0), lam, 0.0)
+        else:
+            lam = lam0
+        terms = (lam[:, None] * vd / (1.0 + lam[:, None] * ratio)).sum(1)
+        q = terms - lam * g2 - _ROUND * (terms + lam * g2)
         out[rows] = np.sqrt(np.maximum(q, 0.0))
     return out
 
 
-def vr_ones(a: np.ndarray) -> np.ndarray:
-    """Ones shaped like ``a`` (broadcast helper)."""
-    return np.ones_like(a)
-
-
 def may_intersect(c1, theta1, g1, c2, theta2, g2, norm: str) -> bool:
-    """Conservative intersection test of two regions: False only if they are provably disjoint."""
-    if g1 <= 0 or g2 <= 0:
-        return bool(region_gauge(np.asarray(c1, float), np.asarray(c2, float)[None], np.asarray(theta2, float)[None],
-                                 norm)[0] <= g2) if g1 <= 0 else may_intersect(c2, theta2, g2, c1, theta1, g1, norm)
-    bound = distance_lower_bound(c1, theta1, np.asarray(c2)[None], np.asarray(theta2)[None], [g2], norm)[0]
+    """Conservative intersection test of two closed regions: False only if they are provably disjoint."""
+    c1, theta1, c2, theta2 = (np.asarray(a, dtype=float) for a in (c1, theta1, c2, theta2))
+    if g1 <= 0:                  # R1 is the point c1
+        return bool(region_gauge(c1, c2, theta2, norm) <= g2 * (1.0 + _SAFETY) + 0.0)
+    bound = distance_lower_bound(c1, theta1, c2[None], theta2[None], [max(g2, 0.0)], norm)[0]
     return not bound > g1
 
 
 def inscribed_gap(x: np.ndarray, center: np.ndarray, theta: np.ndarray, gap: float, norm: str) -> float:
-    """Largest g' (≤, by a safety margin) with {z : ‖(z − x) ⊘ θ‖_p ≤ g'} ⊆ {z : ‖(z − c) ⊘ θ‖_p ≤ gap}.
+    """Largest g' (≤, by a safety margin) with {‖(z − x) ⊘ θ‖_p ≤ g'} ⊆ {‖(z − c) ⊘ θ‖_p ≤ gap}.
 
     Exact for norm balls in the θ-scaled space: g' = gap − ‖(x − c) ⊘ θ‖_p (triangle inequality, tight
     along the ray from c through x); ≤ 0 when x is not strictly inside.
     """
-    s = float(region_gauge(np.asarray(x, float), np.asarray(center, float), np.asarray(theta, float), norm))
-    return _shrink(gap - s * (1.0 + _ROUND) - _ROUND * gap)
+    s = region_gauge(np.asarray(x, float), np.asarray(center, float), np.asarray(theta, float), norm)
+    return float(_inscribed(s, np.asarray(gap, float)))
 
 
-def _shrink(value):
-    """Apply the safety margin to a computed gap (keeps ≤ 0 as is)."""
-    return np.where(np.asarray(value) > 0, np.asarray(value) * (1.0 - _SAFETY), value) if np.ndim(value) \
-        else (value * (1.0 - _SAFETY) if value > 0 else value)
+def _inscribed(gauge: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """gap − gauge, lowered by the rounding allowance and the safety margin (≤ 0: not strictly inside)."""
+    value = gap - gauge * (1.0 + _ROUND) - _ROUND * gap
+    return np.where(value > 0, value * (1.0 - _SAFETY), value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,7 +192,9 @@ class Memory:
         self._label = np.zeros(cap, dtype=np.int64)
         self._theta = np.ones((cap, self.d))
         self._gap = np.zeros(cap)
-        self._extent = np.zeros(cap)           # max_j θ_kj g_k: Rk ⊆ ‖z − c_k‖_p ≤ extent
+        self._extent = np.zeros(cap)           # max_j θ_kj g_k: R_k ⊆ {‖z − c_k‖_p ≤ extent}
+        self._sqnorm = np.zeros(cap)           # ‖c_k‖²
+        self.last_theta = np.ones(self.d)      # θ of the region answered by the last process() call
 
     def __len__(self) -> int:
         return self.n
@@ -203,9 +219,11 @@ class Memory:
             self._theta = np.concatenate([self._theta, np.ones((grow, self.d))])
             self._gap = np.concatenate([self._gap, np.zeros(grow)])
             self._extent = np.concatenate([self._extent, np.zeros(grow)])
+            self._sqnorm = np.concatenate([self._sqnorm, np.zeros(grow)])
         i = self.n
         self._idx[i], self._center[i], self._label[i] = idx, center, label
         self._theta[i], self._gap[i], self._extent[i] = theta, gap, float(theta.max()) * gap
+        self._sqnorm[i] = float(center @ center)
         self.n += 1
 
     def _check_input(self, center, theta, gap):
@@ -232,62 +250,103 @@ class Memory:
         if label < 0 and not self.answer_abstained:
             return label, 0.0, "none"
         n = self.n
-        other = np.flatnonzero(self._label[:n] != label)
-        p = 2 if self.norm == "l2" else 1
+        if n:
+            # screen 0 (one pass over the memory): R_k ⊆ {‖z − c_k‖_p ≤ extent_k} and
+            # ‖(z − x) ⊘ θₓ‖_p ≥ ‖z − x‖_p / max θₓ. ℓ2: ‖x − c_k‖₂ from ‖x‖² + ‖c_k‖² − 2 xᵀc_k (BLAS),
+            # lowered by a bound on its rounding error, so it never overestimates the distance.
+            if self.norm == "l2":
+                xx = float(center @ center)
+                sq = self._sqnorm[:n] + xx - 2.0 * (self._center[:n] @ center)
+                sq -= 4.0 * (self.d + 2) * np.finfo(float).eps * (self._sqnorm[:n] + xx)
+                dist = np.sqrt(np.maximum(sq, 0.0))
+            else:
+                dist = np.abs(self._center[:n] - center).sum(1)
+            ext = self._extent[:n]
+            near_mask = dist - ext <= _SAFETY * (dist + ext)
+            reach_mask = dist - ext - _SAFETY * (dist + ext) < gap * float(theta.max())
+            other = np.flatnonzero((self._label[:n] != label) & (near_mask | reach_mask))
+        else:
+            other = np.zeros(0, dtype=np.int64)
         if len(other):
-            dist = np.linalg.norm(center - self._center[other], ord=p, axis=1) if p == 1 else \
-                np.sqrt(((center - self._center[other]) ** 2).sum(1))
-            ext = self._extent[other]
             # 1. inside a recorded region of another class (only possible where dist <= extent)
-            near = other[dist <= ext * (1 + 1e-9)]
+            near = other[near_mask[other]]
             if len(near):
-                s = region_gauge(center, self._center[near], self._theta[near], self.norm)
-                g_in = _shrink(self._gap[near] - s * (1.0 + _ROUND) - _ROUND * self._gap[near])
-                scale = np.exp(np.log(self._theta[near]).mean(1)) * g_in
+                g_in = _inscribed(region_gauge(center, self._center[near], self._theta[near], self.norm),
+                                  self._gap[near])
                 if (g_in > 0).any():
-                    best = int(np.argmax(np.where(g_in > 0, scale, -np.inf)))
+                    log_size = np.log(np.maximum(g_in, 1e-300)) + np.log(self._theta[near]).mean(1)
+                    size = np.where(g_in > 0, log_size, -np.inf)
+                    best = int(np.argmax(size))            # largest answered region (first on ties)
                     k = near[best]
                     self.last_theta = self._theta[k].copy()
                     self._record(idx, center, int(self._label[k]), self.last_theta, float(g_in[best]))
                     return int(self._label[k]), float(g_in[best]), "inside"
-            # 2. shrink against other-class regions: screens, then dual bounds in branch-and-bound order
             if label < 0:      # abstained input outside every other-class region: nothing to certify
                 return label, 0.0, "none"
-            tmax = float(theta.max())
-            lb0 = (dist - ext) / tmax
-            cand = other[lb0 < gap]
-            if len(cand):
-                scaled = np.abs(center - self._center[cand]) / theta
-                if p == 2:
-                    reach = np.sqrt((scaled ** 2).sum(1))
-                else:
-                    reach = scaled.sum(1)
-                lb1 = reach - self._gap[cand] * (self._theta[cand] / theta).max(1)
-                keep = lb1 < gap
-                cand, lb1 = cand[keep], lb1[keep]
-                order = np.argsort(lb1, kind="stable")
-                cand, lb1 = cand[order], lb1[order]
-                new_gap = gap
-                start = 0
-                while start < len(cand):
-                    live = np.flatnonzero(lb1[start:] < new_gap) + start
-                    if not len(live):
-                        break
-                    batch = cand[live[:_CHUNK]]
-                    bound = distance_lower_bound(center, theta, self._center[batch], self._theta[batch],
-                                                 self._gap[batch], self.norm)
-                    new_gap = min(new_gap, float(bound.min()))
-                    start = live[min(_CHUNK, len(live)) - 1] + 1
-                if new_gap < gap:
-                    final = float(_shrink(new_gap))
-                    if not final > 0:
-                        return -1, 0.0, "abstained"
-                    self._record(idx, center, label, theta, final)
-                    return label, final, "shrunk"
+            if gap <= 0:       # a point region: only its own centre may not touch another class
+                if (region_gauge(center, self._center[near], self._theta[near], self.norm)
+                        <= self._gap[near] * (1.0 + _SAFETY)).any():
+                    return -1, 0.0, "abstained"
+                self._record(idx, center, label, theta, 0.0)
+                return label, 0.0, "none"
+            # 2. shrink against other-class regions: more screens, then dual bounds
+            cand = other[reach_mask[other]]
+            lb0 = (dist[cand] - ext[cand] - _SAFETY * (dist[cand] + ext[cand])) / float(theta.max())
+            new_gap = self._shrink_against(center, theta, gap, cand, lb0)
+            if new_gap < gap:
+                if not new_gap > 0:
+                    return -1, 0.0, "abstained"
+                self._record(idx, center, label, theta, new_gap)
+                return label, new_gap, "shrunk"
         if label < 0:
             return label, 0.0, "none"
         self._record(idx, center, label, theta, gap)
         return label, gap, "none"
+
+    def _shrink_against(self, center, theta, gap, cand, lb0) -> float:
+        """Largest safe gap ≤ ``gap`` keeping the region at ``center`` disjoint from regions ``cand``.
+
+        Every test compares a lower bound on d_k, lowered by the safety margin, with the current best gap,
+        so a region is skipped only when provably disjoint. Regions are visited in ascending order of their
+        screen-0 bound ``lb0``, in blocks, until that bound reaches the best gap so far. In a block, screen 1:
+        in θₓ-scaled space R_k lies in the p-ball of radius g_k max_j θ_kj/θₓⱼ; ℓ1 survivors then get the
+        exact bound; ℓ2 survivors pass screen 2 (the dual at a guessed multiplier) and are solved exactly
+        in ascending screen-2 order (branch and bound).
+        """
+        order = np.argsort(lb0, kind="stable")
+        cand, lb0 = cand[order], lb0[order]
+        best, start = gap, 0
+        while start < len(cand) and lb0[start] < best:
+            stop = start + int(np.searchsorted(lb0[start:start + _BLOCK], best, side="left"))
+            best = self._refine(center, theta, cand[start:stop], best)
+            start = stop
+        return best
+
+    def _refine(self, center, theta, cand, best) -> float:
+        scaled = np.abs(center - self._center[cand]) / theta
+        reach = np.sqrt((scaled ** 2).sum(1)) if self.norm == "l2" else scaled.sum(1)
+        half = self._gap[cand] * (self._theta[cand] / theta).max(1)
+        cand = cand[reach - half - _SAFETY * (reach + half) < best]
+        if not len(cand):
+            return best
+        args = (center, theta)
+        if self.norm == "l1":      # the exact bound is one vectorized pass already
+            bound = distance_lower_bound(*args, self._center[cand], self._theta[cand], self._gap[cand], "l1")
+            return min(best, float(bound.min()) * (1.0 - _SAFETY))
+        lb = distance_lower_bound(*args, self._center[cand], self._theta[cand], self._gap[cand], "l2",
+                                  exact=False) * (1.0 - _SAFETY)
+        keep = lb < best
+        cand, lb = cand[keep], lb[keep]
+        order = np.argsort(lb, kind="stable")
+        cand, lb = cand[order], lb[order]
+        start, chunk = 0, 8
+        while start < len(cand) and lb[start] < best:
+            stop = start + int(np.searchsorted(lb[start:start + chunk], best, side="left"))
+            batch = cand[start:stop]
+            bound = distance_lower_bound(*args, self._center[batch], self._theta[batch], self._gap[batch], "l2")
+            best = min(best, float(bound.min()) * (1.0 - _SAFETY))
+            start, chunk = stop, _CHUNK
+        return best
 
 
 # ---------------------------------------------------------------------------------------------------------------
