@@ -31,6 +31,16 @@ CONFIG_COPY = sc_config.freeze(config, ".smoothcert")
 SMK = f"smoothcert --config {CONFIG_COPY}"
 
 
+localrules:
+    gather,
+    report,
+    report_all,
+    data_all,
+    train_all,
+    certify_all,
+    all,
+
+
 wildcard_constraints:
     model=r"[a-z]+-[a-z]+-l[12]-[0-9.e+-]+",
     method=r"[a-z_]+",

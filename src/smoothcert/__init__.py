@@ -5,7 +5,14 @@ written against the reference implementation ports unchanged::
 
     from smoothcert import Smooth, ABSTAIN
 """
-from smoothcert.core import ABSTAIN, Smooth
-
 __all__ = ["ABSTAIN", "Smooth"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `import smoothcert.config` (the Snakefile's) does not load torch.
+    if name in __all__:
+        from smoothcert import core
+
+        return getattr(core, name)
+    raise AttributeError(name)
 __version__ = "0.1.0"
