@@ -68,20 +68,23 @@ def certify_shard(cfg: dict, spec: ModelSpec, method_name: str, model: torch.nn.
     theta, opt_time, opt_evals = theta if theta is not None else (None, np.zeros(len(idx)), np.zeros(len(idx), int))
     method = get_method(method_name)
     cc = cfg["certify"]
-    num_classes = int(model(x[:1].to(device)).shape[1]) if len(x) else 0
+    with torch.no_grad():
+        num_classes = int(model(x[:1].to(device)).shape[1]) if len(x) else 0
     wrapper = load_wrapper(method)
     target = wrapper(model, cfg, method_name, tuple(x.shape[1:])) if wrapper else Certified(model)
     writer = ShardWriter(out_path, COLUMNS)
     todo = [i for i in range(len(idx)) if int(idx[i]) not in writer.done]
-    sampling = core.Sampling(kind=spec.noise, batch_size=cc["batch_size"], chunk=cc["chunk"], device=device, amp=cc["amp"])
-    group = max(1, cc["batch_size"] // min(cc["chunk"], cc["n"]))
+    # batch_size counts base-classifier rows: a patch classifier evaluates evals_per_draw rows per draw
+    rows_per_batch = max(1, cc["batch_size"] // target.evals_per_draw)
+    sampling = core.Sampling(kind=spec.noise, batch_size=rows_per_batch, chunk=cc["chunk"], device=device, amp=cc["amp"])
+    group = max(1, rows_per_batch // min(cc["chunk"], cc["n"]))
+    d_input = int(np.prod(x.shape[1:]))  # regions are reported in the original input space
     bar = tqdm(total=len(idx), initial=len(idx) - len(todo), desc=f"certify {spec.id} {method_name}", disable=not progress)
     for g in range(0, len(todo), group):
         pos = todo[g:g + group]
         t0 = time.time()
         xs = target.to_space(x[pos].to(device))
-        d = int(np.prod(xs.shape[1:]))
-        th = theta[pos] if theta is not None else np.full((len(pos), d), spec.sigma)
+        th = theta[pos] if theta is not None else np.full((len(pos), d_input), spec.sigma)
         scale = torch.as_tensor(th, dtype=torch.float32) if theta is not None else spec.sigma
         out = core.certify_batch(target.classifier, xs, scale, num_classes, cc["n0"], cc["n"], cc["alpha"], spec.norm,
                                  [stream_seed(cfg["seed"], idx[p], "select") for p in pos],
