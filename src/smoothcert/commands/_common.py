@@ -25,6 +25,25 @@ def add_shard(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default="0-of-1", help="which part of the test set, as i-of-n")
 
 
+def add_model_inputs(p: argparse.ArgumentParser) -> None:
+    """--model, --checkpoint and --data, shared by the per-shard stages."""
+    p.add_argument("--model", required=True, help="model id from the config, e.g. gaussian-fixed-l2-0.25")
+    p.add_argument("--checkpoint", required=True, help="trained model.pt")
+    p.add_argument("--data", required=True, help="prepared data folder")
+
+
+def shard_inputs(cfg: dict, args: argparse.Namespace):
+    """The test inputs of ``args.shard``: (x, y, idx), selected by the config's ``test`` section."""
+    from smoothcert import data as data_mod
+    from smoothcert.certify import shard_indices
+
+    shard, shards = config_mod.parse_shard(args.shard)
+    x, y = data_mod.load_split(args.data, "test", cfg["data"]["dataset"])
+    t = cfg["test"]
+    idx = shard_indices(data_mod.test_indices(len(x), t["start"], t["step"], t["limit"]), shard, shards)
+    return x, y, idx
+
+
 def setup(args: argparse.Namespace) -> tuple[dict, torch.device]:
     """Load + validate the config, set torch threads, pick the device."""
     cfg = config_mod.load(args.config)

@@ -2,11 +2,10 @@
 import numpy as np
 
 from smoothcert import config as config_mod
-from smoothcert import data as data_mod
-from smoothcert.certify import certify_shard, load_theta, shard_indices
-from smoothcert.commands._common import add_config, add_progress, add_shard, add_threads, setup
+from smoothcert.certify import certify_shard, load_theta
+from smoothcert.commands._common import add_config, add_model_inputs, add_progress, add_shard, add_threads, setup, shard_inputs
 from smoothcert.errors import require
-from smoothcert.methods import get as get_method
+from smoothcert.methods import METHODS, get as get_method
 from smoothcert.train import load_model
 
 HELP = "certify one shard of the test set with one method; rows are written as they finish (resumable)"
@@ -17,10 +16,8 @@ def add_arguments(p):
     add_threads(p)
     add_progress(p)
     add_shard(p)
-    p.add_argument("--model", required=True, help="model id from the config")
-    p.add_argument("--method", required=True, help="certification method (cohen, ddrs, ancer, smooth_reduce_max, ...)")
-    p.add_argument("--checkpoint", required=True, help="trained model.pt")
-    p.add_argument("--data", required=True, help="prepared data folder")
+    add_model_inputs(p)
+    p.add_argument("--method", required=True, choices=sorted(METHODS), help="certification method")
     p.add_argument("--theta", default=None, help="θ shard file from optimize-sigma (per-input methods)")
     p.add_argument("--out", required=True, help="shard TSV to write")
 
@@ -29,10 +26,7 @@ def run(args):
     cfg, device = setup(args)
     spec = config_mod.model_spec(cfg, args.model)
     method = get_method(args.method)
-    shard, shards = config_mod.parse_shard(args.shard)
-    x, y = data_mod.load_split(args.data, "test", cfg["data"]["dataset"])
-    t = cfg["test"]
-    idx = shard_indices(data_mod.test_indices(len(x), t["start"], t["step"], t["limit"]), shard, shards)
+    x, y, idx = shard_inputs(cfg, args)
     theta = None
     if method.per_input_sigma:
         require(args.theta is not None, f"method {args.method} needs --theta (from optimize-sigma)")

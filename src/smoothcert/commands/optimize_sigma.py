@@ -8,9 +8,8 @@ import numpy as np
 import torch
 
 from smoothcert import config as config_mod
-from smoothcert import data as data_mod
-from smoothcert.certify import load_theta, shard_indices
-from smoothcert.commands._common import add_config, add_progress, add_shard, add_threads, setup
+from smoothcert.certify import load_theta
+from smoothcert.commands._common import add_config, add_model_inputs, add_progress, add_shard, add_threads, setup, shard_inputs
 from smoothcert.errors import require
 from smoothcert.io import save_torch
 from smoothcert.optimize import METHODS, optimize_shard
@@ -24,10 +23,8 @@ def add_arguments(p):
     add_threads(p)
     add_progress(p)
     add_shard(p)
-    p.add_argument("--model", required=True, help="model id from the config")
+    add_model_inputs(p)
     p.add_argument("--method", required=True, choices=METHODS, help="ddrs (isotropic σ) or ancer (anisotropic θ)")
-    p.add_argument("--checkpoint", required=True, help="trained model.pt")
-    p.add_argument("--data", required=True, help="prepared data folder")
     p.add_argument("--init", default=None, help="ancer only: the ddrs θ file of the same shard (starting point)")
     p.add_argument("--out", required=True, help="θ file to write (.pt)")
 
@@ -35,10 +32,7 @@ def add_arguments(p):
 def run(args):
     cfg, device = setup(args)
     spec = config_mod.model_spec(cfg, args.model)
-    shard, shards = config_mod.parse_shard(args.shard)
-    x, _ = data_mod.load_split(args.data, "test", cfg["data"]["dataset"])
-    t = cfg["test"]
-    idx = shard_indices(data_mod.test_indices(len(x), t["start"], t["step"], t["limit"]), shard, shards)
+    x, _, idx = shard_inputs(cfg, args)
     init = None
     if args.method == "ancer":
         require(args.init is not None, "method ancer needs --init, the ddrs θ file of the same shard")
