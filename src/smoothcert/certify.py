@@ -48,12 +48,18 @@ def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray,
     """Read a θ shard file ``{idx, theta, time, evals}``, check it matches these inputs; return (θ, time, evals)."""
     blob = load_torch(path, what="theta file")
     require(isinstance(blob, dict) and {"idx", "theta"} <= set(blob), f"theta file {path} needs idx and theta")
-    t_idx, theta = blob["idx"].numpy(), blob["theta"].double().numpy()
-    require(theta.ndim == 2 and theta.shape == (len(idx), dim) and np.array_equal(t_idx, idx),
-            f"theta file {path} has shape {tuple(theta.shape)} for inputs {t_idx[:3].tolist()}..., "
-            f"expected ({len(idx)}, {dim}) for {idx[:3].tolist()}...")
-    require(np.isfinite(theta).all() and (theta > 0).all(), f"theta file {path} holds NaN, inf or non-positive values")
     n = len(idx)
+    for key in ("idx", "theta", "time", "evals"):
+        require(key not in blob or isinstance(blob[key], torch.Tensor), f"theta file {path}: {key} is not a tensor")
+    t_idx, theta = blob["idx"].reshape(-1).numpy(), blob["theta"].double().numpy()
+    require(theta.ndim == 2 and theta.shape == (n, dim),
+            f"theta file {path} has θ of shape {tuple(theta.shape)}, expected ({n}, {dim}) for this shard's inputs")
+    require(np.array_equal(t_idx, idx), f"theta file {path} is for test inputs {t_idx[:3].tolist()}..., "
+                                        f"this shard certifies {idx[:3].tolist()}... (another shard or config?)")
+    require(np.isfinite(theta).all() and (theta > 0).all(), f"theta file {path} holds NaN, inf or non-positive values")
+    for key in ("time", "evals"):
+        require(key not in blob or tuple(blob[key].shape) == (n,),
+                f"theta file {path}: {key} has shape {tuple(blob[key].shape) if key in blob else ()}, expected ({n},)")
     t = blob["time"].double().numpy() if "time" in blob else np.zeros(n)
     e = blob["evals"].long().numpy() if "evals" in blob else np.zeros(n, dtype=np.int64)
     return theta, t, e

@@ -6,6 +6,7 @@ an error names the key, the bad value and what is allowed, in one line.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,16 @@ def _describe(error) -> str:
         ops = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
         allowed = "a number " + " and ".join(f"{ops[k]} {schema[k]}" for k in ops if k in schema)
     elif error.validator == "additionalProperties":
-        allowed = f"only keys {sorted(schema.get('properties', {}))}"
-        return f"{key}: unknown key(s) in {error.message.split('(')[-1].rstrip(')')}; allowed {allowed}"
+        known = schema.get("properties", {})
+        extra = sorted(str(k) for k in error.instance if k not in known) if isinstance(error.instance, dict) else []
+        return f"{key}: unknown key(s) {extra}; allowed keys: {sorted(known)}"
     elif error.validator == "required":
         return f"{key}: {error.message}"
     elif error.validator == "pattern" and "description" in schema:
         allowed = schema["description"]
     elif error.validator == "type":
+        if error.instance is None and not error.absolute_path:
+            return "the file is empty; expected a mapping of settings (see params.yaml)"
         allowed = f"type {schema['type']}"
     else:
         return f"{key}: {error.message}"
@@ -58,7 +62,43 @@ def validate(cfg: Any, source: str = "params.yaml") -> dict:
     return cfg
 
 
+MAX_INT = 2**63 - 1       # every integer must fit int64 (torch, numpy)
+MAX_SEED = 2**32 - 1      # seeds are mixed into per-epoch torch seeds (seed * 1000 + epoch)
+MAX_DRAWS = 10**9         # certify.n0 / certify.n: more draws per input than any run can make
+
+
+def _numbers(obj, path: str = ""):
+    """(dotted key, value) for every number in a nested config."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}.{i}")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def _check_root(cfg: dict, source: str) -> None:
+    """data.root may be written to (download: true) only as a relative path inside the project."""
+    root = str(cfg["data"]["root"])
+    if not cfg["data"]["download"]:
+        return  # read only: an absolute path to an existing copy (e.g. /datasets/imagenet) is fine
+    parts = Path(root).parts
+    require(not Path(root).is_absolute() and not root.startswith("~") and ".." not in parts and "\\" not in root,
+            f"{source}: data.root = {root!r} is not allowed with download: true; downloads go to a relative "
+            f"path inside the project (no leading / or ~, no ..), or set download: false to read an existing copy")
+
+
 def _check_semantics(cfg: dict, source: str) -> None:
+    for key, value in _numbers(cfg):
+        require(math.isfinite(value), f"{source}: {key} = {value!r} is not allowed; numbers must be finite")
+        require(abs(value) <= MAX_INT or isinstance(value, float), f"{source}: {key} = {value} does not fit in 64 bits")
+    require(cfg["seed"] <= MAX_SEED, f"{source}: seed = {cfg['seed']} is not allowed; expected 0 <= seed <= {MAX_SEED}")
+    for key in ("n0", "n"):
+        require(cfg["certify"][key] <= MAX_DRAWS,
+                f"{source}: certify.{key} = {cfg['certify'][key]} is not allowed; expected at most {MAX_DRAWS:.0e} draws")
+    _check_root(cfg, source)
     ids = [m.id for m in model_specs(cfg)]
     require(len(ids) == len(set(ids)), f"{source}: models lists the same (objective, sigma_mode, norm, sigma) twice")
     from smoothcert.data import info

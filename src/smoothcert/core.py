@@ -19,6 +19,7 @@ from smoothcert import noise as noise_mod
 from smoothcert import stats
 
 ABSTAIN = -1
+_FEW_INPUTS = 16  # a forward batch spanning fewer inputs adds x + σ ⊙ ε input by input, else by a row gather
 
 
 @dataclass
@@ -39,6 +40,16 @@ def count_classes(model: nn.Module, x: torch.Tensor, scale, num: int, num_classe
     ``x``: (B, *shape) inputs; ``scale``: σ, (B,) or (B, *shape); ``seeds``: one
     generator seed per input. Returns int64 counts of shape (B, num_classes).
     Draws for input i depend only on ``seeds[i]`` and ``sampling.chunk``.
+
+    The draws form one stream of rows, input after input: each input's standard
+    noise is drawn chunk by chunk by its own generator straight into a staging
+    buffer allocated once, and turned into x + σ ⊙ ε in place (ε·σ, then + x: the
+    same float operations as drawing input by input) just before its forward pass.
+    Every forward pass takes exactly ``sampling.batch_size`` rows of the stream
+    (several small inputs, or part of one large n; only the last pass is shorter).
+    Row r of the stream belongs to input r // num, so counts are accumulated on the
+    device (``index_add_``, no host sync) without per-chunk bookkeeping. Memory is
+    O(batch_size + chunk) rows whatever n and B.
     """
     device = torch.device(sampling.device)
     b, shape = x.shape[0], tuple(x.shape[1:])
@@ -47,26 +58,61 @@ def count_classes(model: nn.Module, x: torch.Tensor, scale, num: int, num_classe
         return counts.cpu().numpy()
     x = x.to(device, torch.float32)
     s = noise_mod.broadcast_scale(scale, b, shape, device)
-    chunk = min(sampling.chunk, num)
-    group = max(1, sampling.batch_size // chunk)
+    uniform = s.stride(0) == 0  # one σ for every input: no per-row gather
+    chunk = min(int(sampling.chunk), num)
+    sizes = noise_mod.chunk_sizes(num, chunk)
+    rows = max(1, int(sampling.batch_size))
+    total = b * num
+    # A whole chunk is always appended behind fewer than ``rows`` pending rows.
+    buf = torch.empty((min(total, rows + chunk - 1), *shape), device=device)
+    step = torch.arange(min(total, rows), dtype=torch.int64, device=device)
+    ones = torch.ones(len(step), dtype=torch.int64, device=device)
+    flat = counts.view(-1)
+    pending = counted = reported = 0  # rows staged in buf; stream rows counted; inputs reported
+
+    def forward(lo: int, m: int) -> None:
+        nonlocal counted
+        batch = buf[lo:lo + m]
+        first, last = counted // num, (counted + m - 1) // num
+        owner = torch.div(step[:m] + counted, num, rounding_mode="floor")
+        # x + σ ⊙ ε in place, ε·σ then + x (the same float ops whatever the batching): per input
+        # when the batch holds few inputs, else through a per-row gather (one op for many small inputs)
+        if last - first < _FEW_INPUTS:
+            r0 = 0
+            for j in range(first, last + 1):
+                r1 = min((j + 1) * num - counted, m)
+                batch[r0:r1].mul_(s[j]).add_(x[j])
+                r0 = r1
+        else:
+            batch.mul_(s[0] if uniform else s.index_select(0, owner)).add_(x.index_select(0, owner))
+        with torch.autocast(device.type, enabled=sampling.amp):
+            pred = model(batch).argmax(1)
+        flat.index_add_(0, owner.mul_(num_classes).add_(pred), ones[:m])
+        counted += m
+
+    def flush(final: bool) -> None:
+        nonlocal pending, reported
+        q = 0
+        while pending - q >= rows or (final and pending > q):
+            m = min(rows, pending - q)
+            forward(q, m)
+            q += m
+        if q and pending > q:  # fewer than rows <= q rows left: the copy never overlaps
+            buf[:pending - q].copy_(buf[q:pending])
+        pending -= q
+        if progress is not None and counted // num > reported:
+            progress.update(counted // num - reported)
+            reported = counted // num
+
     with torch.inference_mode():
-        for g0 in range(0, b, group):
-            g1 = min(b, g0 + group)
-            gens = [noise_mod.make_generator(seeds[i], device) for i in range(g0, g1)]
-            for c in noise_mod.chunk_sizes(num, chunk):
-                k = g1 - g0
-                eps = torch.empty((k, c, *shape), device=device)
-                for j, gen in enumerate(gens):
-                    noise_mod.fill_standard(eps[j], sampling.kind, gen)
-                batch = eps.mul_(s[g0:g1].unsqueeze(1)).add_(x[g0:g1].unsqueeze(1)).reshape(k * c, *shape)
-                owner = torch.arange(k, device=device).repeat_interleave(c) * num_classes
-                for r0 in range(0, k * c, sampling.batch_size):
-                    r1 = min(k * c, r0 + sampling.batch_size)
-                    with torch.autocast(device.type, enabled=sampling.amp):
-                        pred = model(batch[r0:r1]).argmax(1)
-                    counts[g0:g1] += torch.bincount(owner[r0:r1] + pred, minlength=k * num_classes).view(k, num_classes)
-            if progress is not None:
-                progress.update(g1 - g0)
+        for i in range(b):
+            gen = noise_mod.make_generator(seeds[i], device)
+            for c in sizes:
+                noise_mod.fill_standard(buf[pending:pending + c], sampling.kind, gen)
+                pending += c
+                if pending >= rows:
+                    flush(final=False)
+        flush(final=True)
     return counts.cpu().numpy()
 
 

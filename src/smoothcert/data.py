@@ -163,10 +163,23 @@ def load_split(data_dir: str | Path, split: str, name: str) -> tuple[torch.Tenso
     blob = load_torch(Path(data_dir) / f"{split}.pt", what=f"{name} {split} data")
     require(isinstance(blob, dict) and "x" in blob and "y" in blob, f"{data_dir}/{split}.pt is not a prepared dataset (needs x and y)")
     x, y = blob["x"], blob["y"]
+    where = f"{data_dir}/{split}.pt"
+    require(isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor), f"{where}: x and y must be tensors")
     expected = (meta.channels, meta.size, meta.size)
     require(x.ndim == 4 and tuple(x.shape[1:]) == expected,
-            f"{data_dir}/{split}.pt holds images of shape {tuple(x.shape[1:])}, expected {expected} for {name}")
-    require(len(x) == len(y) and len(x) > 0, f"{data_dir}/{split}.pt is empty or has mismatched x and y")
+            f"{where} holds images of shape {tuple(x.shape[1:])}, expected {expected} for {name}")
+    require(y.ndim == 1 and len(x) == len(y) and len(x) > 0, f"{where} is empty or has mismatched x and y")
+    require(not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool,
+            f"{where}: labels y must be integers, got {y.dtype}")
+    bad = (y < 0) | (y >= meta.num_classes)
+    if bool(bad.any()):
+        raise SmoothcertError(f"{where}: label {int(y[bad][0])} is outside 0..{meta.num_classes - 1} for {name}")
+    if x.dtype != torch.uint8:  # float pixels: finite and in [0, 1] (noise and radii are in that scale)
+        require(x.is_floating_point(), f"{where}: pixels must be uint8 or float, got {x.dtype}")
+        require(bool(torch.isfinite(x).all()), f"{where}: pixels hold NaN or inf")
+        lo, hi = float(x.min()), float(x.max())
+        require(lo >= 0.0 and hi <= 1.0,
+                f"{where}: float pixels span [{lo:g}, {hi:g}], expected [0, 1] (uint8 0..255 is also accepted)")
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     return x, y.long()
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,7 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise SmoothcertError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise SmoothcertError(f"cannot write {path}: {_why(path, exc)}") from exc
     tmp = Path(tmp)
     try:
         yield tmp
@@ -39,6 +41,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _why(path: Path, exc: OSError) -> str:
+    """The reason a write under ``path`` failed, naming a parent that is a file rather than a folder."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    return exc.strerror or str(exc)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -69,12 +79,23 @@ def load_torch(path: str | os.PathLike, what: str = "file") -> Any:
     path = Path(path)
     require(path.is_file(), f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. pickle-protocol notes: the error below is the one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            first = "it holds objects other than tensors (refused: weights_only=True)"
-        raise SmoothcertError(f"cannot load {what} {path}: {first}") from exc
+        text = str(exc)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:  # a pickle that names a callable or class: it would run code when unpickled
+            reason = (f"it names {found.group(1)}, which would run code or build objects other than tensors; "
+                      f"refused (loaded with weights_only=True)")
+        elif path.stat().st_size == 0:
+            reason = "the file is empty"
+        else:
+            boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
+            lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
+            detail = lines[0] if lines else type(exc).__name__
+            reason = f"truncated, corrupt or not a torch file ({detail[:160]})"
+        raise SmoothcertError(f"cannot load {what} {path}: {reason}") from exc
 
 
 def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = (), what: str = "table") -> pd.DataFrame:
@@ -105,11 +126,16 @@ class ShardWriter:
         self.columns = list(columns)
         self.key = key
         self.done: set[int] = set()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.part.exists():
-            self._recover()
-        else:
-            self._write_lines(["\t".join(self.columns)], mode="w")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.part.exists():
+                self._recover()
+            else:
+                self._write_lines(["\t".join(self.columns)], mode="w")
+        except OSError as exc:
+            raise SmoothcertError(f"cannot write {self.part}: {_why(self.part, exc)}") from exc
+        except UnicodeDecodeError as exc:
+            raise SmoothcertError(f"cannot resume from {self.part}: not a text table; delete it to start over") from exc
 
     def _recover(self) -> None:
         text = self.part.read_text()
@@ -123,7 +149,10 @@ class ShardWriter:
             fields = line.split("\t")
             if len(fields) != len(self.columns):
                 continue
-            idx = int(fields[self.columns.index(self.key)])
+            try:
+                idx = int(fields[self.columns.index(self.key)])
+            except ValueError:  # not a row this writer wrote
+                continue
             if idx not in self.done:
                 self.done.add(idx)
                 good.append(line)
@@ -144,7 +173,7 @@ class ShardWriter:
         try:
             self._write_lines(lines, mode="a")
         except OSError as exc:
-            raise SmoothcertError(f"cannot write {self.part}: {exc.strerror or exc}") from exc
+            raise SmoothcertError(f"cannot write {self.part}: {_why(self.part, exc)}") from exc
         self.done.update(int(r[self.key]) for r in fresh)
 
     def finish(self) -> pd.DataFrame:

@@ -37,12 +37,20 @@ def load_model(cfg: dict, path: str | Path, device) -> nn.Module:
     require(isinstance(blob, dict) and "state_dict" in blob, f"checkpoint {path} has no state_dict")
     arch = cfg["model"]["arch"]
     require(blob.get("arch") == arch, f"checkpoint {path} is for arch {blob.get('arch')!r}, the config says {arch!r}")
+    state = blob["state_dict"]
+    require(isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()),
+            f"checkpoint {path}: state_dict is not a mapping of names to tensors")
     model = make_model(cfg)
     try:
-        model.load_state_dict(blob["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise SmoothcertError(f"checkpoint {path} does not fit {arch} for {cfg['data']['dataset']} "
-                              f"(wrong class count or shapes): {str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from exc
+                              f"(wrong class count or shapes): {(lines[1] if len(lines) > 1 else lines[0] if lines else str(exc))[:200]}") from exc
+    # NaN/inf weights make NaN logits, whose argmax is an arbitrary class: certificates would be meaningless
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    require(not bad, f"checkpoint {path} holds NaN or inf values in {bad[:3]}{' ...' if len(bad) > 3 else ''} "
+                     f"(diverged training?); refusing to certify with it")
     return model.to(device).eval()
 
 

@@ -1,0 +1,644 @@
+"""Certification throughput: how close ``core.count_classes`` runs to the speed of the base classifier.
+
+Writes ``benchmarks/results/certify_<device>.json`` with four sections, all measured in one run,
+interleaved (each repeat times every variant once, in rotating order) so that load from other
+processes hits all variants alike; figures are medians over repeats, ratios are medians of the
+per-repeat ratios.
+
+* ``efficiency``: base-classifier evaluations/s inside ``count_classes`` divided by evaluations/s of
+  plain batched forward passes of the same model, same batch size, on pre-made tensors under
+  ``torch.inference_mode`` (the ceiling), for the digits CNN and ResNet-20, with 1 and 2 threads;
+  the pre-issue-9 engine (``legacy_count_classes`` below) is timed alongside for before/after.
+* ``batched_vs_single``: CERTIFY over test inputs of a digits CNN trained here in seconds, batched as
+  ``certify.certify_shard`` does (several inputs per forward pass) vs one input at a time through
+  ``Smooth.certify`` (the reference implementation's shape), same n0, n, alpha: the speed ratio and
+  whether the radii agree statistically (paired mean difference, two-sample KS test).
+* ``ablations``: each optimization switched off alone in a reference engine that is otherwise the
+  shipped one (its counts are checked equal to ``count_classes``): inference_mode vs no_grad, noise
+  in place in a reused buffer vs allocated per chunk, counting on the device vs numpy, several inputs
+  per forward pass vs one, 1 vs 2 threads, channels-last; plus ``torch.compile`` (in a subprocess with
+  a time limit, since inductor compiles C++ on CPU).
+
+Usage: python benchmarks/bench_certify.py [--device cpu|cuda] [--repeats 7] [--quick] [--no-compile]
+                                          [--skip-resnet] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from scipy import stats as sps
+from torch import nn
+
+from smoothcert import core, models
+from smoothcert import noise as noise_mod
+from smoothcert.io import write_json
+from smoothcert.noise import stream_seed
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+ARCHS = {
+    "digits_cnn": dict(args=("digits_cnn", 1, 10, 8, [0.3], [0.4]), shape=(1, 8, 8)),
+    "cifar_resnet20": dict(args=("cifar_resnet20", 3, 10, 32, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]), shape=(3, 32, 32)),
+}
+GOALS = {"digits_cnn": 0.95, "cifar_resnet20": 0.90}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def machine() -> dict:
+    """CPU model, cores, torch version: what a figure was taken on."""
+    model_name = platform.processor()
+    with contextlib.suppress(Exception):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model_name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    info = {"cpu_model": model_name, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "mkldnn": torch.backends.mkldnn.is_available()}
+    if hasattr(os, "sched_getaffinity"):
+        info["usable_cores"] = len(os.sched_getaffinity(0))
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def threads(k: int | None):
+    old = torch.get_num_threads()
+    if k:
+        torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def interleaved(fns: dict, repeats: int, device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, every repeat timing all of them in a rotating order.
+
+    ``times[name]`` is wall time; ``times[name + "@cpu"]`` the CPU time of this process (all its threads),
+    which other tenants of a shared machine disturb far less than wall time.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    sync(device)
+    times = {key: [] for name in names for key in (name, name + "@cpu")}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fns[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+            times[name + "@cpu"].append(time.process_time() - c0)
+    return times
+
+
+def ratio(times: dict, num: str, den: str) -> dict:
+    """Median and range of the per-repeat ratio t[den] / t[num] (= speed of num relative to den)."""
+    r = np.array(times[den]) / np.array(times[num])
+    return {"median": round(float(np.median(r)), 4), "min": round(float(r.min()), 4), "max": round(float(r.max()), 4)}
+
+
+def best(times: dict, num: str, den: str) -> float:
+    """Ratio of the fastest runs, min t[den] / min t[num]: interference from other load only ever adds time."""
+    return round(float(np.min(times[den]) / np.min(times[num])), 4)
+
+
+def rate(evals: int, seconds: list[float]) -> float:
+    return round(evals / float(np.median(seconds)), 1)
+
+
+def build(arch: str, device: torch.device, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return models.build_model(*ARCHS[arch]["args"]).to(device).eval()
+
+
+def inputs(arch: str, b: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+    x = torch.rand(b, *ARCHS[arch]["shape"], generator=torch.Generator().manual_seed(seed)).to(device)
+    return x, [stream_seed(seed, i, "estimate") for i in range(b)]
+
+
+# ------------------------------------------------------------------------- engines (before / ablations)
+def legacy_count_classes(model, x, scale, num, num_classes, seeds, sampling):
+    """smoothcert's count_classes before issue 9 (groups of inputs, a fresh noise tensor per chunk)."""
+    device = torch.device(sampling.device)
+    b, shape = x.shape[0], tuple(x.shape[1:])
+    counts = torch.zeros((b, num_classes), dtype=torch.int64, device=device)
+    x = x.to(device, torch.float32)
+    s = noise_mod.broadcast_scale(scale, b, shape, device)
+    chunk = min(sampling.chunk, num)
+    group = max(1, sampling.batch_size // chunk)
+    with torch.inference_mode():
+        for g0 in range(0, b, group):
+            g1 = min(b, g0 + group)
+            gens = [noise_mod.make_generator(seeds[i], device) for i in range(g0, g1)]
+            for c in noise_mod.chunk_sizes(num, chunk):
+                k = g1 - g0
+                eps = torch.empty((k, c, *shape), device=device)
+                for j, gen in enumerate(gens):
+                    noise_mod.fill_standard(eps[j], sampling.kind, gen)
+                batch = eps.mul_(s[g0:g1].unsqueeze(1)).add_(x[g0:g1].unsqueeze(1)).reshape(k * c, *shape)
+                owner = torch.arange(k, device=device).repeat_interleave(c) * num_classes
+                for r0 in range(0, k * c, sampling.batch_size):
+                    r1 = min(k * c, r0 + sampling.batch_size)
+                    pred = model(batch[r0:r1]).argmax(1)
+                    counts[g0:g1] += torch.bincount(owner[r0:r1] + pred, minlength=k * num_classes).view(k, num_classes)
+    return counts.cpu().numpy()
+
+
+def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inference", noise="inplace",
+           counting="device", pack=True):
+    """The shipped streaming engine with each optimization behind a switch (all on = ``count_classes``).
+
+    grad_mode: "inference" (torch.inference_mode) | "no_grad"; noise: "inplace" (one staging buffer,
+    ε drawn into it in place, x + σ·ε applied in place per forward batch) | "allocated" (a fresh ε tensor
+    per chunk, x + σ·ε out of place per chunk, torch.cat per batch);
+    counting: "device" (index_add_ on the device) | "numpy" (argmax to host, np.bincount);
+    pack: several inputs per forward pass (True) or a pass never mixes inputs (False).
+    """
+    device = torch.device(sampling.device)
+    b, shape = x.shape[0], tuple(x.shape[1:])
+    x = x.to(device, torch.float32)
+    s = noise_mod.broadcast_scale(scale, b, shape, device)
+    chunk = min(sampling.chunk, num)
+    sizes = noise_mod.chunk_sizes(num, chunk)
+    rows = sampling.batch_size
+    counts = torch.zeros(b * num_classes, dtype=torch.int64, device=device)
+    host = np.zeros(b * num_classes, dtype=np.int64)
+    step = torch.arange(min(b * num, rows), device=device)
+    ones = torch.ones(len(step), dtype=torch.int64, device=device)
+    buf = torch.empty((min(b * num, rows + chunk - 1), *shape), device=device) if noise == "inplace" else None
+    st = {"p": 0, "done": 0, "blocks": []}
+
+    def forward(batch):
+        m = batch.shape[0]
+        if noise == "inplace":  # as core.count_classes: input by input, or one gather for many inputs
+            first, last = st["done"] // num, (st["done"] + m - 1) // num
+            if last - first < core._FEW_INPUTS:
+                r0 = 0
+                for j in range(first, last + 1):
+                    r1 = min((j + 1) * num - st["done"], m)
+                    batch[r0:r1].mul_(s[j]).add_(x[j])
+                    r0 = r1
+            else:
+                owner = torch.div(step[:m] + st["done"], num, rounding_mode="floor")
+                batch.mul_(s.index_select(0, owner)).add_(x.index_select(0, owner))
+        pred = model(batch).argmax(1)
+        if counting == "device":
+            owner = torch.div(step[:m] + st["done"], num, rounding_mode="floor")
+            counts.index_add_(0, owner.mul_(num_classes).add_(pred), ones[:m])
+        else:
+            owner = (np.arange(m) + st["done"]) // num
+            host[:] += np.bincount(owner * num_classes + pred.cpu().numpy(), minlength=len(host))
+        st["done"] += m
+
+    def flush(final):
+        if noise == "inplace":
+            p, q = st["p"], 0
+            while p - q >= rows or (final and p > q):
+                m = min(rows, p - q)
+                forward(buf[q:q + m])
+                q += m
+            if q and p > q:
+                buf[:p - q].copy_(buf[q:p])
+            st["p"] = p - q
+        elif st["blocks"]:
+            data = torch.cat(st["blocks"])
+            q = 0
+            while len(data) - q >= rows or (final and len(data) > q):
+                m = min(rows, len(data) - q)
+                forward(data[q:q + m])
+                q += m
+            st["blocks"] = [data[q:]] if q < len(data) else []
+            st["p"] = len(data) - q
+
+    ctx = torch.inference_mode if grad_mode == "inference" else torch.no_grad
+    with ctx():
+        for i in range(b):
+            gen = noise_mod.make_generator(seeds[i], device)
+            for c in sizes:
+                if noise == "inplace":
+                    noise_mod.fill_standard(buf[st["p"]:st["p"] + c], sampling.kind, gen)
+                else:
+                    eps = noise_mod.fill_standard(torch.empty((c, *shape), device=device), sampling.kind, gen)
+                    st["blocks"].append(x[i] + s[i] * eps)
+                st["p"] += c
+                if st["p"] >= rows:
+                    flush(False)
+            if not pack:
+                flush(True)
+        flush(True)
+    out = counts if counting == "device" else torch.from_numpy(host)
+    return out.view(b, num_classes).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------- sections
+def efficiency(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: torch.device,
+               n_threads: int | None, workload: str = "estimate") -> dict:
+    model = build(arch, device)
+    x, seeds = inputs(arch, b, device)
+    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
+    evals = b * n
+    passes = -(-evals // batch_size)
+    pre = torch.rand(batch_size, *ARCHS[arch]["shape"], generator=torch.Generator().manual_seed(1)).to(device)
+    last = evals - (passes - 1) * batch_size
+
+    def forward():
+        with torch.inference_mode():
+            for k in range(passes):
+                model(pre if k < passes - 1 else pre[:last])
+
+    fns = {"forward": forward,
+           "count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
+           "legacy": lambda: legacy_count_classes(model, x, 0.25, n, 10, seeds, sampling)}
+    with threads(n_threads):
+        used = torch.get_num_threads()
+        times = interleaved(fns, repeats, device)
+    eff, old = ratio(times, "count_classes", "forward"), ratio(times, "legacy", "forward")
+    eff_cpu, old_cpu = ratio(times, "count_classes@cpu", "forward@cpu"), ratio(times, "legacy@cpu", "forward@cpu")
+    row = {"model": arch, "workload": workload, "threads": used, "inputs": b, "n": n, "batch_size": batch_size, "chunk": chunk,
+           "evals": evals, "forward_passes": passes, "repeats": repeats,
+           "forward_evals_per_s": rate(evals, times["forward"]),
+           "certify_evals_per_s": rate(evals, times["count_classes"]),
+           "legacy_evals_per_s": rate(evals, times["legacy"]),
+           "efficiency": eff["median"], "efficiency_range": [eff["min"], eff["max"]],
+           "efficiency_legacy": old["median"], "efficiency_legacy_range": [old["min"], old["max"]],
+           "speedup_vs_legacy": ratio(times, "count_classes", "legacy")["median"],
+           "efficiency_best": best(times, "count_classes", "forward"),
+           "efficiency_legacy_best": best(times, "legacy", "forward"),
+           "efficiency_cpu_time": eff_cpu["median"], "efficiency_cpu_time_range": [eff_cpu["min"], eff_cpu["max"]],
+           "efficiency_legacy_cpu_time": old_cpu["median"],
+           "speedup_vs_legacy_cpu_time": ratio(times, "count_classes@cpu", "legacy@cpu")["median"],
+           "goal": GOALS[arch], "meets_goal": bool(eff["median"] >= GOALS[arch]), "load_avg": load()}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def ablations(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: torch.device,
+              workload: str, which: list[str], n_threads: int | None) -> list[dict]:
+    with threads(n_threads):
+        return _ablations(arch, b, n, batch_size, chunk, repeats, device, workload, which)
+
+
+def _ablations(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: torch.device,
+               workload: str, which: list[str]) -> list[dict]:
+    model = build(arch, device)
+    x, seeds = inputs(arch, b, device)
+    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
+    args = (x, 0.25, n, 10, seeds, sampling)
+    ref = engine(model, *args)
+    check = {"engine_matches_count_classes": bool(np.array_equal(ref, core.count_classes(model, *args)))}
+    variants = {"optimized": ("all optimizations on (the shipped engine)", lambda: engine(model, *args)),
+                "count_classes": ("core.count_classes itself", lambda: core.count_classes(model, *args)),
+                "legacy": ("pre-issue-9 count_classes", lambda: legacy_count_classes(model, *args)),
+                "no_grad": ("torch.no_grad instead of torch.inference_mode",
+                            lambda: engine(model, *args, grad_mode="no_grad")),
+                "noise_allocated": ("noise allocated per chunk (randn, x + s*eps out of place, cat per batch) "
+                                    "instead of drawn in place into one reused buffer",
+                                    lambda: engine(model, *args, noise="allocated")),
+                "numpy_counting": ("argmax copied to the host and counted with numpy instead of index_add_ on the "
+                                   "device", lambda: engine(model, *args, counting="numpy")),
+                "one_input_per_pass": ("a forward pass never mixes inputs (batch = one input's draws, at most "
+                                       "batch_size)", lambda: engine(model, *args, pack=False))}
+    if device.type == "cpu":
+        other = 2 if torch.get_num_threads() == 1 else 1
+
+        def other_threads():
+            with threads(other):
+                engine(model, *args)
+        variants["threads"] = (f"torch.set_num_threads({other}) instead of {torch.get_num_threads()}", other_threads)
+    if "channels_last" in which:
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        variants["channels_last"] = ("model weights in channels-last memory format",
+                                     lambda: engine(cl, *args))
+    fns = {k: v[1] for k, v in variants.items() if k in which or k == "optimized"}
+    times = interleaved(fns, repeats, device)
+    evals = b * n
+    rows = []
+    for name in fns:
+        rows.append({"workload": workload, "model": arch, "variant": name, "change": variants[name][0],
+                     "inputs": b, "n": n, "batch_size": batch_size, "chunk": chunk, "threads": torch.get_num_threads(),
+                     "evals_per_s": rate(evals, times[name]),
+                     "speed_vs_optimized": ratio(times, name, "optimized")["median"],
+                     "speed_vs_optimized_range": [ratio(times, name, "optimized")["min"],
+                                                  ratio(times, name, "optimized")["max"]],
+                     "speed_vs_optimized_cpu_time": ratio(times, name + "@cpu", "optimized@cpu")["median"]})
+        print(json.dumps(rows[-1]), flush=True)
+    rows[0].update(check)
+    return rows
+
+
+def channels_last_forward(arch: str, batch_size: int, repeats: int, device: torch.device) -> dict:
+    """Plain forward throughput, contiguous vs channels-last (weights and input)."""
+    model = build(arch, device)
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    pre = torch.rand(batch_size, *ARCHS[arch]["shape"]).to(device)
+    pre_cl = pre.contiguous(memory_format=torch.channels_last)
+
+    def run(m, t):
+        def f():
+            with torch.inference_mode():
+                m(t)
+        return f
+
+    times = interleaved({"contiguous": run(model, pre), "channels_last": run(cl, pre_cl)}, repeats, device)
+    row = {"model": arch, "batch_size": batch_size, "contiguous_evals_per_s": rate(batch_size, times["contiguous"]),
+           "channels_last_evals_per_s": rate(batch_size, times["channels_last"]),
+           "speed_channels_last_vs_contiguous": ratio(times, "channels_last", "contiguous")["median"],
+           "speed_channels_last_vs_contiguous_cpu_time": ratio(times, "channels_last@cpu", "contiguous@cpu")["median"]}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def batch_sweep(arch: str, sizes: list[int], evals: int, chunk: int, repeats: int, device: torch.device) -> dict:
+    """Forward and count_classes throughput against the forward batch size (same total evaluations)."""
+    model = build(arch, device)
+    shape = ARCHS[arch]["shape"]
+    pre = torch.rand(max(sizes), *shape).to(device)
+    b = 4
+    x, seeds = inputs(arch, b, device)
+    n = evals // b
+    fns = {}
+    for bs in sizes:
+        def fwd(bs=bs):
+            with torch.inference_mode():
+                for _ in range(evals // bs):
+                    model(pre[:bs])
+        fns[f"forward/{bs}"] = fwd
+        sampling = core.Sampling(batch_size=bs, chunk=min(chunk, bs), device=device)
+        fns[f"count_classes/{bs}"] = lambda sampling=sampling: core.count_classes(model, x, 0.25, n, 10, seeds, sampling)
+    times = interleaved(fns, repeats, device)
+    rows = [{"batch_size": bs, "forward_evals_per_s": rate(evals - evals % bs, times[f"forward/{bs}"]),
+             "count_classes_evals_per_s": rate(b * n, times[f"count_classes/{bs}"]),
+             "forward_evals_per_cpu_s": rate(evals - evals % bs, times[f"forward/{bs}@cpu"]),
+             "count_classes_evals_per_cpu_s": rate(b * n, times[f"count_classes/{bs}@cpu"])} for bs in sizes]
+    out = {"model": arch, "threads": torch.get_num_threads(), "evals": evals, "rows": rows,
+           "best_batch_size_cpu_time": max(rows, key=lambda r: r["count_classes_evals_per_cpu_s"])["batch_size"]}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def _train_digits(sigma: float, epochs: int, device: torch.device):
+    """A digits CNN trained with Gaussian augmentation (seconds on CPU); returns (model, x_test, y_test)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    xs = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    ys = torch.tensor(d.target, dtype=torch.int64)
+    perm = torch.randperm(len(xs), generator=torch.Generator().manual_seed(0))
+    cut = int(0.7 * len(xs))
+    tr, te = perm[:cut], perm[cut:]
+    torch.manual_seed(0)
+    model = models.build_model(*ARCHS["digits_cnn"]["args"]).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(epochs):
+        model.train()
+        order = tr[torch.randperm(len(tr), generator=gen)]
+        for k in range(0, len(order), 64):
+            xb, yb = xs[order[k:k + 64]], ys[order[k:k + 64]]
+            xb = xb + sigma * torch.randn(xb.shape, generator=gen)
+            loss = nn.functional.cross_entropy(model(xb.to(device)), yb.to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), xs[te].to(device), ys[te].numpy()
+
+
+def batched_vs_single(trained, num_inputs: int, n0: int, n: int, alpha: float, batch_size: int, chunk: int,
+                      sigma: float, device: torch.device, epochs: int, repeats: int) -> dict:
+    model, xt, yt = trained
+    xt, yt = xt[:num_inputs], yt[:num_inputs]
+    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
+    group = max(1, batch_size // min(chunk, n))  # as certify.certify_shard groups inputs
+
+    def batched(g):
+        pred, radius = [], []
+        for k in range(0, len(xt), g):
+            idx = range(k, min(len(xt), k + g))
+            out = core.certify_batch(model, xt[k:k + g], sigma, 10, n0, n, alpha, "l2",
+                                     [stream_seed(0, i, "select") for i in idx],
+                                     [stream_seed(0, i, "estimate") for i in idx], sampling)
+            pred.append(out["predict"])
+            radius.append(np.where(out["predict"] != core.ABSTAIN, sigma * out["gap"], 0.0))
+        return np.concatenate(pred), np.concatenate(radius)
+
+    def single():
+        smooth = core.Smooth(model, 10, sigma, seed=1, device=device)
+        res = [smooth.certify(xt[i], n0, n, alpha, batch_size) for i in range(len(xt))]
+        return np.array([r[0] for r in res]), np.array([r[1] for r in res])
+
+    runs = {}
+    fns = {"batched_shard_groups": lambda: batched(group), "single": single,
+           "batched_one_call": lambda: batched(len(xt))}
+
+    def keep(name):  # every repeat gives the same certificates (fixed seeds): keep the last
+        def f():
+            pred, radius = fns[name]()
+            runs[name] = {"predict": pred, "radius": radius}
+        return f
+
+    times = interleaved({name: keep(name) for name in fns}, repeats, device, warmup=0)
+    for name in fns:
+        runs[name]["seconds"] = float(np.median(times[name]))
+    a, s = runs["batched_shard_groups"], runs["single"]
+    diff = a["radius"] - s["radius"]
+    ks = sps.ks_2samp(a["radius"], s["radius"])
+
+    def summary(r):
+        correct = r["predict"] == yt
+        return {"seconds": round(r["seconds"], 3), "inputs_per_s": round(len(yt) / r["seconds"], 3),
+                "evals_per_s": round(len(yt) * (n0 + n) / r["seconds"], 1),
+                "mean_radius": round(float(r["radius"].mean()), 5),
+                "abstain_rate": round(float((r["predict"] == core.ABSTAIN).mean()), 4),
+                "certified_accuracy": {f"{t:g}": round(float((correct & (r["radius"] >= t)).mean()), 4)
+                                       for t in (0.0, 0.25, 0.5, 0.75)}}
+
+    out = {"inputs": len(yt), "n0": n0, "n": n, "alpha": alpha, "sigma": sigma, "batch_size": batch_size,
+           "chunk": chunk, "inputs_per_certify_batch": group, "train_epochs": epochs, "repeats": repeats,
+           **{name: summary(r) for name, r in runs.items()},
+           "speedup_batched_vs_single": ratio(times, "batched_shard_groups", "single")["median"],
+           "speedup_one_call_vs_single": ratio(times, "batched_one_call", "single")["median"],
+           "radius_agreement": {
+               "mean_paired_difference": round(float(diff.mean()), 5),
+               "paired_difference_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 5),
+               "z": round(float(diff.mean() / max(diff.std(ddof=1) / np.sqrt(len(diff)), 1e-12)), 3),
+               "ks_statistic": round(float(ks.statistic), 4), "ks_pvalue": round(float(ks.pvalue), 4),
+               "prediction_agreement": round(float((a["predict"] == s["predict"]).mean()), 4),
+               "same_seeds_batched_equal": bool(np.array_equal(a["radius"], runs["batched_one_call"]["radius"]))}}
+    print(json.dumps({k: v for k, v in out.items() if k not in ("single", "batched_shard_groups")}), flush=True)
+    return out
+
+
+def compile_worker(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: str,
+                   n_threads: int | None = None) -> dict:
+    """Run inside a subprocess: torch.compile the model, time eager vs compiled forward and count_classes."""
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    dev = torch.device(device)
+    model = build(arch, dev)
+    x, seeds = inputs(arch, b, dev)
+    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=dev)
+    pre = torch.rand(batch_size, *ARCHS[arch]["shape"]).to(dev)
+    t0 = time.perf_counter()
+    compiled = torch.compile(model, dynamic=False)
+    with torch.inference_mode():
+        compiled(pre)
+    sync(dev)
+    compile_s = time.perf_counter() - t0
+    passes = b * n // batch_size
+
+    def fwd(m):
+        def f():
+            with torch.inference_mode():
+                for _ in range(passes):
+                    m(pre)
+        return f
+
+    times = interleaved({"eager_forward": fwd(model), "compiled_forward": fwd(compiled),
+                         "eager_count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
+                         "compiled_count_classes": lambda: core.count_classes(compiled, x, 0.25, n, 10, seeds, sampling)},
+                        repeats, dev)
+    evals = passes * batch_size
+    same = np.array_equal(core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
+                          core.count_classes(compiled, x, 0.25, n, 10, seeds, sampling))
+    return {"model": arch, "threads": torch.get_num_threads(), "compile_seconds": round(compile_s, 1),
+            "batch_size": batch_size, "evals": evals,
+            **{f"{k}_evals_per_s": rate(evals, v) for k, v in times.items() if not k.endswith("@cpu")},
+            "speed_compiled_vs_eager_forward": ratio(times, "compiled_forward", "eager_forward")["median"],
+            "speed_compiled_vs_eager_count_classes": ratio(times, "compiled_count_classes", "eager_count_classes")["median"],
+            "efficiency_compiled": ratio(times, "compiled_count_classes", "compiled_forward")["median"],
+            "efficiency_compiled_cpu_time": ratio(times, "compiled_count_classes@cpu", "compiled_forward@cpu")["median"],
+            "speed_compiled_vs_eager_forward_cpu_time": ratio(times, "compiled_forward@cpu", "eager_forward@cpu")["median"],
+            "counts_equal_eager": bool(same),
+            "break_even_evals": None}
+
+
+def compile_section(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: torch.device,
+                    timeout: int, n_threads: int | None) -> dict:
+    spec = [arch, b, n, batch_size, chunk, repeats, str(device), n_threads]
+    cmd = [sys.executable, __file__, "--compile-worker", json.dumps(spec)]
+    t0 = time.perf_counter()
+    cache = tempfile.mkdtemp(prefix="inductor-")  # a cold cache: compile_seconds is a first compile
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
+    except subprocess.TimeoutExpired:
+        return {"model": arch, "available": False, "reason": f"did not finish within {timeout} s (compile + timing)"}
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"model": arch, "available": False, "reason": " | ".join(tail)[-500:]}
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row.update(available=True, wall_seconds=round(time.perf_counter() - t0, 1))
+    # evaluations after which compiling pays: compile_s / (1/eager_rate - 1/compiled_rate)
+    e, c = row["eager_count_classes_evals_per_s"], row["compiled_count_classes_evals_per_s"]
+    row["break_even_evals"] = int(row["compile_seconds"] / (1 / e - 1 / c)) if c > e else None
+    print(json.dumps(row), flush=True)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats: a smoke test of the script")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile section")
+    ap.add_argument("--skip-resnet", action="store_true", help="skip ResNet-20 (slow on CPU)")
+    ap.add_argument("--compile-timeout", type=int, default=900)
+    ap.add_argument("--ablation-threads", type=int, default=None,
+                    help="torch threads for the ablations (default on CPU: 1, the least disturbed by other load)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--compile-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.compile_worker:
+        print(json.dumps(compile_worker(*json.loads(args.compile_worker))))
+        return
+    device = torch.device(args.device)
+    out_path = Path(args.out) if args.out else RESULTS / f"certify_{device.type}.json"
+    q = args.quick
+    reps = 2 if q else args.repeats
+    gpu = device.type == "cuda"
+    # (inputs, n, batch_size, chunk): digits at the params.yaml defaults; ResNet-20 smaller on CPU.
+    cc = yaml.safe_load((REPO / "params.yaml").read_text())["certify"]  # digits at the configured sizes
+    n0, n, bs, chunk = cc["n0"], cc["n"], cc["batch_size"], cc["chunk"]
+    # enough inputs for 16 (estimate) / 8 (select) full forward passes per timing: ~0.5 s on a CPU core
+    digits = (2, 1000, 1000, 500) if q else (max(2, 16 * bs // n), n, bs, chunk)
+    select = (10, 100, 1000, 100) if q else (max(1, 8 * bs // n0), n0, bs, min(chunk, n0))
+    resnet = (2, 100, 100, 100) if q else ((16, 10_000, 1000, 1000) if gpu else (2, 200, 200, 200))
+    t_start = time.perf_counter()
+    result = {"machine": machine(), "device": str(device), "load_avg_start": load(), "certify_params": cc,
+              "method": "interleaved repeats; medians of times and of per-repeat ratios",
+              "efficiency": [], "ablations": [], "channels_last_forward": []}
+    thread_settings = [None] if gpu else sorted({1, torch.get_num_threads()}, reverse=True)
+    for nt in thread_settings:
+        result["efficiency"].append(efficiency("digits_cnn", *digits, 2 * reps, device, nt))
+        result["efficiency"].append(efficiency("digits_cnn", *select, 2 * reps, device, nt, workload="select"))
+        if not args.skip_resnet:
+            result["efficiency"].append(efficiency("cifar_resnet20", *resnet, reps, device, nt))
+    epochs = 2 if q else 12
+    trained = _train_digits(0.25, epochs, device)
+    # at the configured batch size, and (CPU) at 1000 rows, where the digits CNN runs fastest per row
+    result["batched_vs_single"] = [batched_vs_single(
+        trained, num_inputs=10 if q else 100, n0=100 if q else n0, n=200 if q else n, alpha=0.001 if q else cc["alpha"],
+        batch_size=size, chunk=min(digits[3], size), sigma=0.25, device=device, epochs=epochs, repeats=max(3, reps // 2))
+        for size in ([digits[2]] if gpu or digits[2] == 1000 else [digits[2], 1000])]
+    ab_threads = args.ablation_threads or (None if gpu else 1)
+    result["ablation_threads"] = ab_threads or torch.get_num_threads()
+    every = ["count_classes", "legacy", "no_grad", "noise_allocated", "numpy_counting", "one_input_per_pass",
+             "threads", "channels_last"]
+    result["ablations"] += ablations("digits_cnn", *digits, reps, device, "estimate (n=%d)" % digits[1], every,
+                                     ab_threads)
+    result["ablations"] += ablations("digits_cnn", *select, reps, device, "select (n0=%d)" % select[1],
+                                     ["count_classes", "legacy", "one_input_per_pass", "numpy_counting"], ab_threads)
+    with threads(ab_threads):
+        result["channels_last_forward"].append(channels_last_forward("digits_cnn", digits[2], reps, device))
+    if not args.skip_resnet:
+        result["ablations"] += ablations("cifar_resnet20", *resnet, max(3, reps // 2), device,
+                                         "estimate (n=%d)" % resnet[1], ["legacy", "noise_allocated", "channels_last"],
+                                         ab_threads)
+        with threads(ab_threads):
+            result["channels_last_forward"].append(
+                channels_last_forward("cifar_resnet20", resnet[2], max(3, reps // 2), device))
+    with threads(ab_threads):
+        result["batch_size_sweep"] = [batch_sweep("digits_cnn", [100, 250, 500, 1000, 2000, 4000, 8000] if not q else
+                                                  [100, 1000], 8000 if not q else 1000, 1000, reps, device)]
+        if not args.skip_resnet:
+            result["batch_size_sweep"].append(batch_sweep("cifar_resnet20", [25, 50, 100, 200, 400] if not q else [25, 50],
+                                                          800 if not q else 100, 1000, max(3, reps // 2), device))
+    if not args.no_compile:
+        result["compile"] = [compile_section("digits_cnn", *digits, reps, device, args.compile_timeout, ab_threads)]
+    result["load_avg_end"] = load()
+    result["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    write_json(out_path, result)
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
