@@ -424,17 +424,11 @@ def test_code_running_resume_checkpoint_is_refused(ws, tmp_path):
 
 # ---------------------------------------------------------------------------------------- NaN / inf outputs
 
-NEEDS_CORE_FIX_E2E = pytest.mark.xfail(strict=True, reason="NaN logits are counted as class 0 by core.count_classes; "
-                                       "see docs/bad_inputs.md (delete this marker once core is fixed)")
-
-
-@NEEDS_CORE_FIX_E2E
 def test_overflowing_weights_never_yield_certificates(ws, tmp_path):
     """Finite weights × 1e12 overflow to NaN logits. Those must not become certificates.
 
-    Today ``core.count_classes`` takes ``argmax`` of NaN logits, which is class 0, so every input
-    is "certified" as class 0 (pA = 1). Needs the core fix described in docs/bad_inputs.md:
-    a draw with non-finite logits votes for no class (or the run errors).
+    ``core.count_classes`` lets a draw with non-finite logits vote for no class, so nA stays 0 and
+    every input abstains.
     """
     state = {k: v * 1e12 if k.endswith("weight") else v for k, v in ws.state.items()}
     path = tmp_path / "huge.pt"
@@ -464,11 +458,7 @@ class _HalfNaN(torch.nn.Module):
         return out
 
 
-NEEDS_CORE_FIX = pytest.mark.xfail(strict=True, reason="core.count_classes counts argmax of NaN logits (class 0) "
-                                   "as a vote; needs the core fix in docs/bad_inputs.md (then delete this marker)")
-
-
-@pytest.mark.parametrize("model", [pytest.param(_NaNLogits(), marks=NEEDS_CORE_FIX), _HalfNaN()], ids=["all NaN", "half NaN"])
+@pytest.mark.parametrize("model", [_NaNLogits(), _HalfNaN()], ids=["all NaN", "half NaN"])
 def test_core_abstains_on_nan_logits(model):
     """Soundness first: a draw whose logits are not finite cannot count for any class."""
     x = torch.zeros(4, 1, 2, 2)

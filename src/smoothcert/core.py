@@ -66,7 +66,6 @@ def count_classes(model: nn.Module, x: torch.Tensor, scale, num: int, num_classe
     # A whole chunk is always appended behind fewer than ``rows`` pending rows.
     buf = torch.empty((min(total, rows + chunk - 1), *shape), device=device)
     step = torch.arange(min(total, rows), dtype=torch.int64, device=device)
-    ones = torch.ones(len(step), dtype=torch.int64, device=device)
     flat = counts.view(-1)
     pending = counted = reported = 0  # rows staged in buf; stream rows counted; inputs reported
 
@@ -86,8 +85,10 @@ def count_classes(model: nn.Module, x: torch.Tensor, scale, num: int, num_classe
         else:
             batch.mul_(s[0] if uniform else s.index_select(0, owner)).add_(x.index_select(0, owner))
         with torch.autocast(device.type, enabled=sampling.amp):
-            pred = model(batch).argmax(1)
-        flat.index_add_(0, owner.mul_(num_classes).add_(pred), ones[:m])
+            logits = model(batch)
+        # a draw with NaN/inf logits votes for no class: it can only lower nA (towards abstaining)
+        votes = torch.isfinite(logits).all(1).to(torch.int64)
+        flat.index_add_(0, owner.mul_(num_classes).add_(logits.argmax(1)), votes)
         counted += m
 
     def flush(final: bool) -> None:
@@ -147,13 +148,16 @@ def predict_batch(model: nn.Module, x: torch.Tensor, scale, num_classes: int, n:
     """PREDICT for a batch: the top class, or ABSTAIN unless a two-sided binomial test rejects a tie.
 
     Guarantee (Cohen et al. Prop. 1): the probability of returning a class other
-    than the smoothed classifier's is at most alpha.
+    than the smoothed classifier's is at most alpha. Draws with non-finite logits
+    (which vote for no class) are counted for the runner-up, the worst case.
     """
     counts = count_classes(model, x, scale, n, num_classes, seeds, sampling)
+    invalid = n - counts.sum(1)
     out = np.full(len(counts), ABSTAIN, dtype=np.int64)
     for i, row in enumerate(counts):
         top2 = np.argsort(-row, kind="stable")[:2]
-        if stats.binomial_pvalue(row[top2[0]], row[top2[1]]) <= alpha:
+        n_a, n_b = row[top2[0]], row[top2[1]] + invalid[i]
+        if n_a > 0 and stats.binomial_pvalue(n_a, n_b) <= alpha:
             out[i] = top2[0]
     return out
 
