@@ -647,6 +647,26 @@ def test_gather_refuses_duplicate_rows(ws, tmp_path):
           outputs=[out])
 
 
+@pytest.mark.xfail(strict=True, reason="gather concatenates shards with different headers, leaving blank cells; "
+                   "needs a header check in commands/gather.py (then delete this marker)")
+def test_gather_refuses_shards_with_different_columns(ws, tmp_path):
+    df = pd.read_csv(ws.cohen, sep="\t")
+    a, b = tmp_path / "0-of-2.tsv", tmp_path / "1-of-2.tsv"
+    df.iloc[:6].to_csv(a, sep="\t", index=False)
+    df.iloc[6:].drop(columns=["gap"]).to_csv(b, sep="\t", index=False)
+    out = tmp_path / "g.tsv"
+    fails("gather", a, b, "--out", out, match=r"columns", outputs=[out])
+
+
+@pytest.mark.xfail(strict=True, reason="memory-check crashes (reshape of 0 rows) on a header-only table; needs a "
+                   "len(table) > 0 check in commands/memory_check.py (then delete this marker)")
+def test_memory_check_header_only_table(ws, tmp_path):
+    table = tmp_path / "in.tsv"
+    pd.read_csv(ws.ddrs, sep="\t").iloc[:0].to_csv(table, sep="\t", index=False)
+    out = (tmp_path / "f.tsv", tmp_path / "m.npz")
+    fails(*ws.memory_args(table, *out), match=r"no rows|empty", outputs=out)
+
+
 @pytest.mark.parametrize("kind", ["no radius", "no predict", "empty file"])
 def test_report_bad_table(ws, tmp_path, kind):
     results = tmp_path / "results"

@@ -111,7 +111,9 @@ def test_shard_writer_resumes_in_a_new_process_without_the_header_twice(tmp_path
 # ------------------------------------------------------------------ kill and resume, end to end
 # Slow enough to catch certification mid-shard: more draws per input and one input per
 # noise batch (batch_size == chunk), so a row lands in the .part file every few tenths of a second.
-SLOW = {"test": {"limit": 24, "shards": 2}, "certify": {"n": 2000, "chunk": 500, "batch_size": 500}}
+SLOW = {"test": {"limit": 24, "shards": 2}, "certify": {"n": 2000, "chunk": 500, "batch_size": 500},
+        # one experiment, so that the only unfinished work at the kill is the certify shard itself
+        "models": [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.25], "methods": ["cohen"]}]}
 ROWS_PER_SHARD = 12
 MIN_ROWS = 2  # kill once the second shard has at least this many rows
 
