@@ -563,6 +563,62 @@ def compile_section(arch: str, b: int, n: int, batch_size: int, chunk: int, repe
     return row
 
 
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def malloc_worker(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, n_threads: int | None) -> dict:
+    """Run inside a subprocess (with or without MALLOC_ENV): forward and count_classes evals/s."""
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    dev = torch.device("cpu")
+    model = build(arch, dev)
+    x, seeds = inputs(arch, b, dev)
+    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=dev)
+    pre = torch.rand(batch_size, *ARCHS[arch]["shape"])
+    passes = b * n // batch_size
+
+    def fwd():
+        with torch.inference_mode():
+            for _ in range(passes):
+                model(pre)
+
+    times = interleaved({"forward": fwd, "count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds,
+                                                                                      sampling)}, repeats, dev)
+    return {"forward": rate(passes * batch_size, times["forward"]),
+            "count_classes": rate(b * n, times["count_classes"])}
+
+
+def malloc_section(arch: str, b: int, n: int, batch_sizes: list[int], chunk: int, repeats: int, rounds: int,
+                   n_threads: int | None) -> dict:
+    """glibc malloc returning large activation buffers to the OS (page faults on every forward pass) vs keeping them.
+
+    Alternates processes with the default allocator settings and with MALLOC_ENV ``rounds`` times per batch size.
+    """
+    rows = []
+    for bs in batch_sizes:
+        got = {"default": [], "malloc_env": []}
+        for _ in range(rounds):
+            for name, extra in (("default", {}), ("malloc_env", MALLOC_ENV)):
+                spec = json.dumps([arch, max(b, 2 * bs // n), n, bs, min(chunk, bs), repeats, n_threads])
+                proc = subprocess.run([sys.executable, __file__, "--malloc-worker", spec], capture_output=True,
+                                      text=True, env={**os.environ, **extra}, timeout=900)
+                if proc.returncode == 0:
+                    got[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if not got["default"] or not got["malloc_env"]:
+            continue
+        med = {name: {k: float(np.median([r[k] for r in v])) for k in ("forward", "count_classes")}
+               for name, v in got.items()}
+        rows.append({"batch_size": bs, "default_forward_evals_per_s": round(med["default"]["forward"], 1),
+                     "malloc_env_forward_evals_per_s": round(med["malloc_env"]["forward"], 1),
+                     "default_count_classes_evals_per_s": round(med["default"]["count_classes"], 1),
+                     "malloc_env_count_classes_evals_per_s": round(med["malloc_env"]["count_classes"], 1),
+                     "speed_malloc_env_vs_default_count_classes":
+                         round(med["malloc_env"]["count_classes"] / med["default"]["count_classes"], 4)})
+    out = {"model": arch, "env": MALLOC_ENV, "rounds": rounds, "threads": n_threads, "rows": rows}
+    print(json.dumps(out), flush=True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -576,9 +632,14 @@ def main() -> None:
                     help="torch threads for the ablations (default on CPU: 1, the least disturbed by other load)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--compile-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--malloc-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--no-malloc", action="store_true", help="skip the glibc malloc settings section")
     args = ap.parse_args()
     if args.compile_worker:
         print(json.dumps(compile_worker(*json.loads(args.compile_worker))))
+        return
+    if args.malloc_worker:
+        print(json.dumps(malloc_worker(*json.loads(args.malloc_worker))))
         return
     device = torch.device(args.device)
     out_path = Path(args.out) if args.out else RESULTS / f"certify_{device.type}.json"
@@ -632,6 +693,9 @@ def main() -> None:
         if not args.skip_resnet:
             result["batch_size_sweep"].append(batch_sweep("cifar_resnet20", [25, 50, 100, 200, 400] if not q else [25, 50],
                                                           800 if not q else 100, 1000, max(3, reps // 2), device))
+    if not args.no_malloc and not gpu and sys.platform.startswith("linux"):
+        result["malloc"] = malloc_section("digits_cnn", 2, digits[1], [digits[2], 2 * digits[2]] if not q else [1000],
+                                          digits[3], 3 if q else reps, 2 if q else 3, ab_threads)
     if not args.no_compile:
         result["compile"] = [compile_section("digits_cnn", *digits, reps, device, args.compile_timeout, ab_threads)]
     result["load_avg_end"] = load()
