@@ -647,8 +647,6 @@ def test_gather_refuses_duplicate_rows(ws, tmp_path):
           outputs=[out])
 
 
-@pytest.mark.xfail(strict=True, reason="gather concatenates shards with different headers, leaving blank cells; "
-                   "needs a header check in commands/gather.py (then delete this marker)")
 def test_gather_refuses_shards_with_different_columns(ws, tmp_path):
     df = pd.read_csv(ws.cohen, sep="\t")
     a, b = tmp_path / "0-of-2.tsv", tmp_path / "1-of-2.tsv"
@@ -658,8 +656,6 @@ def test_gather_refuses_shards_with_different_columns(ws, tmp_path):
     fails("gather", a, b, "--out", out, match=r"columns", outputs=[out])
 
 
-@pytest.mark.xfail(strict=True, reason="memory-check crashes (reshape of 0 rows) on a header-only table; needs a "
-                   "len(table) > 0 check in commands/memory_check.py (then delete this marker)")
 def test_memory_check_header_only_table(ws, tmp_path):
     table = tmp_path / "in.tsv"
     pd.read_csv(ws.ddrs, sep="\t").iloc[:0].to_csv(table, sep="\t", index=False)

@@ -14,7 +14,11 @@ def add_arguments(p):
 
 
 def run(args):
-    df = pd.concat([read_table(s, [args.key], what="shard table") for s in args.shards], ignore_index=True)
+    tables = [read_table(s, [args.key], what="shard table") for s in args.shards]
+    for path, t in zip(args.shards, tables):
+        require(list(t.columns) == list(tables[0].columns),
+                f"shard {path} has columns {list(t.columns)}, unlike {args.shards[0]}: shards of different runs?")
+    df = pd.concat(tables, ignore_index=True)
     dup = df[args.key][df[args.key].duplicated()]
     require(dup.empty, f"rows {dup.tolist()[:5]} appear in more than one shard")
     write_table(args.out, df.sort_values(args.key, kind="stable").reset_index(drop=True))

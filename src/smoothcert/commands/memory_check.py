@@ -58,6 +58,7 @@ def load_thetas(paths: list[str], idx: np.ndarray, dim: int) -> np.ndarray:
 def run(args):
     cfg = config_mod.load(args.config)
     table = read_table(args.certified, ["idx", "label", "predict", "gap", "norm"], what="certified table")
+    require(len(table) > 0, f"certified table {args.certified} has no rows")
     require(not table["idx"].duplicated().any(), f"certified table {args.certified} lists an input more than once")
     norms = sorted(set(table["norm"].astype(str)))
     require(len(norms) <= 1, f"certified table {args.certified} mixes norms {norms}")
