@@ -1,7 +1,9 @@
 """The moving-digits video stage (Smooth-Reduce on clips)."""
 import json
+import math
 
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
+from smoothcert.errors import require
 from smoothcert.video import run_video
 
 HELP = "moving-digits clips: train a frame-wise model at one σ, certify every video.methods into OUT/<method>/certify.tsv"
@@ -17,4 +19,5 @@ def add_arguments(p):
 
 def run(args):
     cfg, device = setup(args)
+    require(math.isfinite(args.sigma) and args.sigma > 0, f"--sigma must be a finite number > 0, got {args.sigma}")
     print(json.dumps(run_video(cfg, args.sigma, args.out, device, progress=not args.no_progress)))
