@@ -207,13 +207,15 @@ def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inf
             else:
                 owner = torch.div(step[:m] + st["done"], num, rounding_mode="floor")
                 batch.mul_(s.index_select(0, owner)).add_(x.index_select(0, owner))
-        pred = model(batch).argmax(1)
+        logits = model(batch)
+        pred, votes = logits.argmax(1), torch.isfinite(logits).all(1)  # non-finite logits vote for no class
         if counting == "device":
             owner = torch.div(step[:m] + st["done"], num, rounding_mode="floor")
-            counts.index_add_(0, owner.mul_(num_classes).add_(pred), ones[:m])
+            counts.index_add_(0, owner.mul_(num_classes).add_(pred), votes.to(torch.int64))
         else:
             owner = (np.arange(m) + st["done"]) // num
-            host[:] += np.bincount(owner * num_classes + pred.cpu().numpy(), minlength=len(host))
+            host[:] += np.bincount(owner * num_classes + pred.cpu().numpy(), weights=votes.cpu().numpy(),
+                                   minlength=len(host)).astype(np.int64)
         st["done"] += m
 
     def flush(final):
@@ -430,7 +432,7 @@ def _train_digits(sigma: float, epochs: int, device: torch.device):
 
 
 def batched_vs_single(trained, num_inputs: int, n0: int, n: int, alpha: float, batch_size: int, chunk: int,
-                      sigma: float, device: torch.device, epochs: int, repeats: int) -> dict:
+                      sigma: float, device: torch.device, epochs: int, repeats: int, threads_used: int) -> dict:
     model, xt, yt = trained
     xt, yt = xt[:num_inputs], yt[:num_inputs]
     sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
@@ -480,6 +482,7 @@ def batched_vs_single(trained, num_inputs: int, n0: int, n: int, alpha: float, b
 
     out = {"inputs": len(yt), "n0": n0, "n": n, "alpha": alpha, "sigma": sigma, "batch_size": batch_size,
            "chunk": chunk, "inputs_per_certify_batch": group, "train_epochs": epochs, "repeats": repeats,
+           "threads": threads_used,
            **{name: summary(r) for name, r in runs.items()},
            "speedup_batched_vs_single": ratio(times, "batched_shard_groups", "single")["median"],
            "speedup_one_call_vs_single": ratio(times, "batched_one_call", "single")["median"],
@@ -665,12 +668,14 @@ def main() -> None:
             result["efficiency"].append(efficiency("cifar_resnet20", *resnet, reps, device, nt))
     epochs = 2 if q else 12
     trained = _train_digits(0.25, epochs, device)
-    # at the configured batch size, and (CPU) at 1000 rows, where the digits CNN runs fastest per row
-    result["batched_vs_single"] = [batched_vs_single(
-        trained, num_inputs=10 if q else 100, n0=100 if q else n0, n=200 if q else n, alpha=0.001 if q else cc["alpha"],
-        batch_size=size, chunk=min(digits[3], size), sigma=0.25, device=device, epochs=epochs, repeats=max(3, reps // 2))
-        for size in ([digits[2]] if gpu or digits[2] == 1000 else [digits[2], 1000])]
     ab_threads = args.ablation_threads or (None if gpu else 1)
+    # at the configured batch size, and (CPU) at 1000 rows, where the digits CNN runs fastest per row
+    with threads(ab_threads):
+        result["batched_vs_single"] = [batched_vs_single(
+            trained, num_inputs=10 if q else 100, n0=100 if q else n0, n=200 if q else n, alpha=0.001 if q else cc["alpha"],
+            batch_size=size, chunk=min(digits[3], size), sigma=0.25, device=device, epochs=epochs,
+            repeats=max(3, reps // 2), threads_used=torch.get_num_threads())
+            for size in ([digits[2]] if gpu or digits[2] == 1000 else [digits[2], 1000])]
     result["ablation_threads"] = ab_threads or torch.get_num_threads()
     every = ["count_classes", "legacy", "no_grad", "noise_allocated", "numpy_counting", "one_input_per_pass",
              "threads", "channels_last"]

@@ -26,6 +26,8 @@ from slurm_cluster import ClusterError, SlurmCluster, unavailable
 from test_resume import assert_same_tables
 from test_workflow import BIN, MINI, _env, copy_repo, run
 
+ONE = Path(__file__).parent / "data" / "cohen_only.yaml"  # one experiment keeps the cluster run short
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 GPU_RULES = {"train", "certify", "optimize_ddrs", "optimize_ancer", "video"}
@@ -43,7 +45,7 @@ fi
 
 def _slurm_command(target: str) -> list[str]:
     return [
-        str(BIN / "snakemake"), target, "--profile", "workflow/profiles/slurm", "--configfile", str(MINI),
+        str(BIN / "snakemake"), target, "--profile", "workflow/profiles/slurm", "--configfile", str(MINI), str(ONE),
         # This cluster: no accounts and no accounting database (so squeue, not sacct, for status).
         "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
         "--jobs", "4", "--retries", "0", "--precommand", "sh gpu_probe.sh",
@@ -80,7 +82,7 @@ def test_mini_pipeline_on_slurm_requests_gpus_and_matches_local(cluster, tmp_pat
     env = cluster.env({**_env(), "BASH_ENV": str(root / "gpu_probe.sh"), "PROBE_DIR": str(probe_dir)})
 
     # The local reference runs alongside (the Slurm run mostly waits on job start-up and polling).
-    ref = subprocess.Popen([str(BIN / "snakemake"), TARGET, "--configfile", str(MINI), "--cores", "2",
+    ref = subprocess.Popen([str(BIN / "snakemake"), TARGET, "--configfile", str(MINI), str(ONE), "--cores", "2",
                             "--resources", "gpu=1"], cwd=local, env=_env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
