@@ -19,6 +19,7 @@ import importlib.util
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
