@@ -67,14 +67,14 @@ class TreeSampler(threading.Thread):
         self.peak = 0
         self.peak_procs = 0
         self.samples = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         try:
             root = psutil.Process(self.pid)
         except psutil.NoSuchProcess:
             return
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             total, procs = 0, 0
             try:
                 tree = [root, *root.children(recursive=True)]
@@ -89,10 +89,10 @@ class TreeSampler(threading.Thread):
             if total > self.peak:
                 self.peak, self.peak_procs = total, procs
             self.samples += 1
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
