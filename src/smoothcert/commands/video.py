@@ -19,5 +19,5 @@ def add_arguments(p):
 
 def run(args):
     cfg, device = setup(args)
-    require(math.isfinite(args.sigma) and args.sigma > 0, f"--sigma must be a finite number > 0, got {args.sigma}")
+    require(math.isfinite(args.sigma) and args.sigma > 0, f"video: sigma = {args.sigma} must be > 0 and finite")
     print(json.dumps(run_video(cfg, args.sigma, args.out, device, progress=not args.no_progress)))
