@@ -196,19 +196,20 @@ def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inf
 
     def forward(batch):
         m = batch.shape[0]
-        if noise == "inplace":  # as core.count_classes: input by input, or one gather for many inputs
-            first, last = st["done"] // num, (st["done"] + m - 1) // num
-            if last - first < core._FEW_INPUTS:
-                r0 = 0
-                for j in range(first, last + 1):
-                    r1 = min((j + 1) * num - st["done"], m)
-                    batch[r0:r1].mul_(s[j]).add_(x[j])
-                    r0 = r1
-            else:
-                owner = torch.div(step[:m] + st["done"], num, rounding_mode="floor")
-                batch.mul_(s.index_select(0, owner)).add_(x.index_select(0, owner))
+        if noise == "inplace":  # as core.count_classes: ε·σ + x in at most three broadcast pieces
+            start, r, j = st["done"], 0, st["done"] // num
+            if start % num:
+                r = min(m, (j + 1) * num - start)
+                batch[:r].mul_(s[j]).add_(x[j])
+                j += 1
+            k = (m - r) // num
+            if k:
+                batch[r:r + k * num].view(k, num, *shape).mul_(s[j:j + k].unsqueeze(1)).add_(x[j:j + k].unsqueeze(1))
+                r, j = r + k * num, j + k
+            if r < m:
+                batch[r:].mul_(s[j]).add_(x[j])
         logits = model(batch)
-        pred, votes = logits.argmax(1), torch.isfinite(logits).all(1)  # non-finite logits vote for no class
+        pred, votes = logits.argmax(1), torch.isfinite(logits.sum(1))  # non-finite logits vote for no class
         if counting == "device":
             owner = torch.div(step[:m] + st["done"], num, rounding_mode="floor")
             counts.index_add_(0, owner.mul_(num_classes).add_(pred), votes.to(torch.int64))

@@ -117,7 +117,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_inputs():
 
 
 def test_peak_memory_many_small_inputs_per_batch_is_bounded():
-    # n0-like draws: 64 inputs share each forward pass, x + σ ⊙ ε goes through a per-row gather.
+    # n0-like draws: 32 inputs share each forward pass.
     theta = torch.rand(400, *SHAPE) + 0.1
     small = _peak(32, batch_size=1024, chunk=32, b=200, scale=theta[:200])
     large = _peak(32, batch_size=1024, chunk=32, b=400, scale=theta)
