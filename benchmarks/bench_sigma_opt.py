@@ -1,25 +1,34 @@
 """Benchmark: per-input σ / θ optimization, smoothcert.optimize vs the papers' PyPI packages.
 
-Times DDRS (isotropic σ) and ANCER (anisotropic θ) on the same model, the same
-inputs, iterations, samples and batch, in one run, for
+Times DDRS (isotropic σ) and ANCER (anisotropic θ) on the same model, the same inputs,
+iterations, samples and batch, each run in a fresh process (so that per-process settings count
+as they do in practice), alternating variants in a rotating order over repeats:
 
-* ours: ``smoothcert.optimize.ddrs_sigma`` / ``ancer_theta`` with per-input seeded generators;
-* the papers': ``ddsmoothing.optimize_isotropic_dds`` (ddsmoothing-python) and
-  ``ancer.optimize_ancer`` (ancer-python), which draw from torch's global RNG.
+* ``ours``: ``smoothcert.optimize.ddrs_sigma`` / ``ancer_theta`` as the pipeline runs them
+  (``smoothcert`` CLI: allocator tuned by :func:`smoothcert.runtime.tune_allocator`; model as
+  ``load_model`` prepares it, channels-last; ``precision: auto``);
+* ``ours_float32`` (precision float32), ``ours_default_malloc`` (glibc's default allocator) and
+  ``ours_plain`` (all three undone: contiguous model, float32, default allocator), to attribute the gain;
+* ``reference``: ``ddsmoothing.optimize_isotropic_dds`` (ddsmoothing-python) and
+  ``ancer.optimize_ancer`` (ancer-python) on the model as loaded, in a plain Python process.
 
-Both ANCER runs start from our DDRS σ. The optimized σ / θ of both are scored with
-the same surrogate and the same fixed evaluation noise (:func:`smoothcert.optimize.surrogate`,
-the proxy radius for θ). Writes ``benchmarks/results/sigma_opt_<device>.json``.
+Every process warms up (2 iterations), then times ``--runs`` full runs (their median counts). All ANCER runs start from the
+same DDRS σ (``ours_plain``'s). The results are scored in this process with the same float32
+surrogate and one fixed evaluation noise (:func:`smoothcert.optimize.surrogate`; the proxy
+radius for θ). Writes ``benchmarks/results/sigma_opt_<device>.json``.
 
-Install the reference packages with
-``pip install --no-deps ddsmoothing-python ancer-python``.
+Install the reference packages with ``pip install --no-deps ddsmoothing-python ancer-python``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +37,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("ours", "ours_float32", "ours_default_malloc", "ours_plain", "reference")
 
 
 def _import_reference():
@@ -61,7 +71,7 @@ def _digits(device):
     if ckpt.is_file():
         model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
         source = str(ckpt.relative_to(ROOT))
-    else:  # a few epochs of Gaussian augmentation, σ = 0.25
+    else:  # a few epochs of Gaussian augmentation, σ = 0.25 (seeded: every worker trains the same model)
         torch.manual_seed(0)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         for _ in range(6):
@@ -75,140 +85,191 @@ def _digits(device):
     return xte, model.to(device).eval(), source
 
 
-def _timed(fn, device):
+def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - t0
+
+
+def worker(args) -> None:
+    """One variant, one method, one norm in this fresh process: warm up, time one run, save θ and seconds."""
+    from smoothcert import optimize
+    from smoothcert.models import to_channels_last
+    from smoothcert.noise import make_generator, stream_seed
+    from smoothcert.runtime import tune_allocator
+
+    variant = args.worker
+    tuned = tune_allocator() if variant in ("ours", "ours_float32") else False
+    torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    xte, model, _ = _digits(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = xte[:args.inputs].to(device)
+    b, d = x.shape[0], x[0].numel()
+    sigma0 = torch.full((b,), args.sigma0, device=device)
+    theta0 = torch.load(args.theta0, weights_only=True).to(device) if args.theta0 else None
+    if variant == "reference":
+        dds, ancer_opt, L2Certificate, L1Certificate = _import_reference()
+        probs = nn.Sequential(model, nn.Softmax(dim=1)).eval()  # the packages expect probabilities
+        cert = L2Certificate(b, device=str(device)) if args.norm == "l2" else L1Certificate(device=str(device))
+
+        def run(iterations):
+            if args.method == "ddrs":
+                return dds(probs, x, cert, args.lr, sigma0.clone(), iterations, args.samples, device=str(device)).detach()
+            return ancer_opt(probs, x, cert, args.lr, theta0.reshape(x.shape).clone(), iterations, args.samples,
+                             args.kappa, device=str(device)).detach().reshape(b, d)
+    else:
+        m = model if variant == "ours_plain" else to_channels_last(copy.deepcopy(model))
+        amp = optimize.resolve_precision("auto" if variant in ("ours", "ours_default_malloc") else "float32", device)
+
+        def run(iterations):
+            gens = [make_generator(stream_seed(0, i, "optimize"), device) for i in range(b)]
+            if args.method == "ddrs":
+                return optimize.ddrs_sigma(m, x, sigma0, args.norm, iterations=iterations, lr=args.lr,
+                                           samples=args.samples, sigma_min=0.01, generator=gens, amp=amp)
+            return optimize.ancer_theta(m, x, theta0, args.norm, iterations=iterations, lr=args.lr,
+                                        samples=args.samples, kappa=args.kappa, generator=gens, amp=amp)
+    run(2)  # warm-up: allocator, thread pool, kernels
+    for p in model.parameters():  # the reference DDRS turns requires_grad back on when it returns
+        p.requires_grad_(False)
+    times = []
+    for k in range(args.runs):
+        torch.manual_seed(args.repeat * args.runs + k)  # the reference draws from torch's global RNG
+        _sync(device)
+        t0 = time.perf_counter()
+        got = run(args.ddrs_iterations if args.method == "ddrs" else args.ancer_iterations)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        out = got if k == 0 else out
+    torch.save({"result": out.detach().float().cpu(), "seconds": float(np.median(times)), "runs": times,
+                "allocator_tuned": tuned}, args.result)
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _spawn(args, variant: str, method: str, norm: str, repeat: int, theta0: str | None, tmp: Path) -> dict:
+    out = tmp / f"{variant}-{method}-{norm}-{repeat}.pt"
+    cmd = [sys.executable, __file__, "--worker", variant, "--method", method, "--norm", norm, "--repeat", str(repeat),
+           "--result", str(out), "--inputs", str(args.inputs), "--samples", str(args.samples),
+           "--ddrs-iterations", str(args.ddrs_iterations), "--ancer-iterations", str(args.ancer_iterations),
+           "--lr", str(args.lr), "--kappa", str(args.kappa), "--sigma0", str(args.sigma0),
+           "--threads", str(args.threads), "--device", args.device, "--runs", str(args.runs)]
+    if theta0:
+        cmd += ["--theta0", theta0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode:
+        raise SystemExit(f"worker {variant} {method} {norm} failed:\n{proc.stderr[-3000:]}")
+    return torch.load(out, weights_only=True)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inputs", type=int, default=16, help="test inputs, optimized as one batch")
+    ap.add_argument("--inputs", type=int, default=50, help="test inputs, optimized as one batch (params.yaml's batch_size)")
     ap.add_argument("--samples", type=int, default=32, help="noise draws per input and step")
     ap.add_argument("--ddrs-iterations", type=int, default=50)
-    ap.add_argument("--ancer-iterations", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each, alternating; the median is reported")
+    ap.add_argument("--ancer-iterations", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per process (after the warm-up); their median counts")
+    ap.add_argument("--repeats", type=int, default=3, help="timed processes per variant, in a rotating order")
     ap.add_argument("--lr", type=float, default=0.04, help="learning rate of both methods")
     ap.add_argument("--kappa", type=float, default=2.0)
     ap.add_argument("--sigma0", type=float, default=0.25)
-    ap.add_argument("--norms", default="l2", help="comma-separated: l2, l1")
+    ap.add_argument("--norms", default="l2,l1", help="comma-separated: l2, l1")
     ap.add_argument("--eval-samples", type=int, default=256, help="draws of the fixed noise the results are scored with")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/sigma_opt_<device>.json")
+    for hidden in ("--worker", "--method", "--norm", "--result", "--theta0"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
+    ap.add_argument("--repeat", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return {}
 
     from smoothcert import optimize
-    from smoothcert.noise import make_generator, stream_seed
+    from smoothcert.io import write_json
+    from smoothcert.noise import make_generator
 
     torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    dds, ancer_opt, L2Certificate, L1Certificate = _import_reference()
+    device = _device(args.device)
     xte, model, source = _digits(device)
     x = xte[:args.inputs].to(device)
     b, d = x.shape[0], x[0].numel()
-    probs = nn.Sequential(model, nn.Softmax(dim=1)).eval()  # the packages expect probabilities
-    idx = np.arange(b)
-
-    def gens():
-        return [make_generator(stream_seed(0, int(i), "optimize"), device) for i in idx]
+    started, load_start = time.perf_counter(), _load()
 
     def score(scale, norm):
         with torch.no_grad():
-            return float(optimize.surrogate(model, x, scale, norm, args.eval_samples, make_generator(12345, device)).mean())
+            return float(optimize.surrogate(model, x, scale.to(device), norm, args.eval_samples,
+                                            make_generator(12345, device)).mean())
 
-    def freeze_back():  # the reference DDRS turns requires_grad on for every parameter when it returns
-        for p in model.parameters():
-            p.requires_grad_(False)
-
-    def timed_pair(ours_fn, ref_fn):
-        """Alternate ours / reference ``repeats`` times (ABBA...); first results, all wall times."""
-        times = {"ours": [], "reference": []}
-        first = {}
+    def measure(method, norm, theta0, tmp):
+        """All variants × repeats in a rotating order: first result per variant, all seconds."""
+        first, seconds = {}, {v: [] for v in VARIANTS}
         for r in range(args.repeats):
-            for name in (("ours", "reference") if r % 2 == 0 else ("reference", "ours")):
-                torch.manual_seed(r)  # the reference draws from torch's global RNG
-                out, sec = _timed(ours_fn if name == "ours" else ref_fn, device)
-                freeze_back()
-                times[name].append(sec)
-                first.setdefault(name, out)
-        return first["ours"], first["reference"], times
-
-    def summary(times):
-        med = {k: float(np.median(v)) for k, v in times.items()}
-        return {"ours_seconds_per_input": med["ours"] / b, "reference_seconds_per_input": med["reference"] / b,
-                "ratio_ours_over_reference": med["ours"] / med["reference"],
-                "wall_seconds_ours": times["ours"], "wall_seconds_reference": times["reference"]}
+            for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
+                got = _spawn(args, v, method, norm, r, theta0, tmp)
+                seconds[v].append(got["seconds"])
+                first.setdefault(v, got["result"])
+                print(json.dumps({"norm": norm, "method": method, "variant": v, "repeat": r,
+                                  "seconds": round(got["seconds"], 4)}), flush=True)
+        ref = np.asarray(seconds["reference"])
+        timing = {"seconds_per_input": {v: float(np.median(s)) / b for v, s in seconds.items()},
+                  # median over repeats of reference / variant time (paired by repeat)
+                  "speedup_vs_reference": {v: float(np.median(ref / np.asarray(s))) for v, s in seconds.items()},
+                  "speedup_range": {v: [float(np.min(ref / np.asarray(s))), float(np.max(ref / np.asarray(s)))]
+                                    for v, s in seconds.items()},
+                  "wall_seconds": seconds}
+        return first, timing
 
     results = {}
-    for norm in [n.strip() for n in args.norms.split(",") if n.strip()]:
-        cert = L2Certificate(b, device=str(device)) if norm == "l2" else L1Certificate(device=str(device))
-        sigma0 = torch.full((b,), args.sigma0, device=device)
-        # warm-up (allocator, thread pool, kernels) for both, 2 steps each
-        optimize.ddrs_sigma(model, x, sigma0, norm, iterations=2, lr=args.lr, samples=args.samples, sigma_min=0.01, generator=gens())
-        dds(probs, x, cert, args.lr, sigma0.clone(), 2, args.samples, device=str(device))
-        freeze_back()
-
-        ours_sigma, ref_sigma, t_ddrs = timed_pair(
-            lambda: optimize.ddrs_sigma(model, x, sigma0, norm, iterations=args.ddrs_iterations, lr=args.lr,
-                                        samples=args.samples, sigma_min=0.01, generator=gens()),
-            lambda: dds(probs, x, cert, args.lr, sigma0.clone(), args.ddrs_iterations, args.samples,
-                        device=str(device)).detach())
-        theta0 = ours_sigma.unsqueeze(1).expand(b, d).contiguous()
-        ours_theta, ref_theta, t_ancer = timed_pair(
-            lambda: optimize.ancer_theta(model, x, theta0, norm, iterations=args.ancer_iterations, lr=args.lr,
-                                         samples=args.samples, kappa=args.kappa, generator=gens()),
-            lambda: ancer_opt(probs, x, cert, args.lr, theta0.reshape(x.shape).clone(), args.ancer_iterations,
-                              args.samples, args.kappa, device=str(device)).detach().reshape(b, d))
-        results[norm] = {
-            "ddrs": {
-                **summary(t_ddrs),
-                "mean_surrogate_start": score(sigma0, norm),
-                "mean_surrogate_ours": score(ours_sigma, norm), "mean_surrogate_reference": score(ref_sigma, norm),
-                "mean_sigma_ours": float(ours_sigma.mean()), "mean_sigma_reference": float(ref_sigma.mean()),
-            },
-            "ancer": {
-                **summary(t_ancer),
-                "mean_proxy_radius_start": score(theta0, norm),
-                "mean_proxy_radius_ours": score(ours_theta, norm), "mean_proxy_radius_reference": score(ref_theta, norm),
-                "theta_at_least_start_ours": bool((ours_theta >= theta0).all()),
-                "theta_at_least_start_reference": bool((ref_theta >= theta0 - 1e-7).all()),
-            },
-        }
-        print(f"{norm}: " + json.dumps(results[norm], indent=1), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for norm in [n.strip() for n in args.norms.split(",") if n.strip()]:
+            sigma0 = torch.full((b,), args.sigma0)
+            sig, t_ddrs = measure("ddrs", norm, None, tmp)
+            theta0 = sig["ours_plain"].unsqueeze(1).expand(b, d).contiguous()
+            torch.save(theta0, tmp / f"theta0-{norm}.pt")
+            th, t_ancer = measure("ancer", norm, str(tmp / f"theta0-{norm}.pt"), tmp)
+            results[norm] = {
+                "ddrs": {**t_ddrs, "mean_surrogate_start": score(sigma0, norm),
+                         "mean_surrogate": {k: score(v, norm) for k, v in sig.items()},
+                         "mean_sigma": {k: float(v.mean()) for k, v in sig.items()}},
+                "ancer": {**t_ancer, "mean_proxy_radius_start": score(theta0, norm),
+                          "mean_proxy_radius": {k: score(v, norm) for k, v in th.items()},
+                          "theta_at_least_start": {k: bool((v >= theta0 - 1e-7).all()) for k, v in th.items()}},
+            }
+            print(f"{norm}: " + json.dumps({k: results[norm][k]["speedup_vs_reference"] for k in ("ddrs", "ancer")}),
+                  flush=True)
 
     report = {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
-        "model": "digits_cnn", "model_source": source, "inputs": b, "input_dim": d, "batch": b,
-        "samples": args.samples, "ddrs_iterations": args.ddrs_iterations, "ancer_iterations": args.ancer_iterations,
-        "lr": args.lr, "kappa": args.kappa, "sigma0": args.sigma0, "eval_samples": args.eval_samples,
+        "threads": args.threads, "torch": torch.__version__, "python": sys.version.split()[0],
+        "model": "digits_cnn", "model_source": source,
+        "precision_auto": str(optimize.resolve_precision("auto", device)),
+        "inputs": b, "input_dim": d, "batch": b, "samples": args.samples, "ddrs_iterations": args.ddrs_iterations,
+        "ancer_iterations": args.ancer_iterations, "runs_per_process": args.runs, "lr": args.lr, "kappa": args.kappa, "sigma0": args.sigma0,
+        "eval_samples": args.eval_samples,
         "reference_packages": {"ddsmoothing-python": _version("ddsmoothing-python"), "ancer-python": _version("ancer-python")},
-        "repeats": args.repeats, "load_average_1min": _load(),
-        "note": "seconds per input = median over alternating repeats of the batch's wall time / inputs; surrogates "
-                "scored on one fixed noise draw (first run of each); both ANCER runs start from our DDRS sigma; "
-                "model parameters frozen for both (the reference ANCER does not freeze them itself)",
+        "repeats": args.repeats, "load_avg_start": load_start, "load_avg_end": _load(),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "note": "one fresh process per variant and repeat, rotating order; seconds = the median of runs_per_process timed "
+                "runs after a 2-iteration warm-up; seconds per input = median / inputs; speedup = median over repeats of reference / variant "
+                "seconds; surrogates scored in float32 on one fixed noise draw (each variant's first run); every "
+                "ANCER run starts from ours_plain's DDRS sigma; model parameters frozen for all (the reference "
+                "ANCER does not freeze them itself)",
         "results": results,
     }
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"sigma_opt_{device.type}.json"
-    from smoothcert.io import write_json
-
     write_json(out, report)
     print(f"wrote {out}")
     return report
 
 
-def _load() -> float | None:
-    try:
-        import os
-
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        return None
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
 
 
 def _version(dist: str) -> str | None:

@@ -14,6 +14,7 @@ from smoothcert import cli, optimize
 from smoothcert.certify import load_theta
 from smoothcert.config import ModelSpec
 from smoothcert.data import prepare
+from smoothcert.errors import SmoothcertError
 from smoothcert.io import load_torch, save_torch
 from smoothcert.noise import make_generator, stream_seed
 from smoothcert.train import make_model
@@ -292,3 +293,45 @@ def test_cli_writes_theta_files_that_certify_can_read(cli_setup, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("smoothcert optimize-sigma: error:") for line in err)
     assert not (tmp / "x.pt").exists()
+
+
+# --------------------------------------------------------------------------- precision
+
+def test_precision_names_resolve_and_bad_ones_fail():
+    assert optimize.resolve_precision("float32", "cpu") is None
+    assert optimize.resolve_precision("bfloat16", "cpu") is torch.bfloat16
+    assert optimize.resolve_precision("auto", "cpu") in (None, torch.bfloat16)
+    with pytest.raises(SmoothcertError, match="precision"):
+        optimize.resolve_precision("fp8", "cpu")
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_bfloat16_search_lands_where_float32_does(norm):
+    """The optimizers may run the model in bfloat16: σ / θ come out float32, near the float32 ones, and
+    as good when scored in float32; float64 inputs (the gradient checks) are never autocast."""
+    model, x, idx = _small_cnn(), torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(5)), np.arange(6)
+    kw = dict(iterations=15, lr=0.05, samples=16, sigma_min=0.01)
+    s0 = torch.full((6,), 0.3)
+    s32 = optimize.ddrs_sigma(model, x, s0, norm, generator=_gens(idx), **kw)
+    s16 = optimize.ddrs_sigma(model, x, s0, norm, generator=_gens(idx), amp=torch.bfloat16, **kw)
+    assert s16.dtype == torch.float32
+    assert not torch.equal(s16, s32)  # bfloat16 really ran
+    torch.testing.assert_close(s16, s32, rtol=0.05, atol=0.01)
+
+    def score(scale):
+        with torch.no_grad():
+            return float(optimize.surrogate(model, x, scale, norm, 512, make_generator(9, "cpu")).mean())
+
+    assert score(s16) >= score(s32) - 0.01 * abs(score(s32))
+    t32 = optimize.ancer_theta(model, x, s32.unsqueeze(1).expand(6, 16), norm, iterations=5, lr=0.05, samples=16,
+                               kappa=2.0, generator=_gens(idx))
+    t16 = optimize.ancer_theta(model, x, s32.unsqueeze(1).expand(6, 16), norm, iterations=5, lr=0.05, samples=16,
+                               kappa=2.0, generator=_gens(idx), amp=torch.bfloat16)
+    assert t16.dtype == torch.float32 and (t16 >= s32.unsqueeze(1) - 1e-7).all()
+    # Adam's normalized steps turn small gradient differences into ±lr moves of single θᵢ: compare on average
+    assert float((t16 - t32).abs().mean()) < 0.01 and score(t16) >= score(t32) - 0.02 * abs(score(t32))
+
+    m64, x64 = _mlp64(), x.double().reshape(6, 1, 2, 8)[..., :2, :2]
+    a = optimize.ddrs_sigma(m64, x64, s0.double(), norm, generator=_gens(idx), **kw)
+    b = optimize.ddrs_sigma(m64, x64, s0.double(), norm, generator=_gens(idx), amp=torch.bfloat16, **kw)
+    assert a.dtype == torch.float64 and torch.equal(a, b)

@@ -119,3 +119,24 @@ def test_resume_equals_uninterrupted_training(cfg, digits_dir, tmp_path):
     a, b = load_torch(tmp_path / "straight" / "model.pt"), load_torch(tmp_path / "resumed" / "model.pt")
     assert torch.equal(a["sigma_buffer"], b["sigma_buffer"])
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_load_model_uses_channels_last_unless_configured_off(cfg, tmp_path):
+    """Channels-last changes the memory layout, not the function: same logits up to float rounding."""
+    from smoothcert.models import to_channels_last
+    from smoothcert.train import load_model
+
+    model = make_model(cfg).eval()
+    save_torch(tmp_path / "model.pt", {"arch": cfg["model"]["arch"], "state_dict": model.state_dict()})
+    fast = load_model(cfg, tmp_path / "model.pt", "cpu")
+    plain = load_model({**cfg, "channels_last": False}, tmp_path / "model.pt", "cpu")
+    convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not all(w.is_contiguous() for w in convs)  # (a 1-channel kernel is both)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+        assert torch.equal(fast(x).argmax(1), plain(x).argmax(1))
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    assert to_channels_last(mlp) is mlp and mlp[0].weight.is_contiguous()  # nothing 4-D: unchanged

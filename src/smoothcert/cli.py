@@ -13,6 +13,7 @@ import sys
 
 from smoothcert import commands
 from smoothcert.errors import SmoothcertError
+from smoothcert.runtime import tune_allocator
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,12 +21,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
+
+
+def _chosen(argv: list[str], names: list[str]) -> list[str]:
+    """The command named on the command line (only its module is imported: start-up without the others'
+    imports), or all of them when there is none (--help, a typo)."""
+    wanted = {n.replace("_", "-"): n for n in names}
+    for i, arg in enumerate(argv):
+        if arg in wanted and (i == 0 or argv[i - 1] != "--config"):
+            return [wanted[arg]]
+    return names
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the subcommand it names is loaded (all when it names none)."""
     parser = _Parser(prog="smoothcert", description="smoothcert: certified robustness by randomized smoothing, one subcommand per pipeline stage",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default="params.yaml", help="the pipeline configuration (validated before use)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_Parser)
-    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")):
+    names = _names()
+    for mod in names if argv is None else _chosen(argv, names):
         module = importlib.import_module(f"smoothcert.commands.{mod}")
         p = sub.add_parser(mod.replace("_", "-"), help=module.HELP, description=module.HELP,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -35,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
+    tune_allocator()
     try:
         args.func(args)
     except SmoothcertError as exc:

@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
-import torch
 
 from smoothcert.errors import SmoothcertError, require
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 @contextlib.contextmanager
@@ -28,6 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
         os.close(fd)
     except OSError as exc:
         raise SmoothcertError(f"cannot write {path}: {_why(path, exc)}") from exc
@@ -70,12 +79,16 @@ def write_table(path: str | os.PathLike, df: pd.DataFrame) -> None:
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     """Atomically ``torch.save`` ``obj``."""
+    import torch  # lazily: table-only commands (gather) start without torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
 def load_torch(path: str | os.PathLike, what: str = "file") -> Any:
     """Load a tensor file with ``weights_only=True``; refuse code-running pickles."""
+    import torch
+
     path = Path(path)
     require(path.is_file(), f"{what} not found: {path}")
     try:

@@ -104,3 +104,15 @@ def build_model(arch: str, in_channels: int, num_classes: int, size: int, mean: 
     if arch not in ARCHS:
         raise SmoothcertError(f"unknown arch {arch!r}; allowed: {sorted(ARCHS)}")
     return nn.Sequential(Normalize(mean, std), ARCHS[arch](in_channels, num_classes, size))
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """``model`` with its 4-D (2-D convolution) weights in channels-last memory format, in place.
+
+    The function computed is the same up to float rounding (summation order); oneDNN and cuDNN run
+    channels-last convolutions, pooling and ReLU faster (≈2× for the digits CNN on CPU, see
+    benchmarks/README.md). Models without 4-D weights are returned unchanged.
+    """
+    if any(p.dim() == 4 for p in model.parameters()):
+        model.to(memory_format=torch.channels_last)
+    return model

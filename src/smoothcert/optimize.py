@@ -18,6 +18,11 @@ so the surrogate stays finite. With PSI_CLAMP = 1e-3, as in both papers' code,
 certify with n ≤ 6900 draws at α = 0.001; a saturated ψ₁ (clamped, zero gradient
 through ψ) lets the σ·gap term push the noise up until ψ₁ leaves the clamp.
 ℓ1 needs no clamp: its gap ψ₁ - ψ₂ is bounded.
+
+Precision: the base classifier may run in bfloat16 (autocast) while optimizing; ψ, the
+gap and the σ / θ updates stay in float32. The optimizers only search for good σ / θ:
+their arithmetic can change how good the result is, never the soundness of its
+certificate, which certification computes afresh in float32.
 """
 from __future__ import annotations
 
@@ -38,11 +43,49 @@ PSI_CLAMP = 1e-3
 METHODS = ("ddrs", "ancer")
 # Used when params.yaml has no ddrs:/ancer: section (both are optional in the schema).
 DEFAULTS = {
-    "ddrs": {"iterations": 100, "lr": 0.04, "samples": 32, "batch_size": 32, "sigma0": None, "sigma_min": 0.01},
-    "ancer": {"iterations": 30, "lr": 0.04, "samples": 32, "batch_size": 32, "kappa": 2.0},
+    "ddrs": {"iterations": 100, "lr": 0.04, "samples": 32, "batch_size": 32, "sigma0": None, "sigma_min": 0.01,
+             "precision": "auto"},
+    "ancer": {"iterations": 30, "lr": 0.04, "samples": 32, "batch_size": 32, "kappa": 2.0, "precision": "auto"},
 }
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(name: str, device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (None: float32). auto: bfloat16 on a CUDA device that supports it
+    and on a CPU whose oneDNN runs bfloat16 natively (AVX-512 BF16 / AMX), else float32."""
+    require(name in PRECISIONS, f"unknown precision {name!r}; allowed: {PRECISIONS}")
+    if name == "float32":
+        return None
+    if name == "bfloat16":
+        return torch.bfloat16
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:  # private but long-standing; absent on builds without oneDNN
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.bfloat16 if native and _cpu_has_native_bf16() else None
+
+
+def _cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX in /proc/cpuinfo (Linux); elsewhere False, i.e. float32."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _forward(model: nn.Module, z: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    """Logits of ``z`` in float32; the model runs under autocast(``amp``) for float32 inputs."""
+    if amp is None or z.dtype != torch.float32:
+        return model(z)
+    with torch.autocast(z.device.type, dtype=amp):
+        return model(z).float()
 
 
 def _kind(norm: str) -> str:
@@ -80,13 +123,14 @@ def noisy_batch(x: torch.Tensor, scale: torch.Tensor, samples: int, kind: str, g
 
 
 def top2_probabilities(model: nn.Module, x: torch.Tensor, scale: torch.Tensor, norm: str, samples: int,
-                       generator: Generators) -> torch.Tensor:
+                       generator: Generators, amp: torch.dtype | None = None) -> torch.Tensor:
     """(B, 2): the two largest entries of ψ = mean over ``samples`` draws of softmax f(x + scale ⊙ ε).
 
-    Gaussian ε for ℓ2, U[-1, 1] for ℓ1. One forward pass for all B·samples draws.
+    Gaussian ε for ℓ2, U[-1, 1] for ℓ1. One forward pass for all B·samples draws (under
+    autocast(``amp``) when given; the softmax and mean are float32).
     """
     b = x.shape[0]
-    logits = model(noisy_batch(x, scale, samples, _kind(norm), generator))
+    logits = _forward(model, noisy_batch(x, scale, samples, _kind(norm), generator), amp)
     psi = torch.softmax(logits, dim=1).reshape(b, samples, -1).mean(1)
     return psi.topk(2, dim=1).values
 
@@ -142,11 +186,12 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def ddrs_sigma(model: nn.Module, x: torch.Tensor, sigma0: torch.Tensor, norm: str, *, iterations: int, lr: float,
-               samples: int, sigma_min: float, generator: Generators,
+               samples: int, sigma_min: float, generator: Generators, amp: torch.dtype | None = None,
                callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """DDRS: per-input σ (B,) by plain gradient ascent σ ← max(σ + lr·∇σ R(σ), sigma_min) on R = :func:`surrogate`.
 
-    ``iterations`` steps of ``samples`` draws per input, one forward for the batch per step.
+    ``iterations`` steps of ``samples`` draws per input, one forward for the batch per step
+    (the model under autocast(``amp``) when given, e.g. ``torch.bfloat16``).
     Guarantees: the result is ≥ sigma_min, detached, of x's dtype; with a list of per-input
     generators, row i depends only on x[i], sigma0[i] and generator[i].
     ``callback(step, sigma)`` (optional) sees σ after each step.
@@ -157,7 +202,7 @@ def ddrs_sigma(model: nn.Module, x: torch.Tensor, sigma0: torch.Tensor, norm: st
     with frozen(model), torch.enable_grad():
         for step in range(iterations):
             sigma.requires_grad_(True)
-            radius = surrogate(model, x, sigma, norm, samples, generator)
+            radius = sigma * proxy_gap(top2_probabilities(model, x, sigma, norm, samples, generator, amp), norm)
             (grad,) = torch.autograd.grad(radius.sum(), sigma)
             sigma = (sigma.detach() + lr * grad).clamp_min(sigma_min)
             if callback is not None:
@@ -166,14 +211,14 @@ def ddrs_sigma(model: nn.Module, x: torch.Tensor, sigma0: torch.Tensor, norm: st
 
 
 def ancer_theta(model: nn.Module, x: torch.Tensor, theta0: torch.Tensor, norm: str, *, iterations: int, lr: float,
-                samples: int, kappa: float, generator: Generators,
+                samples: int, kappa: float, generator: Generators, amp: torch.dtype | None = None,
                 callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """ANCER: per-input, per-dimension θ (B, d) maximizing :func:`ancer_objective` with Adam(lr).
 
     Noise N(0, diag θ²) for ℓ2, U[-θ, θ] for ℓ1. After every Adam step θ ← max(θ, θ0), so the
     returned θ ≥ θ0 elementwise (the anisotropic region contains the isotropic one when θ0 is
     the DDRS σ broadcast). θ0 must be positive. Rows are independent across inputs, as in
-    :func:`ddrs_sigma`. ``callback(step, theta)`` (optional) sees θ after each projection.
+    :func:`ddrs_sigma`; ``amp`` as there. ``callback(step, theta)`` (optional) sees θ after each projection.
     """
     x = x.detach()
     b = x.shape[0]
@@ -184,7 +229,7 @@ def ancer_theta(model: nn.Module, x: torch.Tensor, theta0: torch.Tensor, norm: s
     opt = torch.optim.Adam([theta], lr=lr, maximize=True)
     with frozen(model), torch.enable_grad():
         for step in range(iterations):
-            gap = proxy_gap(top2_probabilities(model, x, theta, norm, samples, generator), norm)
+            gap = proxy_gap(top2_probabilities(model, x, theta, norm, samples, generator, amp), norm)
             (theta.grad,) = torch.autograd.grad(ancer_objective(theta, gap, kappa), theta)
             opt.step()
             with torch.no_grad():
@@ -222,6 +267,7 @@ def optimize_shard(cfg: dict, spec, method: str, model: nn.Module, x: torch.Tens
     evals = torch.full((n,), int(oc["iterations"]) * int(oc["samples"]), dtype=torch.int64)
     sigma0 = float(oc["sigma0"]) if method == "ddrs" and oc.get("sigma0") is not None else float(spec.sigma)
     bs = int(oc["batch_size"])
+    amp = resolve_precision(oc.get("precision", "auto"), device)
     model.eval()
     bar = tqdm(total=n, desc=f"optimize {spec.id} {method}", disable=not progress)
     for b0 in range(0, n, bs):
@@ -232,11 +278,12 @@ def optimize_shard(cfg: dict, spec, method: str, model: nn.Module, x: torch.Tens
         if method == "ddrs":
             sig = ddrs_sigma(model, xb, torch.full((b1 - b0,), sigma0, device=device), spec.norm,
                              iterations=int(oc["iterations"]), lr=float(oc["lr"]), samples=int(oc["samples"]),
-                             sigma_min=float(oc["sigma_min"]), generator=gens)
+                             sigma_min=float(oc["sigma_min"]), generator=gens, amp=amp)
             out = sig.unsqueeze(1).expand(b1 - b0, d)
         else:
             out = ancer_theta(model, xb, init[b0:b1].to(device), spec.norm, iterations=int(oc["iterations"]),
-                              lr=float(oc["lr"]), samples=int(oc["samples"]), kappa=float(oc["kappa"]), generator=gens)
+                              lr=float(oc["lr"]), samples=int(oc["samples"]), kappa=float(oc["kappa"]), generator=gens,
+                              amp=amp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds[b0:b1] = (time.perf_counter() - t0) / (b1 - b0)

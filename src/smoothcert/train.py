@@ -18,7 +18,7 @@ from smoothcert import data as data_mod
 from smoothcert.config import ModelSpec
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.io import load_torch, save_torch, write_table
-from smoothcert.models import build_model
+from smoothcert.models import build_model, to_channels_last
 from smoothcert.noise import make_generator, noisy_copies, stream_seed
 from smoothcert.objectives import OBJECTIVES, SIGMA_UPDATERS, TrainContext
 
@@ -51,7 +51,8 @@ def load_model(cfg: dict, path: str | Path, device) -> nn.Module:
     bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     require(not bad, f"checkpoint {path} holds NaN or inf values in {bad[:3]}{' ...' if len(bad) > 3 else ''} "
                      f"(diverged training?); refusing to certify with it")
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return to_channels_last(model) if cfg.get("channels_last", True) else model
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, kind: str, device, seed: int) -> tuple[float, float]:
