@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy import optimize
 
 from smoothcert import cli
-from smoothcert.memory import (Memory, distance_lower_bound, inscribed_gap, load_memory, may_intersect,
+from smoothcert.memory import (Memory, distance_lower_bound, inscribed_gap, load_memory, may_intersect, candidate_pairs,
                                region_gauge, run_memory, save_memory)
 
 from conftest import REPO
@@ -358,3 +358,48 @@ def test_cli_memory_check_errors(memory_inputs, capsys):
     assert cli.main(_argv(root, "short.pt", "t1.pt")) == 2
     assert "shape" in capsys.readouterr().err
     assert not (root / "out").exists()
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_first_pass_keeps_every_close_pair_and_only_few_others(norm):
+    rng = np.random.default_rng(7)
+    n, d = 300, 12
+    centers = rng.uniform(0, 1, (n, d)) * rng.uniform(0.5, 4, (n, 1))
+    thetas = 0.2 * np.exp(rng.normal(0, 0.4, (n, d)))
+    labels = rng.integers(-1, 4, n)
+    gaps = np.where(labels >= 0, rng.uniform(0, 2.0 if norm == "l2" else 8.0, n), 0.0)
+    indptr, earlier = candidate_pairs(centers, thetas, gaps, labels, norm)
+    got = {(i, int(j)) for i in range(n) for j in earlier[indptr[i]:indptr[i + 1]]}
+    ext = gaps * thetas.max(1)
+    diff = np.abs(centers[:, None] - centers[None])
+    dist = np.sqrt((diff ** 2).sum(-1)) if norm == "l2" else diff.sum(-1)
+    want = {(i, j) for i in range(n) for j in range(i) if labels[j] >= 0 and labels[j] != labels[i]
+            and dist[i, j] <= ext[i] + ext[j]}
+    assert want <= got                                   # sound: no close pair is missed
+    assert want, "the case needs close pairs of different classes"
+    near_miss = {(i, j) for i, j in got - want if dist[i, j] > (ext[i] + ext[j]) * (1 + 1e-6)}
+    assert not near_miss                                 # and it is tight: far pairs are dropped
+    all_pairs = sum(1 for i in range(n) for j in range(i) if labels[j] >= 0 and labels[j] != labels[i])
+    assert len(got) < all_pairs / 2, (len(got), all_pairs)
+    for i in range(n):                                   # CSR rows ascending
+        assert np.all(np.diff(earlier[indptr[i]:indptr[i + 1]]) > 0)
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_first_pass_answers_as_scanning_the_whole_memory(norm):
+    rng = np.random.default_rng(11)
+    n, d = 250, 8
+    base = rng.uniform(0, 1, (25, d))
+    centers = base[rng.integers(0, 25, n)] + rng.normal(0, 0.05, (n, d))   # near-duplicates: many overlaps
+    thetas = 0.15 * np.exp(rng.normal(0, 0.3, (n, d)))
+    predict = rng.integers(-1, 3, n)
+    gaps = np.where(predict >= 0, rng.uniform(0.1, 3.0, n), 0.0)
+    table = pd.DataFrame({"idx": np.arange(n), "label": predict, "predict": predict, "gap": gaps, "norm": norm})
+    final, arrays = run_memory(table, centers, thetas, norm)
+    mem = Memory(norm, d)
+    full = [mem.process(i, centers[i], int(predict[i]), thetas[i], gaps[i]) for i in range(n)]
+    assert {"shrunk", "inside"} <= set(final["memory"])
+    assert list(final["memory"]) == [a for _, _, a in full]
+    assert list(final["predict"]) == [p for p, _, _ in full]
+    np.testing.assert_allclose(final["gap"], [g for _, g, _ in full], rtol=1e-9, atol=0)
+    np.testing.assert_allclose(arrays["gap"], mem.gap, rtol=1e-9, atol=0)

@@ -236,40 +236,50 @@ class Memory:
         require(np.isfinite(gap) and gap >= 0, f"memory input gap {gap} is not a finite non-negative number")
         return center, theta, float(gap)
 
-    def process(self, idx: int, center, label: int, theta, gap: float) -> tuple[int, float, str]:
+    def process(self, idx: int, center, label: int, theta, gap: float,
+                candidates: np.ndarray | None = None) -> tuple[int, float, str]:
         """Decide the memory classifier's answer for one input and record it; return (label, gap, action).
 
         ``label`` is the per-input certified prediction (−1: abstained, passed through unrecorded unless
         ``answer_abstained``). The region answered with is centred at ``center`` with the returned gap and
         θ = ``theta`` — except for ``inside``, where θ is that of the containing region (see
         :attr:`last_theta`). Every non-abstained answer is recorded.
+
+        ``candidates`` (memory positions; default: all) limits the regions looked at. Sound only if every
+        region left out is provably disjoint from this input's region and does not contain its centre, or
+        lies inside a candidate of its own class with the same θ (as :func:`candidate_pairs` ensures).
         """
         center, theta, gap = self._check_input(center, theta, gap)
         label = int(label)
         self.last_theta = theta
         if label < 0 and not self.answer_abstained:
             return label, 0.0, "none"
-        n = self.n
-        if n:
-            # screen 0 (one pass over the memory): R_k ⊆ {‖z − c_k‖_p ≤ extent_k} and
+        rows = np.arange(self.n) if candidates is None else np.asarray(candidates, dtype=np.int64)
+        if len(rows):
+            # screen 0 (one pass over the rows): R_k ⊆ {‖z − c_k‖_p ≤ extent_k} and
             # ‖(z − x) ⊘ θₓ‖_p ≥ ‖z − x‖_p / max θₓ. ℓ2: ‖x − c_k‖₂ from ‖x‖² + ‖c_k‖² − 2 xᵀc_k (BLAS),
             # lowered by a bound on its rounding error, so it never overestimates the distance.
+            whole = candidates is None
+            centers = self._center[:self.n] if whole else self._center[rows]
             if self.norm == "l2":
                 xx = float(center @ center)
-                sq = self._sqnorm[:n] + xx - 2.0 * (self._center[:n] @ center)
-                sq -= 4.0 * (self.d + 2) * np.finfo(float).eps * (self._sqnorm[:n] + xx)
+                sqn = self._sqnorm[:self.n] if whole else self._sqnorm[rows]
+                sq = sqn + xx - 2.0 * (centers @ center)
+                sq -= 4.0 * (self.d + 2) * np.finfo(float).eps * (sqn + xx)
                 dist = np.sqrt(np.maximum(sq, 0.0))
             else:
-                dist = np.abs(self._center[:n] - center).sum(1)
-            ext = self._extent[:n]
+                dist = np.abs(centers - center).sum(1)
+            ext = self._extent[rows]
             near_mask = dist - ext <= _SAFETY * (dist + ext)
             reach_mask = dist - ext - _SAFETY * (dist + ext) < gap * float(theta.max())
-            other = np.flatnonzero((self._label[:n] != label) & (near_mask | reach_mask))
+            keep = np.flatnonzero((self._label[rows] != label) & (near_mask | reach_mask))
+            other, dist, ext = rows[keep], dist[keep], ext[keep]
+            near_mask, reach_mask = near_mask[keep], reach_mask[keep]
         else:
             other = np.zeros(0, dtype=np.int64)
         if len(other):
             # 1. inside a recorded region of another class (only possible where dist <= extent)
-            near = other[near_mask[other]]
+            near = other[near_mask]
             if len(near):
                 g_in = _inscribed(region_gauge(center, self._center[near], self._theta[near], self.norm),
                                   self._gap[near])
@@ -290,8 +300,9 @@ class Memory:
                 self._record(idx, center, label, theta, 0.0)
                 return label, 0.0, "none"
             # 2. shrink against other-class regions: more screens, then dual bounds
-            cand = other[reach_mask[other]]
-            lb0 = (dist[cand] - ext[cand] - _SAFETY * (dist[cand] + ext[cand])) / float(theta.max())
+            cand = other[reach_mask]
+            dr, er = dist[reach_mask], ext[reach_mask]
+            lb0 = (dr - er - _SAFETY * (dr + er)) / float(theta.max())
             new_gap = self._shrink_against(center, theta, gap, cand, lb0)
             if new_gap < gap:
                 if not new_gap > 0:
@@ -353,6 +364,71 @@ class Memory:
 # Whole tables
 # ---------------------------------------------------------------------------------------------------------------
 
+_PAIR_BLOCK_ELEMENTS = 1 << 22   # distance-matrix entries per block of the first pass (32 MB of float64)
+
+
+def candidate_pairs(centers: np.ndarray, thetas: np.ndarray, gaps: np.ndarray, labels: np.ndarray,
+                    norm: str) -> tuple[np.ndarray, np.ndarray]:
+    """The vectorized first pass: for every input i, the earlier inputs j < i whose regions may matter to it.
+
+    Returns CSR arrays (``indptr`` (n + 1,), ``indices``): the j of input i are
+    ``indices[indptr[i]:indptr[i + 1]]``, ascending. Kept: labels[j] ≥ 0, labels[j] ≠ labels[i], and
+    ‖c_i − c_j‖_p ≤ e_i + e_j (up to a rounding margin), with e = gap · max θ (0 for labels < 0). Every
+    other pair is provably irrelevant to :meth:`Memory.process`: R_i ⊆ {‖z − c_i‖_p ≤ e_i} and region j
+    as recorded (gap shrunk or not, same θ) ⊆ {‖z − c_j‖_p ≤ e_j}, so the two regions are disjoint and
+    neither contains the other's centre. (Regions recorded as ``inside`` are not covered: they lie in a
+    region of their class with the same θ, which is the one to look at; see :func:`run_memory`.)
+
+    How: with the rounding-lowered squared distance s_ij = ‖c_i‖² + ‖c_j‖² − 2 c_iᵀc_j, the test
+    s_ij ≤ (e_i + e_j)² is the sign of one inner product of augmented vectors, so a block of pairs costs
+    one BLAS product and one comparison. ℓ1 uses ‖v‖₁ ≥ ‖v‖₂ and ‖v‖₁ ≥ ‖v‖₂² / ‖v‖∞ (‖v‖∞ ≤ the
+    centres' coordinate range R: s_ij ≤ R(e_i + e_j), a second product), then checks the survivors
+    exactly. Time O(n²d) in BLAS (a small constant) plus O(close pairs · d).
+    """
+    _check_norm(norm)
+    c = np.asarray(centers, dtype=float)
+    n, d = c.shape
+    lab = np.asarray(labels, dtype=np.int64)
+    ext = np.where(lab >= 0, np.asarray(gaps, float) * np.asarray(thetas, float).max(1), 0.0)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    if n < 2:
+        return indptr, np.zeros(0, np.int64)
+    sqn = np.einsum("ij,ij->i", c, c)
+    # keep (i, j) when c_iᵀc_j + e_i e_j − A_i/2 − A_j/2 ≥ −tol, A = ‖c‖² − e²: that is ‖c_i − c_j‖² ≤ (e_i + e_j)²
+    # up to rounding; tol covers the rounding of every product and sum involved (generously)
+    scale = float(sqn.max() + ext.max() ** 2) + 1.0
+    tol = 1e-9 * scale + 8.0 * (d + 4) * np.finfo(float).eps * scale
+    one = np.ones((n, 1))
+    half = lambda a: -0.5 * a[:, None]  # noqa: E731
+    tests = [(np.hstack([c, ext[:, None], half(sqn - ext ** 2), one]),
+              np.hstack([c, ext[:, None], one, half(sqn - ext ** 2)]))]
+    if norm == "l1":
+        span = float((c.max(0) - c.min(0)).max()) * (1.0 + 1e-9)    # ≥ ‖c_i − c_j‖∞
+        tests.append((np.hstack([c, half(sqn - span * ext), one]), np.hstack([c, one, half(sqn - span * ext)])))
+    rows_i, rows_j = [], []
+    block = max(1, _PAIR_BLOCK_ELEMENTS // n)
+    for i0 in range(1, n, block):
+        i1 = min(n, i0 + block)
+        keep = None
+        for left, right in tests:
+            ok = (left[i0:i1] @ right[:i1].T) >= -tol
+            keep = ok if keep is None else keep & ok
+        ii, jj = np.nonzero(keep)
+        ii += i0
+        sel = (jj < ii) & (lab[jj] >= 0) & (lab[jj] != lab[ii])
+        rows_i.append(ii[sel])
+        rows_j.append(jj[sel])
+    ii, jj = np.concatenate(rows_i), np.concatenate(rows_j)
+    if norm == "l1" and len(ii):  # exact ℓ1 distances for the survivors, in chunks
+        step = max(1, _PAIR_BLOCK_ELEMENTS // d)
+        l1 = np.concatenate([np.abs(c[ii[a:a + step]] - c[jj[a:a + step]]).sum(1) for a in range(0, len(ii), step)])
+        reach = ext[ii] + ext[jj]
+        sel = l1 * (1.0 - 4.0 * d * np.finfo(float).eps) - reach <= 1e-9 * (l1 + reach)
+        ii, jj = ii[sel], jj[sel]
+    np.cumsum(np.bincount(ii, minlength=n), out=indptr[1:])
+    return indptr, jj.astype(np.int64)
+
+
 def run_memory(table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, norm: str,
                answer_abstained: bool = False) -> tuple[pd.DataFrame, dict]:
     """Run the memory over a certificate table (rows aligned with ``centers`` and ``thetas``, (n, d)).
@@ -361,6 +437,10 @@ def run_memory(table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, nor
     ``predict_original`` added and ``predict, gap, radius, proxy_radius, log_volume, correct`` (and, for
     ``inside`` rows, ``sigma_min/gmean/max`` of the answered region) recomputed from the final region;
     plus the recorded regions as arrays (see :meth:`Memory.arrays`). Deterministic.
+
+    Time: the vectorized first pass (:func:`candidate_pairs`) finds, for all inputs at once, the few earlier
+    regions that can matter; the sequential pass then looks only at those, so it grows with n plus the
+    number of close pairs of different classes rather than with n².
     """
     _check_norm(norm)
     require({"idx", "label", "predict", "gap"} <= set(table.columns),
@@ -379,11 +459,20 @@ def run_memory(table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, nor
     require(np.isfinite(gaps).all() and (gaps >= 0).all(), "certificate table has NaN or negative gaps")
     mem = Memory(norm, centers.shape[1], capacity=max(16, n), answer_abstained=answer_abstained)
     new_pred, new_gap, action = np.empty(n, np.int64), np.empty(n), np.empty(n, dtype=object)
+    start_gaps = np.where(predict >= 0, gaps, 0.0)
+    indptr, earlier = candidate_pairs(centers, thetas, start_gaps, predict, norm)
+    # memory position of input i's region, -1 while unrecorded or recorded as ``inside`` (such a region lies
+    # in an earlier region of its class with the same θ, which dominates it in every later test)
+    position = np.full(n, -1, dtype=np.int64)
+    idx_col = out["idx"].to_numpy()
     for i in range(n):
-        new_pred[i], new_gap[i], action[i] = mem.process(int(out["idx"].iat[i]), centers[i], int(predict[i]),
-                                                         thetas[i], gaps[i] if predict[i] >= 0 else 0.0)
+        cand = position[earlier[indptr[i]:indptr[i + 1]]]
+        new_pred[i], new_gap[i], action[i] = mem.process(int(idx_col[i]), centers[i], int(predict[i]), thetas[i],
+                                                         start_gaps[i], candidates=cand[cand >= 0])
         if action[i] == "inside":
             thetas[i] = mem.last_theta
+        elif new_pred[i] >= 0 and action[i] != "abstained":
+            position[i] = len(mem) - 1
     out["predict_original"] = predict
     out["gap_original"] = gaps
     out["memory"] = action
