@@ -200,19 +200,32 @@ def main(argv=None) -> dict:
     b, d = x.shape[0], x[0].numel()
     started, load_start = time.perf_counter(), _load()
 
-    def score(scale, norm):
+    def per_input(scale, norm):
+        """Per-input float32 surrogate (proxy radius for θ) on one fixed evaluation noise."""
         with torch.no_grad():
-            return float(optimize.surrogate(model, x, scale.to(device), norm, args.eval_samples,
-                                            make_generator(12345, device)).mean())
+            return optimize.surrogate(model, x, scale.to(device), norm, args.eval_samples,
+                                      make_generator(12345, device)).double().cpu().numpy()
+
+    def score(scale, norm):
+        return float(per_input(scale, norm).mean())
+
+    def quality(outs, norm):
+        """Mean score per variant (averaged over repeats: the reference's noise differs per repeat) and the
+        paired per-input difference of each variant from the reference, with its standard error."""
+        scores = {v: np.mean([per_input(o, norm) for o in runs], axis=0) for v, runs in outs.items()}
+        diff = {v: scores[v] - scores["reference"] for v in scores}
+        return {"mean": {v: float(sc.mean()) for v, sc in scores.items()},
+                "difference_vs_reference": {v: float(dv.mean()) for v, dv in diff.items()},
+                "difference_se": {v: float(dv.std(ddof=1) / np.sqrt(len(dv))) for v, dv in diff.items()}}
 
     def measure(method, norm, theta0, tmp):
-        """All variants × repeats in a rotating order: first result per variant, all seconds."""
-        first, seconds = {}, {v: [] for v in VARIANTS}
+        """All variants × repeats in a rotating order: every result and every time per variant."""
+        outs, seconds = {v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}
         for r in range(args.repeats):
             for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
                 got = _spawn(args, v, method, norm, r, theta0, tmp)
                 seconds[v].append(got["seconds"])
-                first.setdefault(v, got["result"])
+                outs[v].append(got["result"])
                 print(json.dumps({"norm": norm, "method": method, "variant": v, "repeat": r,
                                   "seconds": round(got["seconds"], 4)}), flush=True)
         ref = np.asarray(seconds["reference"])
@@ -222,7 +235,7 @@ def main(argv=None) -> dict:
                   "speedup_range": {v: [float(np.min(ref / np.asarray(s))), float(np.max(ref / np.asarray(s)))]
                                     for v, s in seconds.items()},
                   "wall_seconds": seconds}
-        return first, timing
+        return outs, timing
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,16 +243,15 @@ def main(argv=None) -> dict:
         for norm in [n.strip() for n in args.norms.split(",") if n.strip()]:
             sigma0 = torch.full((b,), args.sigma0)
             sig, t_ddrs = measure("ddrs", norm, None, tmp)
-            theta0 = sig["ours_plain"].unsqueeze(1).expand(b, d).contiguous()
+            theta0 = sig["ours_plain"][0].unsqueeze(1).expand(b, d).contiguous()
             torch.save(theta0, tmp / f"theta0-{norm}.pt")
             th, t_ancer = measure("ancer", norm, str(tmp / f"theta0-{norm}.pt"), tmp)
             results[norm] = {
-                "ddrs": {**t_ddrs, "mean_surrogate_start": score(sigma0, norm),
-                         "mean_surrogate": {k: score(v, norm) for k, v in sig.items()},
-                         "mean_sigma": {k: float(v.mean()) for k, v in sig.items()}},
-                "ancer": {**t_ancer, "mean_proxy_radius_start": score(theta0, norm),
-                          "mean_proxy_radius": {k: score(v, norm) for k, v in th.items()},
-                          "theta_at_least_start": {k: bool((v >= theta0 - 1e-7).all()) for k, v in th.items()}},
+                "ddrs": {**t_ddrs, "mean_surrogate_start": score(sigma0, norm), "surrogate": quality(sig, norm),
+                         "mean_sigma": {k: float(torch.stack(v).mean()) for k, v in sig.items()}},
+                "ancer": {**t_ancer, "mean_proxy_radius_start": score(theta0, norm), "proxy_radius": quality(th, norm),
+                          "theta_at_least_start": {k: all(bool((r >= theta0 - 1e-7).all()) for r in v)
+                                                   for k, v in th.items()}},
             }
             print(f"{norm}: " + json.dumps({k: results[norm][k]["speedup_vs_reference"] for k in ("ddrs", "ancer")}),
                   flush=True)
@@ -257,7 +269,9 @@ def main(argv=None) -> dict:
         "total_seconds": round(time.perf_counter() - started, 1),
         "note": "one fresh process per variant and repeat, rotating order; seconds = the median of runs_per_process timed "
                 "runs after a 2-iteration warm-up; seconds per input = median / inputs; speedup = median over repeats of reference / variant "
-                "seconds; surrogates scored in float32 on one fixed noise draw (each variant's first run); every "
+                "seconds; surrogates scored in float32 on one fixed noise draw, per input averaged over a variant's "
+                "repeats (ours is identical in every repeat; the reference draws other noise each time), "
+                "difference_vs_reference = mean paired per-input difference with its standard error; every "
                 "ANCER run starts from ours_plain's DDRS sigma; model parameters frozen for all (the reference "
                 "ANCER does not freeze them itself)",
         "results": results,

@@ -106,13 +106,40 @@ def build_model(arch: str, in_channels: int, num_classes: int, size: int, mean: 
     return nn.Sequential(Normalize(mean, std), ARCHS[arch](in_channels, num_classes, size))
 
 
+class EvenAvgPool2d(nn.Module):
+    """``AdaptiveAvgPool2d(size)`` computed as a plain average pooling when the input divides evenly.
+
+    Adaptive average pooling of an H×W map to h×w with h | H and w | W averages disjoint (H/h)×(W/w)
+    windows, which is exactly ``avg_pool2d`` with that kernel and stride; its backward pass is much
+    cheaper on CPU in channels-last layout. Other sizes fall back to the adaptive operator.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (h, w), (oh, ow) = x.shape[-2:], self.output_size
+        if oh and ow and h % oh == 0 and w % ow == 0:
+            return nn.functional.avg_pool2d(x, (h // oh, w // ow))
+        return nn.functional.adaptive_avg_pool2d(x, self.output_size)
+
+
 def to_channels_last(model: nn.Module) -> nn.Module:
-    """``model`` with its 4-D (2-D convolution) weights in channels-last memory format, in place.
+    """``model`` prepared for fast evaluation, in place: 4-D (2-D convolution) weights in channels-last
+    memory format, and adaptive average pools that divide their input evenly run as plain ones
+    (:class:`EvenAvgPool2d`).
 
     The function computed is the same up to float rounding (summation order); oneDNN and cuDNN run
     channels-last convolutions, pooling and ReLU faster (≈2× for the digits CNN on CPU, see
-    benchmarks/README.md). Models without 4-D weights are returned unchanged.
+    benchmarks/README.md). The parameters and the state dict are unchanged in name and shape. Models
+    without 4-D weights are returned unchanged.
     """
-    if any(p.dim() == 4 for p in model.parameters()):
-        model.to(memory_format=torch.channels_last)
+    if not any(p.dim() == 4 for p in model.parameters()):
+        return model
+    model.to(memory_format=torch.channels_last)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.AdaptiveAvgPool2d:
+                setattr(parent, name, EvenAvgPool2d(child.output_size))
     return model
