@@ -783,3 +783,18 @@ def test_console_script_fails_cleanly(ws, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert "refused (loaded with weights_only=True)" in proc.stderr
     assert not marker.exists() and not leftovers(out)
+
+
+def test_long_stages_check_their_output_before_working(ws, tmp_path):
+    """An unwritable output is reported before any data, checkpoint or model is touched (here: none exist)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    missing = tmp_path / "missing"
+    common = ("--config", ws.config)
+    for argv in [
+        (*common, "optimize-sigma", "--no-progress", "--model", MODEL, "--checkpoint", missing / "model.pt",
+         "--data", missing, "--method", "ddrs", "--out", blocker / "t.pt"),
+        (*common, "train", "--no-progress", "--model", MODEL, "--data", missing, "--out", blocker / "m"),
+        (*common, "video", "--no-progress", "--sigma", "0.25", "--out", blocker / "v"),
+    ]:
+        fails(*argv, match=r"cannot write .*blocker is a file, not a folder")

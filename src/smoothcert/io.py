@@ -52,6 +52,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
+    """Fail now, with one line, if ``path`` (a file, or with ``folder`` a folder) could not be written later.
+
+    Creates the missing parent folders (or the folder) and a probe file, then removes the probe: long
+    stages call it before their work, so a bad output path costs seconds, not the whole run.
+    """
+    path = Path(path)
+    with atomic_path((path if folder else path.parent) / f".{path.name}.probe"):
+        pass
+    (path if folder else path.parent).joinpath(f".{path.name}.probe").unlink(missing_ok=True)
+
+
 def _why(path: Path, exc: OSError) -> str:
     """The reason a write under ``path`` failed, naming a parent that is a file rather than a folder."""
     for parent in reversed(path.parents):

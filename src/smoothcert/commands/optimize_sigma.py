@@ -11,7 +11,7 @@ from smoothcert import config as config_mod
 from smoothcert.certify import load_theta
 from smoothcert.commands._common import add_config, add_model_inputs, add_progress, add_shard, add_threads, setup, shard_inputs
 from smoothcert.errors import require
-from smoothcert.io import save_torch
+from smoothcert.io import check_writable, save_torch
 from smoothcert.optimize import METHODS, optimize_shard
 from smoothcert.train import load_model
 
@@ -31,6 +31,7 @@ def add_arguments(p):
 
 def run(args):
     cfg, device = setup(args)
+    check_writable(args.out)
     spec = config_mod.model_spec(cfg, args.model)
     x, _, idx = shard_inputs(cfg, args)
     init = None

@@ -1,6 +1,7 @@
 """The training stage."""
 from smoothcert import config as config_mod
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
+from smoothcert.io import check_writable
 from smoothcert.train import train
 
 HELP = "train one noise-augmented base model (resumes from OUT/checkpoint.pt)"
@@ -17,4 +18,5 @@ def add_arguments(p):
 
 def run(args):
     cfg, device = setup(args)
+    check_writable(args.out, folder=True)
     train(cfg, config_mod.model_spec(cfg, args.model), args.data, args.out, device, progress=not args.no_progress)

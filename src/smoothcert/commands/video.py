@@ -4,6 +4,7 @@ import math
 
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
 from smoothcert.errors import require
+from smoothcert.io import check_writable
 from smoothcert.video import run_video
 
 HELP = "moving-digits clips: train a frame-wise model at one σ, certify every video.methods into OUT/<method>/certify.tsv"
@@ -20,4 +21,5 @@ def add_arguments(p):
 def run(args):
     cfg, device = setup(args)
     require(math.isfinite(args.sigma) and args.sigma > 0, f"video: sigma = {args.sigma} must be > 0 and finite")
+    check_writable(args.out, folder=True)
     print(json.dumps(run_video(cfg, args.sigma, args.out, device, progress=not args.no_progress)))
