@@ -55,13 +55,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
     """Fail now, with one line, if ``path`` (a file, or with ``folder`` a folder) could not be written later.
 
-    Creates the missing parent folders (or the folder) and a probe file, then removes the probe: long
-    stages call it before their work, so a bad output path costs seconds, not the whole run.
+    Writes and removes a probe file next to it; folders it had to create for that are removed again, so
+    nothing is left behind either way. Long stages call it before their work, so a bad output path costs
+    seconds, not the whole run.
     """
-    path = Path(path)
-    with atomic_path((path if folder else path.parent) / f".{path.name}.probe"):
-        pass
-    (path if folder else path.parent).joinpath(f".{path.name}.probe").unlink(missing_ok=True)
+    target = Path(path) if folder else Path(path).parent
+    missing = [p for p in (target, *target.parents) if not p.exists()]
+    probe = target / f".{Path(path).name}.probe"
+    try:
+        with atomic_path(probe):
+            pass
+        probe.unlink(missing_ok=True)
+    finally:
+        for made in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 def _why(path: Path, exc: OSError) -> str:

@@ -31,8 +31,8 @@ def add_arguments(p):
 
 def run(args):
     cfg, device = setup(args)
-    check_writable(args.out)
     spec = config_mod.model_spec(cfg, args.model)
+    check_writable(args.out)
     x, _, idx = shard_inputs(cfg, args)
     init = None
     if args.method == "ancer":

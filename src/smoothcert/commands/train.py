@@ -18,5 +18,6 @@ def add_arguments(p):
 
 def run(args):
     cfg, device = setup(args)
+    spec = config_mod.model_spec(cfg, args.model)
     check_writable(args.out, folder=True)
-    train(cfg, config_mod.model_spec(cfg, args.model), args.data, args.out, device, progress=not args.no_progress)
+    train(cfg, spec, args.data, args.out, device, progress=not args.no_progress)
