@@ -275,7 +275,7 @@ def efficiency(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: 
             for k in range(passes):
                 model(pre if k < passes - 1 else pre[:last])
 
-    prepared = models.to_channels_last(copy.deepcopy(model))  # as load_model prepares it (channels_last: true)
+    prepared = models.prepare_for_inference(copy.deepcopy(model))  # as load_model prepares it (channels_last: true)
 
     def forward_prepared():
         with torch.inference_mode():

@@ -93,7 +93,7 @@ def _sync(device):
 def worker(args) -> None:
     """One variant, one method, one norm in this fresh process: warm up, time one run, save θ and seconds."""
     from smoothcert import optimize
-    from smoothcert.models import to_channels_last
+    from smoothcert.models import prepare_for_inference
     from smoothcert.noise import make_generator, stream_seed
     from smoothcert.runtime import tune_allocator
 
@@ -119,7 +119,7 @@ def worker(args) -> None:
             return ancer_opt(probs, x, cert, args.lr, theta0.reshape(x.shape).clone(), iterations, args.samples,
                              args.kappa, device=str(device)).detach().reshape(b, d)
     else:
-        m = model if variant == "ours_plain" else to_channels_last(copy.deepcopy(model))
+        m = model if variant == "ours_plain" else prepare_for_inference(copy.deepcopy(model))
         amp = optimize.resolve_precision("auto" if variant in ("ours", "ours_default_malloc") else "float32", device)
 
         def run(iterations):

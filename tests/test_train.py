@@ -123,7 +123,7 @@ def test_resume_equals_uninterrupted_training(cfg, digits_dir, tmp_path):
 
 def test_load_model_uses_channels_last_unless_configured_off(cfg, tmp_path):
     """Channels-last changes the memory layout, not the function: same logits up to float rounding."""
-    from smoothcert.models import to_channels_last
+    from smoothcert.models import prepare_for_inference
     from smoothcert.train import load_model
 
     model = make_model(cfg).eval()
@@ -139,4 +139,4 @@ def test_load_model_uses_channels_last_unless_configured_off(cfg, tmp_path):
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
         assert torch.equal(fast(x).argmax(1), plain(x).argmax(1))
     mlp = torch.nn.Sequential(torch.nn.Linear(4, 3))
-    assert to_channels_last(mlp) is mlp and mlp[0].weight.is_contiguous()  # nothing 4-D: unchanged
+    assert prepare_for_inference(mlp) is mlp and mlp[0].weight.is_contiguous()  # nothing 4-D: unchanged

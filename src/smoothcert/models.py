@@ -125,7 +125,7 @@ class EvenAvgPool2d(nn.Module):
         return nn.functional.adaptive_avg_pool2d(x, self.output_size)
 
 
-def to_channels_last(model: nn.Module) -> nn.Module:
+def prepare_for_inference(model: nn.Module) -> nn.Module:
     """``model`` prepared for fast evaluation, in place: 4-D (2-D convolution) weights in channels-last
     memory format, and adaptive average pools that divide their input evenly run as plain ones
     (:class:`EvenAvgPool2d`).

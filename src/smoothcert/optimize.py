@@ -63,21 +63,12 @@ def resolve_precision(name: str, device) -> torch.dtype | None:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    try:  # private but long-standing; absent on builds without oneDNN
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:  # torch's own CPU probes (private, so guarded): oneDNN built with bf16, and the CPU runs it natively
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         native = False
-    return torch.bfloat16 if native and _cpu_has_native_bf16() else None
-
-
-def _cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX in /proc/cpuinfo (Linux); elsewhere False, i.e. float32."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return torch.bfloat16 if native else None
 
 
 def _forward(model: nn.Module, z: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
@@ -152,7 +143,7 @@ def log_geometric_mean(theta: torch.Tensor) -> torch.Tensor:
 
 
 def surrogate(model: nn.Module, x: torch.Tensor, scale: torch.Tensor | float, norm: str, samples: int,
-              generator: Generators) -> torch.Tensor:
+              generator: Generators, amp: torch.dtype | None = None) -> torch.Tensor:
     """(B,) differentiable radius surrogate: σ·gap for σ (B,) or a float, (∏θᵢ)^{1/d}·gap for θ (B, d).
 
     ℓ2: σ/2·(Φ⁻¹(ψ₁) - Φ⁻¹(ψ₂)); ℓ1: σ·(ψ₁ - ψ₂) (see :func:`proxy_gap`). For θ this
@@ -160,7 +151,7 @@ def surrogate(model: nn.Module, x: torch.Tensor, scale: torch.Tensor | float, no
     """
     if not torch.is_tensor(scale) or scale.ndim == 0:
         scale = torch.full((x.shape[0],), float(scale), dtype=x.dtype, device=x.device)
-    gap = proxy_gap(top2_probabilities(model, x, scale, norm, samples, generator), norm)
+    gap = proxy_gap(top2_probabilities(model, x, scale, norm, samples, generator, amp), norm)
     if scale.ndim == 1:
         return scale.to(gap.dtype) * gap
     return log_geometric_mean(scale).exp().to(gap.dtype) * gap
@@ -202,7 +193,7 @@ def ddrs_sigma(model: nn.Module, x: torch.Tensor, sigma0: torch.Tensor, norm: st
     with frozen(model), torch.enable_grad():
         for step in range(iterations):
             sigma.requires_grad_(True)
-            radius = sigma * proxy_gap(top2_probabilities(model, x, sigma, norm, samples, generator, amp), norm)
+            radius = surrogate(model, x, sigma, norm, samples, generator, amp)
             (grad,) = torch.autograd.grad(radius.sum(), sigma)
             sigma = (sigma.detach() + lr * grad).clamp_min(sigma_min)
             if callback is not None:
@@ -267,7 +258,7 @@ def optimize_shard(cfg: dict, spec, method: str, model: nn.Module, x: torch.Tens
     evals = torch.full((n,), int(oc["iterations"]) * int(oc["samples"]), dtype=torch.int64)
     sigma0 = float(oc["sigma0"]) if method == "ddrs" and oc.get("sigma0") is not None else float(spec.sigma)
     bs = int(oc["batch_size"])
-    amp = resolve_precision(oc.get("precision", "auto"), device)
+    amp = resolve_precision(oc["precision"], device)
     model.eval()
     bar = tqdm(total=n, desc=f"optimize {spec.id} {method}", disable=not progress)
     for b0 in range(0, n, bs):

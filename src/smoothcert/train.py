@@ -18,7 +18,7 @@ from smoothcert import data as data_mod
 from smoothcert.config import ModelSpec
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.io import load_torch, save_torch, write_table
-from smoothcert.models import build_model, to_channels_last
+from smoothcert.models import build_model, prepare_for_inference
 from smoothcert.noise import make_generator, noisy_copies, stream_seed
 from smoothcert.objectives import OBJECTIVES, SIGMA_UPDATERS, TrainContext
 
@@ -52,7 +52,7 @@ def load_model(cfg: dict, path: str | Path, device) -> nn.Module:
     require(not bad, f"checkpoint {path} holds NaN or inf values in {bad[:3]}{' ...' if len(bad) > 3 else ''} "
                      f"(diverged training?); refusing to certify with it")
     model = model.to(device).eval()
-    return to_channels_last(model) if cfg.get("channels_last", True) else model
+    return prepare_for_inference(model) if cfg["channels_last"] else model
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, kind: str, device, seed: int) -> tuple[float, float]:

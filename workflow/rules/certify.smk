@@ -17,7 +17,7 @@ rule certify:
         f"{RESULTS}/{{model}}/{{method}}/shards/{{shard}}.tsv",
     params:
         certify=config["certify"],
-        channels_last=config.get("channels_last", True),  # a rerun trigger: the model's layout
+        channels_last=config["channels_last"],  # a rerun trigger: the model's layout
         test=config["test"],
         smooth_reduce=lambda w: config.get("smooth_reduce") if w.method.startswith("smooth_reduce") else None,
         theta=lambda w, input: f"--theta {input.theta}" if input.theta else "",

@@ -9,7 +9,7 @@ rule optimize_ddrs:
         f"{RESULTS}/{{model}}/ddrs/theta/{{shard}}.pt",
     params:
         ddrs=config.get("ddrs"),
-        channels_last=config.get("channels_last", True),  # a rerun trigger: the model's layout
+        channels_last=config["channels_last"],  # a rerun trigger: the model's layout
         test=config["test"],
     log:
         f"logs/optimize/{DATASET}/{{model}}/ddrs/{{shard}}.log",
@@ -32,7 +32,7 @@ rule optimize_ancer:
         f"{RESULTS}/{{model}}/ancer/theta/{{shard}}.pt",
     params:
         ancer=config.get("ancer"),
-        channels_last=config.get("channels_last", True),  # a rerun trigger: the model's layout
+        channels_last=config["channels_last"],  # a rerun trigger: the model's layout
         test=config["test"],
     log:
         f"logs/optimize/{DATASET}/{{model}}/ancer/{{shard}}.log",
