@@ -51,6 +51,15 @@ def test_best_mask_directions_and_ties():
     assert not m["time"].any()  # cost is not ranked
 
 
+def test_proxy_accuracy_is_never_ranked_as_a_certificate():
+    """ANCER's proxy radius is no ball certificate: its accuracy column is never bolded, even when it differs."""
+    df = pd.DataFrame({"norm": ["l2", "l2"], "acc@0.5": [0.4, 0.6], "proxy_acc@0.5": [0.9, 0.6]})
+    m = rep.best_mask(df)
+    assert m["acc@0.5"].tolist() == [False, True]
+    assert not m["proxy_acc@0.5"].any()
+    assert rep.direction("proxy_acc@0.5") == 0
+
+
 def test_fill_imported_and_parse():
     from smoothcert.certify import COLUMNS
     from smoothcert.commands.report import parse_import

@@ -67,8 +67,8 @@ def certified_accuracy(curves: pd.DataFrame, experiments: list[Experiment], path
                     color=color, marker=markers[(e.objective, e.sigma_mode)],
                     markevery=max(1, len(c) // 8), markersize=4, label=label, linewidth=1.6)
         name = AXIS.get(norm, f"{norm} radius")
-        ax.set_xlabel(("proxy " if proxy else "") + name)
-        ax.set_ylabel("certified accuracy")
+        ax.set_xlabel(("proxy (volume-equivalent) " if proxy else "") + name)
+        ax.set_ylabel("proxy accuracy (not certified)" if proxy else "certified accuracy")
         ax.set_ylim(0, 1.02)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)

@@ -173,9 +173,11 @@ def _md_sections(summ: pd.DataFrame, radii_by_norm: dict) -> str:
              "acc@r: fraction of test inputs classified correctly with certified radius ≥ r; clean = acc@0; "
              "acr: average certified radius; median_log_volume: median log-volume (nats) of the certified "
              "region over certified correct inputs."),
-            ("Certified accuracy at proxy radii", [f"proxy_acc@{g}" for g in grid],
-             "Proxy radius: σ geometric mean × gap (the radius of the ball with the certified region's volume); "
-             "equals the radius for isotropic methods."),
+            ("Proxy accuracy (not a certificate)", [f"{rep.PROXY_PREFIX}{g}" for g in grid],
+             "proxy_acc@r: the fraction of inputs whose *proxy* radius (σ geometric mean × gap, the radius of the "
+             "ball with the certified region's volume; ANCER's figure of merit) is ≥ r. The certified region "
+             "need not contain that ball, so this is NOT a certified accuracy: it is never bolded or ranked. "
+             "It equals acc@r for isotropic methods."),
             ("App.-D lower bound on the true certified accuracy", [f"lb@{g}" for g in grid],
              "Holds with probability ≥ 1 - rho over the certification randomness (Cohen et al. 2019, App. D)."),
             ("Cost per input", rep.COST,
@@ -287,7 +289,7 @@ def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, da
     plots.certified_accuracy(curves, experiments, out / "certified_accuracy.png",
                              f"{dataset}: certified accuracy vs radius")
     plots.certified_accuracy(curves_proxy, experiments, out / "certified_accuracy_proxy.png",
-                             f"{dataset}: certified accuracy vs proxy radius (volume-equivalent ball)", proxy=True)
+                             f"{dataset}: proxy accuracy vs volume-equivalent radius (NOT a certificate)", proxy=True)
     plots.log_volume(experiments, out / "log_volume.png", f"{dataset}: log-volume of certified regions")
     if len(mem):
         plots.memory_effect(mem, out / "memory_effect.png", f"{dataset}: effect of the memory step")
