@@ -7,13 +7,24 @@ classifier whose *exact* answer is known, and counts the trials whose certificat
   is the same half-space, so the exact certified set around x is everything on x's side of the
   hyperplane: in the θ-scaled ℓp metric the exact gap is |wᵀx + b| / ‖θ ⊙ w‖_q (q the dual norm:
   ℓ2 → ℓ2, ℓ1 → ℓ∞). A certificate fails when it predicts the wrong class or its gap exceeds this.
-  Checks: ``cohen_l2`` (isotropic Gaussian), ``ddrs_l2`` (per-input σ from ``optimize.ddrs_sigma``),
-  ``ancer_l2`` (per-dimension θ from ``optimize.ancer_theta``), ``cohen_l1`` (isotropic uniform noise
-  on an axis-aligned classifier, where the ℓ1 bound is tight), ``ancer_l1`` (per-dimension uniform
-  noise, generic w in d = 4: here the exact smoothed probability is computed in closed form, and both
-  p̲A > pA and a region that crosses the hyperplane count as failures), and ``smooth_reduce_mean``
-  (the correlated Smooth-Reduce classifier built by ``smooth_reduce.wrap`` around a linear patch
-  classifier with mean reduction: the composite is linear, its weight vector is read off by autograd).
+  Checks: ``cohen_l2`` (isotropic Gaussian; ``cohen_clip_l2`` on (T, C, H, W) clips), ``ddrs_l2``
+  (per-input σ from ``optimize.ddrs_sigma``), ``ancer_l2`` (per-dimension θ from ``optimize.ancer_theta``),
+  ``cohen_l1`` and ``ddrs_l1`` (isotropic uniform noise, fixed or DDRS σ, on an axis-aligned classifier,
+  where the ℓ1 bound is tight), ``ancer_l1`` (per-dimension uniform noise, generic w in d = 4: here the
+  exact smoothed probability is computed in closed form, and both p̲A > pA and a region that crosses the
+  hyperplane count as failures), ``smooth_reduce_mean`` / ``smooth_reduce_clip_mean`` (the correlated
+  Smooth-Reduce classifier built by ``smooth_reduce.wrap`` around a linear patch / sub-clip classifier
+  with mean reduction: the composite is linear, its weight vector is read off by autograd), and
+  ``smooth_reduce_mean_l1`` (correlated, uniform noise, one patch reading one pixel: ≤ 4 bilinear weights,
+  exact pA in closed form).
+* Uncorrelated Smooth-Reduce (images and clips), certified in the stacked space z = A x and mapped back by
+  the radius factor: ``smooth_reduce[_clip]_uncorrelated_l2`` (mean of a linear classifier: a half-space
+  in z, exact pA = Φ(|m| / σ‖v‖), exact input-space radius |m| / ‖Aᵀv‖₂) and
+  ``smooth_reduce[_clip]_uncorrelated_l1`` (max of "some value below τ": exact P(class 0) as a product
+  over the stacked coordinates, exact worst ℓ1 perturbation = one pixel lowered by the radius). Failures:
+  wrong class, p̲A > pA, or the smoothed class changing inside the reported input-space radius.
+  ``broken_smooth_reduce[_clip]_uncorrelated_l1`` re-reads the ℓ1 certificates with the ℓ2 factor
+  1/(√maxcov·‖S‖₂) the ℓ1 radius used to be divided by; the audit must flag it.
 * ``predict``: PREDICT (``core.predict_batch``) at known pA = 0.51 and 0.55 must return the wrong class
   at rate <= alpha (Cohen et al., Prop. 1).
 * ``attack``: a digits CNN trained with Gaussian noise; for certified, correctly classified test inputs,
@@ -27,8 +38,8 @@ Binomial(trials, alpha). A check passes when failures <= F⁻¹(1 - δ; trials, 
 δ = 1e-3: a sound certifier fails a check with probability <= δ. ``broken_cohen_l2`` reruns the Cohen
 check with the point estimate k/n in place of the Clopper-Pearson bound, to show the audit catches it.
 
-Usage: python benchmarks/audit.py [--trials 20000] [--n 500] [--alpha 0.1] [--attack-inputs 200] [--epochs 8]
-                                  [--threads 1] [--out benchmarks/results/audit.json]
+Usage: python benchmarks/audit.py [--trials 20000] [--sr-trials 10000] [--n 500] [--alpha 0.1]
+                                  [--attack-inputs 200] [--epochs 8] [--threads 1] [--out benchmarks/results/audit.json]
 The test suite (tests/test_audit.py) runs the same functions with fewer trials.
 """
 from __future__ import annotations
@@ -121,13 +132,14 @@ def _linear_failures(out: dict, margin: np.ndarray, exact_gap: np.ndarray) -> tu
 
 # ------------------------------------------------------------------------------------------ linear checks
 
-def cohen_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=0, broken=False) -> dict:
-    """Isotropic Gaussian noise; exact ℓ2 radius |wᵀx + b| / ‖w‖."""
+def cohen_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=0, broken=False, shape=(1, 4, 4)) -> dict:
+    """Isotropic Gaussian noise; exact ℓ2 radius |wᵀx + b| / ‖w‖. ``shape`` (T, C, H, W): Cohen on clips."""
     rng = np.random.default_rng(seed)
-    w, b = rng.normal(size=16), 0.1
+    d = int(np.prod(shape))
+    w, b = rng.normal(size=d), 0.1
     model = Linear2(torch.from_numpy(w), b)
     sign = rng.choice([-1.0, 1.0], trials)
-    x = _inputs_with_margin(w, b, sign * sigma * np.linalg.norm(w) * normal.ppf(_target_pa(rng, trials)), rng, (1, 4, 4))
+    x = _inputs_with_margin(w, b, sign * sigma * np.linalg.norm(w) * normal.ppf(_target_pa(rng, trials)), rng, shape)
     margin = _margins(model, x)
     wn = np.linalg.norm(model.w.double().numpy())
     out = _certify(model, x, sigma, n0, n, alpha, "l2", seed, "gaussian")
@@ -137,8 +149,9 @@ def cohen_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=0, broken=Fal
         guess = np.where(margin > 0, 1, 0)  # the selection step is almost always right here
         out = {"predict": np.where(ok, guess, core.ABSTAIN), "gap": np.where(ok, normal.ppf(np.clip(p_hat, 0, 1 - 1e-12)), 0.0)}
     certified, failed = _linear_failures(out, margin, np.abs(margin) / (sigma * wn))
-    return verdict("broken_cohen_l2" if broken else "cohen_l2", trials, int(failed.sum()), alpha, n=n, n0=n0,
-                   certified=int(certified.sum()), noise="gaussian", sigma=sigma, d=16)
+    name = "cohen_l2" if len(shape) == 3 else "cohen_clip_l2"
+    return verdict(f"broken_{name}" if broken else name, trials, int(failed.sum()), alpha, n=n, n0=n0,
+                   certified=int(certified.sum()), noise="gaussian", sigma=sigma, d=d)
 
 
 def ddrs_l2(trials=1000, n=500, n0=50, alpha=0.1, seed=1, iterations=3) -> dict:
@@ -209,6 +222,31 @@ def cohen_l1(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=3) -> dict:
                    noise="uniform", sigma=sigma, d=d)
 
 
+def ddrs_l1(trials=1000, n=500, n0=50, alpha=0.1, seed=8, iterations=3) -> dict:
+    """Per-input σ optimized by DDRS for ℓ1 (uniform noise) on an axis-aligned classifier, where 2(p̲A − ½) is tight."""
+    from smoothcert.optimize import ddrs_sigma
+
+    rng = np.random.default_rng(seed)
+    d = 16
+    w = np.zeros(d)
+    w[rng.integers(d)] = 2.0
+    b = -0.1
+    model = Linear2(torch.from_numpy(w), b)
+    sigma0 = rng.uniform(0.25, 1.0, trials)
+    sign = rng.choice([-1.0, 1.0], trials)
+    # |m| = σ0·|w|·2(2 pA − 1): pA on the target at σ0; DDRS then moves σ, and the exact gap moves with it
+    x = _inputs_with_margin(w, b, sign * sigma0 * 2.0 * (2 * _target_pa(rng, trials) - 1), rng, (1, 4, 4))
+    gens = [make_generator(s, "cpu") for s in _seeds(seed, trials, "optimize")]
+    sigma = ddrs_sigma(model, x, torch.from_numpy(sigma0).float(), "l1", iterations=iterations, lr=0.05, samples=16,
+                       sigma_min=0.05, generator=gens)
+    margin = _margins(model, x)
+    out = _certify(model, x, sigma.float(), n0, n, alpha, "l1", seed, "uniform")
+    sigma32 = sigma.float().double().numpy()
+    certified, failed = _linear_failures(out, margin, np.abs(margin) / (sigma32 * np.abs(model.w.double().numpy()).max()))
+    return verdict("ddrs_l1", trials, int(failed.sum()), alpha, n=n, n0=n0, certified=int(certified.sum()),
+                   noise="uniform", sigma_range=[float(sigma32.min()), float(sigma32.max())], d=d)
+
+
 def uniform_sum_cdf(s: float, a: np.ndarray) -> float:
     """P(Σ aᵢ uᵢ <= s) for independent uᵢ ~ U[-1, 1], aᵢ > 0 (exact, inclusion-exclusion; small d)."""
     a = np.asarray(a, dtype=float)
@@ -262,33 +300,224 @@ def ancer_l1(trials=1000, n=500, n0=50, alpha=0.1, seed=4) -> dict:
                    bound_failures=int(bound_fail.sum()), noise="uniform", d=d)
 
 
-def smooth_reduce_mean(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=5) -> dict:
-    """Correlated Smooth-Reduce (mean over 9 patches of a linear patch classifier): linear end to end."""
-    from smoothcert.smooth_reduce import wrap
+def _sr_setup(variant: str, clip: bool, seed: int, positions: str = "grid", num_random: int = 9):
+    """(cfg, input shape) of the Smooth-Reduce checks.
 
-    rng = np.random.default_rng(seed)
-    base = Linear2(torch.from_numpy(rng.normal(size=64)), 0.1)
-    cfg = {"seed": seed, "smooth_reduce": {"resize": 10, "patch": 8, "stride": 1, "positions": "grid",
-                                           "num_random": 9, "variant": "correlated"}}
-    certified_model = wrap(base, cfg, "smooth_reduce_mean", (1, 8, 8))
-    assert certified_model.radius_factor == 1.0
-    clf = certified_model.classifier
-    # the composite's weights and bias, by autograd in float64 (it is linear: checked below)
-    probe = torch.zeros(1, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    Images: 8×8 resized to 10×10, 9 patches of 8×8 (the default geometry). Clips: 3 frames of 1×4×4,
+    frames resized to 5×5, 4 patches of 4×4, windows of 2 frames (2 windows × 4 patches = 8 sub-clips).
+    """
+    cfg = {"seed": seed, "smooth_reduce": {"resize": 10 if not clip else 9, "patch": 8, "stride": 1,
+                                           "positions": positions, "num_random": num_random, "variant": variant},
+           "video": {"window": 2}}
+    return cfg, ((3, 1, 4, 4) if clip else (1, 8, 8))
+
+
+def _sub_size(cfg: dict, shape: tuple[int, ...]) -> int:
+    """Values the base classifier reads per patch (images) or per sub-clip (clips)."""
+    from smoothcert.smooth_reduce import clip_geometry
+
+    if len(shape) == 3:
+        return shape[0] * cfg["smooth_reduce"]["patch"] ** 2
+    g = clip_geometry(cfg, shape[0], shape[2], shape[3])
+    return g["window"] * shape[1] * g["patch"] ** 2
+
+
+def _dense(target, shape: tuple[int, ...]) -> np.ndarray:
+    """(rows, d) float64 matrix of x ↦ target.to_space(x) (the uncorrelated variant's stacking map A)."""
+    d = int(np.prod(shape))
+    eye = torch.eye(d, dtype=torch.float64).view(d, *shape)
+    return target.to_space(eye).reshape(d, -1).T.numpy()
+
+
+def _linear_weights(clf: nn.Module, shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    """(v, b) with clf(x)[:, 1] = vᵀx + b, by autograd in float64; linearity is asserted on random points."""
+    probe = torch.zeros(1, *shape, dtype=torch.float64, requires_grad=True)
     clf64 = _float64(clf)
     logit = clf64(probe)[0, 1]
     (v,) = torch.autograd.grad(logit, probe)
     b_eff = float(logit.detach())
     v = v.flatten().numpy()
-    test = torch.rand(5, 1, 8, 8, dtype=torch.float64)
+    test = torch.rand(5, *shape, dtype=torch.float64)
     assert np.allclose(clf64(test)[:, 1].detach().numpy(), test.flatten(1).numpy() @ v + b_eff, atol=1e-9)
+    return v, b_eff
+
+
+def smooth_reduce_mean(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=5, clip=False) -> dict:
+    """Correlated Smooth-Reduce (mean over the patches / sub-clips of a linear classifier): linear end to end."""
+    from smoothcert.smooth_reduce import wrap
+
+    rng = np.random.default_rng(seed)
+    cfg, shape = _sr_setup("correlated", clip, seed)
+    base = Linear2(torch.from_numpy(rng.normal(size=_sub_size(cfg, shape))), 0.1)
+    certified_model = wrap(base, cfg, "smooth_reduce_mean", shape, norm="l2")
+    assert certified_model.radius_factor == 1.0
+    clf = certified_model.classifier
+    v, b_eff = _linear_weights(clf, shape)  # the composite's weights and bias
     sign = rng.choice([-1.0, 1.0], trials)
-    x = _inputs_with_margin(v, b_eff, sign * sigma * np.linalg.norm(v) * normal.ppf(_target_pa(rng, trials)), rng, (1, 8, 8))
+    x = _inputs_with_margin(v, b_eff, sign * sigma * np.linalg.norm(v) * normal.ppf(_target_pa(rng, trials)), rng, shape)
     margin = x.flatten(1).double().numpy() @ v + b_eff
     out = _certify(clf, x, sigma, n0, n, alpha, "l2", seed, "gaussian")
     certified, failed = _linear_failures(out, margin, np.abs(margin) / (sigma * np.linalg.norm(v)))
-    return verdict("smooth_reduce_mean", trials, int(failed.sum()), alpha, n=n, n0=n0, certified=int(certified.sum()),
-                   noise="gaussian", sigma=sigma, patches=int(certified_model.evals_per_draw), d=64)
+    return verdict("smooth_reduce_clip_mean" if clip else "smooth_reduce_mean", trials, int(failed.sum()), alpha,
+                   n=n, n0=n0, certified=int(certified.sum()), noise="gaussian", sigma=sigma,
+                   patches=int(certified_model.evals_per_draw), d=int(v.size))
+
+
+def smooth_reduce_mean_l1(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=9) -> dict:
+    """Correlated Smooth-Reduce in ℓ1: uniform noise on the image, resized 8 → 10, one 8×8 patch (random position),
+    a classifier reading one pixel of the patch. The composite is linear with the ≤ 4 bilinear weights of that resized
+    pixel, so the exact smoothed pA is the closed form of :func:`smoothed_probability_uniform`; failures: p̲A > pA,
+    or a certified ℓ1 region reaching the hyperplane (gap > |m| / (σ‖v‖_∞)). Radius factor 1.
+    """
+    from smoothcert.smooth_reduce import wrap
+
+    rng = np.random.default_rng(seed)
+    cfg, shape = _sr_setup("correlated", False, seed, positions="random", num_random=1)
+    w = np.zeros(64)
+    w[rng.integers(64)] = 1.0
+    certified_model = wrap(Linear2(torch.from_numpy(w), 0.0), cfg, "smooth_reduce_mean", shape, norm="l1")
+    assert certified_model.radius_factor == 1.0 and certified_model.evals_per_draw == 1
+    clf = certified_model.classifier
+    v, b_eff = _linear_weights(clf, shape)
+    support = np.flatnonzero(np.abs(v) > 0)
+    assert 1 <= len(support) <= 4
+    vs = v[support]
+    pa_target = _target_pa(rng, trials)
+    sign = rng.choice([-1.0, 1.0], trials)
+    scale = np.full(len(support), sigma)
+    margins = np.array([s_ * brentq(lambda m: smoothed_probability_uniform(m, vs, scale) - p, 0.0, sigma * np.abs(vs).sum())
+                        for s_, p in zip(sign, pa_target)])
+    x = _inputs_with_margin(v, b_eff, margins, rng, shape)
+    margin = x.flatten(1).double().numpy() @ v + b_eff
+    p1 = np.array([smoothed_probability_uniform(m, vs, scale) for m in margin])
+    p_true = np.where(margin > 0, p1, 1 - p1)
+    out = _certify(clf, x, sigma, n0, n, alpha, "l1", seed, "uniform")
+    certified, failed = _linear_failures(out, margin, np.abs(margin) / (sigma * np.abs(v).max()))
+    bound_fail = certified & (out["pA_lower"] > p_true)
+    return verdict("smooth_reduce_mean_l1", trials, int((failed | bound_fail).sum()), alpha, n=n, n0=n0,
+                   certified=int(certified.sum()), region_failures=int(failed.sum()),
+                   bound_failures=int(bound_fail.sum()), noise="uniform", sigma=sigma, d=64, weights=int(len(support)))
+
+
+def smooth_reduce_uncorrelated_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=10, clip=False) -> dict:
+    """Uncorrelated Smooth-Reduce in ℓ2: Gaussian noise on the stacked patches (sub-clips) z = A x, mean of a linear
+    classifier, so the smoothed classifier is the half-space {vᵀz + b > 0}: exact pA = Φ(|m| / (σ‖v‖₂)), and in input
+    space the exact robust radius is |m| / ‖Aᵀv‖₂ (A the dense stacking map). Failures: wrong class, p̲A > pA, or a
+    reported radius σΦ⁻¹(p̲A) · radius_factor beyond |m| / ‖Aᵀv‖₂. The patch weights are the top singular vector of
+    the map patch weights ↦ Aᵀv, so the ℓ2 factor bound is as close to tight as this classifier allows.
+    """
+    from smoothcert.smooth_reduce import wrap
+
+    rng = np.random.default_rng(seed)
+    cfg, shape = _sr_setup("uncorrelated", clip, seed)
+    k = _sub_size(cfg, shape)
+    probe = wrap(Linear2(torch.ones(k, dtype=torch.float64), 0.0), cfg, "smooth_reduce_mean", shape, norm="l2")
+    a = _dense(probe, shape)
+    subs = probe.evals_per_draw
+    tile = np.tile(np.eye(k), (subs, 1)) / subs  # patch weights w ↦ v = (w, ..., w) / P
+    _, _, vt = np.linalg.svd(a.T @ tile)
+    base = Linear2(torch.from_numpy(vt[0]), 0.05)
+    target = wrap(base, cfg, "smooth_reduce_mean", shape, norm="l2")
+    v = np.tile(base.w.double().numpy(), subs) / subs  # z-space weights of the mean-reduced classifier
+    u = a.T @ v  # input-space weights
+    sign = rng.choice([-1.0, 1.0], trials)
+    x = _inputs_with_margin(u, base.b, sign * sigma * np.linalg.norm(v) * normal.ppf(_target_pa(rng, trials)), rng, shape)
+    z = target.to_space(x)
+    margin = z.flatten(1).double().numpy() @ v + base.b
+    out = _certify(target.classifier, z, sigma, n0, n, alpha, "l2", seed, "gaussian")
+    certified, wrong = _linear_failures(out, margin, np.full(trials, np.inf))
+    p_true = normal.cdf(np.abs(margin) / (sigma * np.linalg.norm(v)))
+    bound_fail = certified & (out["pA_lower"] > p_true)
+    radius = sigma * out["gap"] * target.radius_factor
+    exact = np.abs(margin) / np.linalg.norm(u)
+    region_fail = certified & (radius > exact * (1 + 1e-9))
+    looseness = float(np.median((exact / np.where(radius > 0, radius, np.nan))[certified]))
+    return verdict("smooth_reduce_clip_uncorrelated_l2" if clip else "smooth_reduce_uncorrelated_l2", trials,
+                   int((wrong | bound_fail | region_fail).sum()), alpha, n=n, n0=n0, certified=int(certified.sum()),
+                   region_failures=int(region_fail.sum()), bound_failures=int(bound_fail.sum()), noise="gaussian",
+                   sigma=sigma, radius_factor=target.radius_factor, exact_over_reported_median=looseness,
+                   sub_inputs=int(subs), d=int(u.size))
+
+
+class BelowThreshold(nn.Module):
+    """Patch / sub-clip classifier: class 1 iff some value is below ``tau`` (logits (0, τ − min))."""
+
+    def __init__(self, tau: float):
+        super().__init__()
+        self.tau = float(tau)
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        low = p.flatten(1).amin(1)
+        return torch.stack([torch.zeros_like(low), self.tau - low], 1)
+
+
+def _p_no_fire(z: np.ndarray, tau: float, sigma: float) -> np.ndarray:
+    """Exact P(min_k z_k + σu_k >= τ), u ~ U[-1, 1] iid: Π_k clip((z_k + σ − τ) / 2σ, 0, 1) over the last axis."""
+    return np.clip((z + sigma - tau) / (2 * sigma), 0.0, 1.0).prod(-1)
+
+
+def smooth_reduce_uncorrelated_l1(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, tau=0.2, seed=11,
+                                  clip=False) -> list[dict]:
+    """Uncorrelated Smooth-Reduce in ℓ1, and the same certificates with the old (ℓ2) radius factor.
+
+    Classifier: a patch (sub-clip) fires, class 1, when any of its values is below τ; max reduction, so the
+    stacked classifier fires iff min_k (z_k + σu_k) < τ under the iid U[-σ, σ] noise of the uncorrelated
+    variant, and P(class 0) = Π_k clip((z_k + σ − τ) / 2σ, 0, 1) exactly. In input space A ≥ 0 and
+    log P(class 0) is concave in the amounts pixels are lowered by, so the worst perturbation of ℓ1 norm r
+    lowers one pixel by r: the exact check is min_j P(class 0 | z − r·A e_j) > ½. Inputs: x = c + η,
+    η ~ U[0, 0.2] per pixel, c set (bisection) so that the exact pA is the trial's target. Failures: wrong
+    class, p̲A > pA, or a flip inside the reported radius σ·2(p̲A − ½) · radius_factor. The second result
+    re-reads the same certificates with the factor 1/(√maxcov·‖S‖₂) the ℓ1 radius used to be divided by:
+    the audit must flag it.
+    """
+    from smoothcert.smooth_reduce import stacking_norm, wrap
+
+    rng = np.random.default_rng(seed)
+    cfg, shape = _sr_setup("uncorrelated", clip, seed)
+    target = wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", shape, norm="l1")
+    a = _dense(target, shape)
+    assert (a >= 0).all() and np.allclose(a.sum(1), 1.0)
+    l2_target = wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", shape, norm="l2")
+    old_factor = l2_target.radius_factor
+    assert np.isclose(1 / target.radius_factor, a.sum(0).max()) and old_factor > 2 * target.radius_factor
+    d = a.shape[1]
+    eta = rng.uniform(0.0, 0.2, (trials, d))
+    base_z = eta @ a.T
+    pa_target = _target_pa(rng, trials)
+    lo, hi = np.full(trials, tau - sigma - 0.2), np.full(trials, tau + sigma)  # P(class 0) = 0 at lo, 1 at hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        below = _p_no_fire(base_z + mid[:, None], tau, sigma) < pa_target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    x = torch.from_numpy((hi[:, None] + eta).reshape(trials, *shape)).float()
+    z = x.flatten(1).double().numpy() @ a.T
+    assert np.allclose(target.to_space(x).flatten(1).double().numpy(), z, atol=1e-6)
+    p_true = _p_no_fire(z, tau, sigma)
+    out = _certify(target.classifier, target.to_space(x), sigma, n0, n, alpha, "l1", seed, "uniform")
+    certified = out["predict"] != core.ABSTAIN
+    wrong = certified & (out["predict"] != 0)
+    bound_fail = certified & (out["pA_lower"] > p_true)
+
+    def flips(factor: float) -> tuple[np.ndarray, np.ndarray]:
+        radius = sigma * out["gap"] * factor
+        worst = np.ones(trials)
+        for i in np.flatnonzero(certified):
+            worst[i] = _p_no_fire(z[i][None, :] - radius[i] * a.T, tau, sigma).min()
+        return certified & (worst <= 0.5), worst
+
+    region_fail, worst = flips(target.radius_factor)
+    old_fail, _ = flips(old_factor)
+    name = "smooth_reduce_clip_uncorrelated_l1" if clip else "smooth_reduce_uncorrelated_l1"
+    extra = {"n": n, "n0": n0, "certified": int(certified.sum()), "noise": "uniform", "sigma": sigma, "tau": tau,
+             "sub_inputs": int(target.evals_per_draw), "d": int(d)}
+    sound = verdict(name, trials, int((wrong | bound_fail | region_fail).sum()), alpha,
+                    region_failures=int(region_fail.sum()), bound_failures=int(bound_fail.sum()),
+                    radius_factor=target.radius_factor,
+                    min_worst_pA=float(worst[certified].min()) if certified.any() else None, **extra)
+    broken = verdict("broken_" + name, trials, int((wrong | bound_fail | old_fail).sum()), alpha,
+                     region_failures=int(old_fail.sum()), bound_failures=int(bound_fail.sum()),
+                     radius_factor=old_factor, **extra)
+    return [sound, broken]
 
 
 def _float64(module: nn.Module) -> nn.Module:
@@ -408,18 +637,27 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float = 0.
 
 def run_all(trials: int, n: int, alpha: float, attack_inputs: int, epochs: int, sr_trials: int) -> dict:
     checks, timing = [], {}
+    sr = {"trials": sr_trials}
     for name, fn, kw in [
-        ("cohen_l2", cohen_l2, {}), ("broken_cohen_l2", cohen_l2, {"broken": True}), ("ddrs_l2", ddrs_l2, {}),
-        ("ancer_l2", ancer_l2, {}), ("cohen_l1", cohen_l1, {}), ("ancer_l1", ancer_l1, {}),
-        ("smooth_reduce_mean", smooth_reduce_mean, {"trials": sr_trials}),
+        ("cohen_l2", cohen_l2, {}), ("broken_cohen_l2", cohen_l2, {"broken": True}),
+        ("cohen_clip_l2", cohen_l2, {"shape": (3, 1, 4, 4)}), ("ddrs_l2", ddrs_l2, {}),
+        ("ancer_l2", ancer_l2, {}), ("cohen_l1", cohen_l1, {}), ("ddrs_l1", ddrs_l1, {}), ("ancer_l1", ancer_l1, {}),
+        ("smooth_reduce_mean", smooth_reduce_mean, sr), ("smooth_reduce_mean_l1", smooth_reduce_mean_l1, sr),
+        ("smooth_reduce_uncorrelated_l2", smooth_reduce_uncorrelated_l2, sr),
+        ("smooth_reduce_uncorrelated_l1", smooth_reduce_uncorrelated_l1, sr),
+        ("smooth_reduce_clip_mean", smooth_reduce_mean, {**sr, "clip": True}),
+        ("smooth_reduce_clip_uncorrelated_l2", smooth_reduce_uncorrelated_l2, {**sr, "clip": True}),
+        ("smooth_reduce_clip_uncorrelated_l1", smooth_reduce_uncorrelated_l1, {**sr, "clip": True}),
         ("predict_pA0.51", predict, {"pa": 0.51}), ("predict_pA0.55", predict, {"pa": 0.55}),
     ]:
         t0 = time.time()
         args = {"trials": trials, "n": n, "alpha": alpha, **kw}
-        checks.append(fn(**args))
+        result = fn(**args)
         timing[name] = round(time.time() - t0, 2)
-        print(f"{name}: {checks[-1]['failures']}/{checks[-1]['trials']} failures, allowed {checks[-1]['allowed']}, "
-              f"pass {checks[-1]['pass']} ({timing[name]} s)", file=sys.stderr)
+        for c in result if isinstance(result, list) else [result]:
+            checks.append(c)
+            print(f"{c['check']}: {c['failures']}/{c['trials']} failures, allowed {c['allowed']}, "
+                  f"pass {c['pass']} ({timing[name]} s)", file=sys.stderr)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         _, model, x, y = train_digits(Path(tmp), epochs=epochs)
@@ -430,9 +668,11 @@ def run_all(trials: int, n: int, alpha: float, attack_inputs: int, epochs: int, 
     for c in checks[-2:]:
         print(f"{c['check']}: {c['failures']}/{c['trials']} flips (pass {c['pass']})", file=sys.stderr)
     sound = [c for c in checks if not c["check"].startswith("broken")]
+    broken = [c for c in checks if c["check"].startswith("broken")]
     return {
         "summary": {"all_sound_checks_pass": all(c["pass"] is not False for c in sound),
-                    "broken_certifier_detected": not next(c for c in checks if c["check"] == "broken_cohen_l2")["pass"]},
+                    "broken_certifier_detected": all(not c["pass"] for c in broken),
+                    "broken_detected": {c["check"]: not c["pass"] for c in broken}},
         "checks": checks, "settings": {"trials": trials, "n": n, "alpha": alpha, "delta": DELTA,
                                        "smooth_reduce_trials": sr_trials, "attack_inputs": attack_inputs,
                                        "attack_train_epochs": epochs},
@@ -444,7 +684,8 @@ def run_all(trials: int, n: int, alpha: float, attack_inputs: int, epochs: int, 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=20_000)
-    p.add_argument("--sr-trials", type=int, default=10_000, help="trials of the Smooth-Reduce check (9 patches per draw)")
+    p.add_argument("--sr-trials", type=int, default=10_000,
+                   help="trials of each Smooth-Reduce check (9 patches or 8 sub-clips per draw)")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--alpha", type=float, default=0.1)
     p.add_argument("--attack-inputs", type=int, default=200)

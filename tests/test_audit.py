@@ -1,9 +1,11 @@
 """Soundness audit (small version of benchmarks/audit.py) and determinism across shards and batch sizes.
 
-* Linear classifiers with an exact answer: 1,000 certification trials per method (Cohen ℓ2, DDRS σ,
-  ANCER θ, uniform ℓ1 isotropic and anisotropic, correlated Smooth-Reduce with mean reduction) must
-  fail at most as often as alpha allows (scipy's binomial bound at δ = 1e-3); a certifier using the
-  point estimate instead of the Clopper-Pearson bound must be caught.
+* Classifiers with an exact answer: 1,000 certification trials per certificate type the config accepts
+  (Cohen ℓ2 on images and clips, DDRS σ in ℓ2 and ℓ1, ANCER θ in ℓ2 and ℓ1, uniform ℓ1 isotropic, Smooth-Reduce
+  correlated in ℓ2 / ℓ1, uncorrelated in ℓ2 / ℓ1, on images and on clips) must fail at most as often as alpha
+  allows (scipy's binomial bound at δ = 1e-3); a certifier using the point estimate instead of the
+  Clopper-Pearson bound must be caught, and so must the uncorrelated ℓ1 Smooth-Reduce radius divided by the
+  ℓ2 factor (the old bug), on images and clips.
 * PREDICT at pA = 0.51 / 0.55 returns a wrong class at rate <= alpha.
 * PGD on the smoothed soft classifier of a digits CNN trained here does not flip certified inputs
   inside their radius (beyond alpha); at 1.5× the radius it usually does (reported, not asserted).
@@ -48,9 +50,25 @@ def _assert_sound(result: dict) -> None:
                             f"at most {result['allowed']} allowed at alpha = {result['alpha']}")
 
 
-@pytest.mark.parametrize("check", ["cohen_l2", "ddrs_l2", "ancer_l2", "cohen_l1", "ancer_l1", "smooth_reduce_mean"])
+CHECKS = {  # check name → (audit function, keyword arguments)
+    "cohen_l2": ("cohen_l2", {}), "cohen_clip_l2": ("cohen_l2", {"shape": (3, 1, 4, 4)}), "ddrs_l2": ("ddrs_l2", {}),
+    "ancer_l2": ("ancer_l2", {}), "cohen_l1": ("cohen_l1", {}), "ddrs_l1": ("ddrs_l1", {}), "ancer_l1": ("ancer_l1", {}),
+    "smooth_reduce_mean": ("smooth_reduce_mean", {}), "smooth_reduce_mean_l1": ("smooth_reduce_mean_l1", {}),
+    "smooth_reduce_uncorrelated_l2": ("smooth_reduce_uncorrelated_l2", {}),
+    "smooth_reduce_uncorrelated_l1": ("smooth_reduce_uncorrelated_l1", {}),
+    "smooth_reduce_clip_mean": ("smooth_reduce_mean", {"clip": True}),
+    "smooth_reduce_clip_uncorrelated_l2": ("smooth_reduce_uncorrelated_l2", {"clip": True}),
+    "smooth_reduce_clip_uncorrelated_l1": ("smooth_reduce_uncorrelated_l1", {"clip": True}),
+}
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
 def test_failure_rate_within_alpha(check):
-    result = getattr(audit, check)(trials=TRIALS, n=500, n0=50, alpha=ALPHA)
+    fn, kw = CHECKS[check]
+    result = getattr(audit, fn)(trials=TRIALS, n=500, n0=50, alpha=ALPHA, **kw)
+    if isinstance(result, list):  # the uncorrelated ℓ1 checks also return the old-factor mutant
+        result = result[0]
+    assert result["check"] == check
     _assert_sound(result)
     # failures must be observable at this alpha, or the check has no power
     assert result["certified"] > 0.9 * TRIALS
@@ -60,6 +78,15 @@ def test_failure_rate_within_alpha(check):
 def test_audit_catches_a_broken_certifier():
     broken = audit.cohen_l2(trials=TRIALS, n=500, n0=50, alpha=ALPHA, broken=True)
     assert not broken["pass"] and broken["failures"] > 3 * broken["allowed"]
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_audit_catches_the_l2_factor_on_l1_smooth_reduce(clip):
+    """The same uncorrelated ℓ1 certificates, divided by √maxcov·‖S‖₂ instead of ‖A‖₁→₁: flips inside the radius."""
+    sound, broken = audit.smooth_reduce_uncorrelated_l1(trials=TRIALS, n=500, n0=50, alpha=ALPHA, clip=clip)
+    assert broken["check"] == "broken_" + sound["check"] and broken["radius_factor"] > 3 * sound["radius_factor"]
+    assert sound["pass"] and sound["region_failures"] == 0
+    assert not broken["pass"] and broken["region_failures"] > 0.1 * TRIALS
 
 
 def test_exact_uniform_probability_matches_monte_carlo():

@@ -716,22 +716,6 @@ def test_unwritable_output_is_reported(ws, tmp_path, how, unfreeze):
 
 # ---------------------------------------------------------------------------------------- resume
 
-def test_resume_after_torn_last_line(ws, tmp_path):
-    """A killed certify job leaves ``OUT.part`` with half a row at the end: the rerun keeps the complete
-    rows (not recomputed: their ``time`` is unchanged), redoes the torn one and the rest."""
-    reference = pd.read_csv(ws.cohen, sep="\t")
-    lines = ws.cohen.read_text().splitlines()
-    out = tmp_path / "c.tsv"
-    keep = 5  # header + 5 complete rows, then a torn row
-    Path(f"{out}.part").write_text("\n".join(lines[: 1 + keep]) + "\n" + lines[1 + keep][:17])
-    assert run_cli(*ws.certify_args(out)) == (0, "")
-    assert not Path(f"{out}.part").exists()
-    table = pd.read_csv(out, sep="\t")
-    assert table["idx"].tolist() == list(range(LIMIT))
-    assert table.drop(columns="time").equals(reference.drop(columns="time"))
-    assert table["time"][:keep].tolist() == reference["time"][:keep].tolist()
-
-
 def test_resume_from_garbage_part_file(ws, tmp_path):
     out = tmp_path / "c.tsv"
     Path(f"{out}.part").write_bytes(b"\xff\xfe not a table")

@@ -1,7 +1,9 @@
 """Kill and resume: a SIGKILLed certify job restarts from its last complete row.
 
 * ``ShardWriter`` unit checks: a torn last line (killed mid-write) is dropped on reopen,
-  rows already written are skipped, and no row is ever duplicated.
+  rows already written are skipped, and no row is ever duplicated; rows are resumed only
+  under the fingerprint they were written with (the certify and training checks of the
+  fingerprints themselves are in tests/test_fingerprint.py).
 * End to end: the mini pipeline with a slower certification (larger ``certify.n``) is
   started, the ``smoothcert certify`` process is SIGKILLed once its shard's ``.part`` file
   holds a few rows, the Snakemake process group is killed too, and Snakemake is run again.
@@ -23,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from smoothcert.io import ShardWriter
+from smoothcert.io import FINGERPRINT_PREFIX, ShardWriter, fingerprint
 from test_workflow import BIN, MINI, _env, copy_repo, run
 
 # Wall-clock columns: measured, so they differ between any two runs (even uninterrupted ones).
@@ -52,6 +54,8 @@ def assert_same_tables(reference: Path, other: Path, pattern: str = "certify.tsv
 
 # ------------------------------------------------------------------ ShardWriter unit checks
 COLS = ["idx", "value", "name"]
+FP = fingerprint(kind="unit", n=1)
+STAMP = FINGERPRINT_PREFIX + '{"kind": "unit", "n": 1, "version": 1}'  # the first line of a part file stamped FP
 
 
 def _rows(*idx):
@@ -60,12 +64,12 @@ def _rows(*idx):
 
 def test_shard_writer_drops_torn_line_and_never_duplicates(tmp_path):
     out = tmp_path / "shard.tsv"
-    w = ShardWriter(out, COLS)
+    w = ShardWriter(out, COLS, fingerprint=FP)
     w.append(_rows(0, 1, 2))
     # A job killed mid-write leaves half a row (no newline) at the end of the part file.
     with open(w.part, "a") as fh:
         fh.write("3\t1.0")
-    w = ShardWriter(out, COLS)
+    w = ShardWriter(out, COLS, fingerprint=FP)
     assert w.done == {0, 1, 2}, "the torn row 3 is not counted as done"
     assert not w.part.read_text().endswith("1.0"), "the torn line is removed from the part file"
     w.append(_rows(1, 2, 3, 4))  # 1 and 2 again (a restarted job redoing its last batch)
@@ -82,8 +86,8 @@ def test_shard_writer_drops_torn_line_and_never_duplicates(tmp_path):
 def test_shard_writer_repairs_duplicate_and_malformed_lines(tmp_path):
     out = tmp_path / "shard.tsv"
     part = out.with_name(out.name + ".part")
-    part.write_text("idx\tvalue\tname\n5\t0.5\tr5\n5\t0.5\tr5\nbad line\n2\t0.25\tr2\n7\t0.7")
-    w = ShardWriter(out, COLS)
+    part.write_text(STAMP + "\nidx\tvalue\tname\n5\t0.5\tr5\n5\t0.5\tr5\nbad line\n2\t0.25\tr2\n7\t0.7")
+    w = ShardWriter(out, COLS, fingerprint=FP)
     assert w.done == {2, 5}
     w.append(_rows(7, 5))
     assert w.finish()["idx"].tolist() == [2, 5, 7]
@@ -91,8 +95,8 @@ def test_shard_writer_repairs_duplicate_and_malformed_lines(tmp_path):
 
 def test_shard_writer_restarts_a_part_file_with_another_header(tmp_path):
     out = tmp_path / "shard.tsv"
-    out.with_name(out.name + ".part").write_text("other\tcolumns\n1\t2\n")
-    w = ShardWriter(out, COLS)
+    out.with_name(out.name + ".part").write_text(STAMP + "\nother\tcolumns\n1\t2\n")
+    w = ShardWriter(out, COLS, fingerprint=FP)
     assert w.done == set()
     w.append(_rows(1))
     assert w.finish()["idx"].tolist() == [1]
@@ -100,12 +104,41 @@ def test_shard_writer_restarts_a_part_file_with_another_header(tmp_path):
 
 def test_shard_writer_resumes_in_a_new_process_without_the_header_twice(tmp_path):
     out = tmp_path / "shard.tsv"
-    ShardWriter(out, COLS).append(_rows(0, 1))
-    w = ShardWriter(out, COLS)
+    ShardWriter(out, COLS, fingerprint=FP).append(_rows(0, 1))
+    w = ShardWriter(out, COLS, fingerprint=FP)
     w.append(_rows(2))
     lines = w.part.read_text().splitlines()
-    assert lines[0] == "idx\tvalue\tname" and sum(line.startswith("idx") for line in lines) == 1
-    assert len(lines) == 4
+    assert lines[0] == STAMP and lines[1] == "idx\tvalue\tname" and sum(line.startswith("idx") for line in lines) == 1
+    assert len(lines) == 5
+
+
+@pytest.mark.parametrize("first_line", ["", "idx\tvalue\tname", FINGERPRINT_PREFIX + '{"kind": "unit", "n":',
+                                        FINGERPRINT_PREFIX + '{"kind": "unit", "n": 2, "version": 1}'])
+def test_shard_writer_starts_over_without_its_fingerprint(tmp_path, capsys, first_line):
+    """A part file whose first line is not this writer's fingerprint (missing: an older version's file;
+    torn; another fingerprint) is started over, with one line on stderr; its rows are not resumed."""
+    out = tmp_path / "shard.tsv"
+    part = out.with_name(out.name + ".part")
+    header = "" if first_line.startswith("idx") else "idx\tvalue\tname\n"
+    part.write_text(first_line + "\n" + header + "0\t0.0\tr0\n1\t0.5\tr1\n")
+    w = ShardWriter(out, COLS, fingerprint=FP)
+    assert w.done == set()
+    assert part.read_text() == STAMP + "\nidx\tvalue\tname\n"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"resume: {part} ") and err[0].endswith("; starting over")
+    if "n\": 2" in first_line:
+        assert err[0] == f"resume: {part} was written with other settings (n: 2 → 1); starting over"
+    else:
+        assert "has no fingerprint" in err[0]
+    w.append(_rows(1))
+    assert w.finish()["value"].tolist() == [1 / 3]
+
+
+def test_shard_writer_resumes_under_its_fingerprint_silently(tmp_path, capsys):
+    out = tmp_path / "shard.tsv"
+    ShardWriter(out, COLS, fingerprint=FP).append(_rows(0, 1))
+    w = ShardWriter(out, COLS, fingerprint=fingerprint(n=1, kind="unit"))  # the same parts, in another order
+    assert w.done == {0, 1} and capsys.readouterr().err == ""
 
 
 # ------------------------------------------------------------------ kill and resume, end to end
@@ -135,7 +168,7 @@ def _pids_of(words: str, cwd: Path) -> list[int]:
 
 def _data_rows(part: Path) -> int:
     try:
-        return max(0, part.read_text().count("\n") - 1)
+        return max(0, part.read_text().count("\n") - 2)  # the fingerprint and the header
     except FileNotFoundError:
         return 0
 
@@ -160,7 +193,7 @@ def test_killed_certification_resumes_without_recomputing(tmp_path):
         shards = root / "results" / "digits" / "gaussian-fixed-l2-0.25" / "cohen" / "shards"
         part = _interrupt(root, slow, shards)
         shard_name = part.name[: -len(".part")]
-        kept = part.read_text().splitlines()
+        kept = part.read_text().splitlines()[1:]  # without the fingerprint line
         assert MIN_ROWS <= len(kept) - 1 < ROWS_PER_SHARD, f"killed with {len(kept) - 1} rows: not mid-shard"
         assert not (shards / shard_name).exists(), "the killed shard must not look finished"
         finished = {p: p.stat().st_mtime_ns for p in shards.glob("*.tsv")}

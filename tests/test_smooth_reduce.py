@@ -1,9 +1,13 @@
 """Smooth-Reduce: patch geometry, reductions, the exact resize norm, and soundness of both variants."""
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from scipy.stats import norm
 from torch import nn
 
@@ -187,24 +191,25 @@ def test_correlated_max_survives_attack_inside_radius():
 
 def test_uncorrelated_radius_factor_by_hand():
     base = PatchLinear(torch.randn(1, 2, 2), 0.1)
-    t = sr.wrap(base, {"seed": 0, "smooth_reduce": {"resize": 4, "patch": 2, "stride": 1, "variant": "uncorrelated"}},
-                "smooth_reduce_max", (1, 4, 4))
+    cfg = {"seed": 0, "smooth_reduce": {"resize": 4, "patch": 2, "stride": 1, "variant": "uncorrelated"}}
+    t = sr.wrap(base, cfg, "smooth_reduce_max", (1, 4, 4), norm="l2")
     assert t.radius_factor == pytest.approx(0.5)  # identity resize, centre pixels in 4 patches: 1/√4
+    assert sr.wrap(base, cfg, "smooth_reduce_max", (1, 4, 4), norm="l1").radius_factor == pytest.approx(0.25)  # 1/4
     assert t.evals_per_draw == 9
     x = torch.rand(5, 1, 4, 4)
     z = t.to_space(x)
     assert z.shape == (5, 9, 2, 2)
     pos = sr.patch_positions(4, 2, 1)
     assert torch.equal(t.classifier(z), sr.PatchReduce(base, 4, 2, pos, "max")(x))  # same map without noise
-    t2 = sr.wrap(base, {"seed": 0, "smooth_reduce": {"resize": 4, "patch": 2, "stride": 2, "variant": "uncorrelated"}},
-                 "smooth_reduce_mean", (1, 4, 4))
-    assert t2.radius_factor == pytest.approx(1.0)
+    cfg["smooth_reduce"]["stride"] = 2
+    for norm_name in ("l2", "l1"):  # disjoint patches, identity resize: A is a permutation
+        assert sr.wrap(base, cfg, "smooth_reduce_mean", (1, 4, 4), norm=norm_name).radius_factor == pytest.approx(1.0)
 
 
 def test_uncorrelated_factor_bounds_the_stacking_operator():
-    """‖A‖₂ ≤ 1/radius_factor for the exact matrix A of x ↦ stacked patches of resize(x)."""
+    """‖A‖₂ ≤ 1/radius_factor (ℓ2) and ‖A‖₁→₁ = 1/radius_factor (ℓ1) for the exact matrix A of x ↦ stacked patches."""
     base = PatchLinear(torch.randn(1, 8, 8), 0.0)
-    t = sr.wrap(base, cfg_for(variant="uncorrelated"), "smooth_reduce_mean", (1, 8, 8))
+    t = sr.wrap(base, cfg_for(variant="uncorrelated"), "smooth_reduce_mean", (1, 8, 8), norm="l2")
     maxcov, norm_s = 9, sr.resize_norm(8, 8, 10)
     assert t.radius_factor == pytest.approx(1 / (3 * norm_s))
     a = sr.patch_operator(1, 8, 8, 10, sr.patch_positions(10, 8, 1), 8)
@@ -213,6 +218,166 @@ def test_uncorrelated_factor_bounds_the_stacking_operator():
     assert maxcov == int(sr.coverage(10, sr.patch_positions(10, 8, 1), 8).max())
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     assert torch.allclose(t.to_space(x).flatten(1), x.flatten(1) @ a.T)
+    t1 = sr.wrap(base, cfg_for(variant="uncorrelated"), "smooth_reduce_mean", (1, 8, 8), norm="l1")
+    assert 1 / t1.radius_factor == pytest.approx(float(a.abs().sum(0).max()), rel=1e-12)
+
+
+def test_default_geometry_factors():
+    """Default 8 → 10 resize, 9 patches of 8×8: ‖A‖₁→₁ = 15.21, four times the ℓ2 bound √9·‖S‖₂ = 3.77."""
+    pos = sr.patch_positions(10, 8, 1)
+    assert sr.stacking_norm("l1", 8, 8, 10, pos, 8) == pytest.approx(15.21, rel=1e-12)
+    assert sr.stacking_norm("l2", 8, 8, 10, pos, 8) == pytest.approx(3 * sr.resize_norm(8, 8, 10))
+    assert sr.stacking_norm("l2", 8, 8, 10, pos, 8) == pytest.approx(3.7676, abs=1e-4)
+    for norm_name in ("l1", "l2"):
+        assert sr.radius_factor(norm_name, "correlated", 8, 8, 10, pos, 8) == 1.0
+
+
+@pytest.mark.parametrize("channels,h,w,size,patch,stride,positions", [
+    (1, 8, 8, 10, 8, 1, "grid"),      # the default geometry
+    (2, 5, 7, 6, 3, 2, "grid"),       # non-square input, stride 2 (last start appended), two channels
+    (1, 9, 6, 7, 4, 1, "random"),     # random positions, downsizing one side
+    (1, 6, 6, 6, 3, 2, "grid"),       # identity resize
+    (1, 12, 12, 7, 4, 3, "grid"),     # downsizing, stride 3
+])
+def test_l1_factor_is_the_exact_column_sum_of_the_dense_operator(channels, h, w, size, patch, stride, positions):
+    """(|S_h|ᵀ · cov · |S_w|) equals the absolute column sums of the dense matrix of x ↦ extract_patches(resize_to(x))."""
+    pos = sr.patch_positions(size, patch, stride, positions, num_random=5, seed=11)
+    a = sr.patch_operator(channels, h, w, size, pos, patch)
+    dense = a.abs().sum(0).view(channels, h, w)
+    cols = sr.l1_column_sums(h, w, size, pos, patch)
+    for c in range(channels):
+        assert torch.allclose(dense[c], cols, rtol=1e-12, atol=1e-12)
+    assert sr.stacking_norm("l1", h, w, size, pos, patch) == pytest.approx(float(dense.max()), rel=1e-12)
+    assert float(torch.linalg.matrix_norm(a, ord=2)) <= sr.stacking_norm("l2", h, w, size, pos, patch) + 1e-9
+    cfg = {"seed": 0, "smooth_reduce": {"resize": size, "patch": patch, "stride": stride, "positions": positions,
+                                        "num_random": 5, "variant": "uncorrelated"}}
+    # the wrapper's own positions (drawn from its seed) against the dense operator of those positions
+    t = sr.wrap(PatchLinear(torch.ones(channels * patch * patch), 0.0), cfg, "smooth_reduce_max", (channels, h, w),
+                norm="l1")
+    x = torch.rand(1, channels, h, w, dtype=torch.float64)
+    z = t.to_space(x).flatten(1)
+    eye = torch.eye(channels * h * w, dtype=torch.float64).view(-1, channels, h, w)
+    own = t.to_space(eye).reshape(channels * h * w, -1).T
+    assert torch.allclose(z, x.flatten(1) @ own.T)
+    assert 1 / t.radius_factor == pytest.approx(float(own.abs().sum(0).max()), rel=1e-12)
+
+
+class BelowThreshold(nn.Module):
+    """Patch classifier: class 1 iff some pixel of the patch is below ``tau`` (logits (0, τ − min pixel))."""
+
+    def __init__(self, tau: float):
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, p):
+        low = p.flatten(1).amin(1)
+        return torch.stack([torch.zeros_like(low), self.tau - low], 1)
+
+
+def _p_no_fire(z: torch.Tensor, tau: float, sigma: float) -> torch.Tensor:
+    """Exact P(class 0) of the max-reduced BelowThreshold under iid U[-σ, σ] noise on each stacked coordinate.
+
+    Class 0 iff every z_k + u_k >= τ, so P = Π_k clip((z_k + σ − τ) / 2σ, 0, 1); ``z`` is (..., K) float64.
+    """
+    return ((z + sigma - tau) / (2 * sigma)).clamp(0.0, 1.0).prod(-1)
+
+
+def test_uncorrelated_l1_certificate_survives_the_worst_perturbation_in_its_radius():
+    """Catches the ℓ1 factor bug: uncorrelated Smooth-Reduce divided the ℓ1 radius by the ℓ2 factor √maxcov·‖S‖₂.
+
+    Base classifier: a patch fires (class 1) when any of its pixels is below τ; max reduction, so the
+    stacked-patch classifier fires iff min_k (z_k + u_k) < τ, and its smoothed probability of class 0 is
+    known exactly (:func:`_p_no_fire`). The input sits at τ + σ everywhere, where the ℓ1 certificate in
+    stacked-patch space is tight to first order. In image space, the exact worst case over the ℓ1 ball of
+    radius r is a single pixel lowered by r: A = E·S has nonnegative entries, so raising pixels never lowers
+    P(class 0), and log P(class 0) is concave in the (nonnegative) amounts the pixels are lowered by, so its
+    minimum over the simplex is at a vertex. The test certifies with the pipeline (``core.certify_batch``,
+    uniform noise, n = 2000), then checks every single-pixel perturbation of ℓ1 norm equal to the reported
+    radius: none may flip the smoothed class. With the old factor 1/(√9·‖S‖₂) = 1/3.77 the reported radius is
+    4× too large and lowering the most-covered pixel drops P(class 0) to about 0.13; with the exact factor
+    1/‖A‖₁→₁ = 1/15.21 the worst case stays above 1/2. The closed form is cross-checked by Monte Carlo
+    against the wrapped classifier, and a perturbation of 1.5× the radius does flip (the check is sharp).
+    """
+    sigma, tau = 0.25, 0.3
+    cfg = {**cfg_for(variant="uncorrelated"),
+           "models": [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l1", "sigmas": [sigma],
+                       "methods": ["smooth_reduce_max"]}]}
+    target = sr.wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", (1, 8, 8))  # the norm from cfg['models']
+    assert target.radius_factor == sr.wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", (1, 8, 8),
+                                           norm="l1").radius_factor
+    x = torch.full((1, 1, 8, 8), tau + sigma)
+    sampling = core.Sampling(kind="uniform", batch_size=4000, chunk=1000)
+    out = core.certify_batch(target.classifier, target.to_space(x), sigma, 2, 100, 2000, 0.001, "l1",
+                             [stream_seed(2, 0, "select")], [stream_seed(2, 0, "estimate")], sampling)
+    assert out["predict"][0] == 0
+    radius = sigma * float(out["gap"][0]) * target.radius_factor
+
+    a = sr.patch_operator(1, 8, 8, 10, sr.patch_positions(10, 8, 1), 8)  # (576, 64), the map x ↦ z
+    assert (a >= 0).all()
+    z = target.to_space(x).double().flatten()
+    assert torch.allclose(z, a @ x.double().flatten())
+
+    def worst(r):  # min over pixels j of P(class 0) at x − r·e_j, and the pixel
+        p = _p_no_fire(z[None, :] - r * a.T, tau, sigma)
+        return float(p.min()), int(p.argmin())
+
+    p_worst, _ = worst(radius)
+    assert p_worst > 0.5, f"the smoothed class flips at ℓ1 distance {radius:.4f}, inside the certified radius"
+    p_beyond, j = worst(1.5 * radius)
+    assert p_beyond < 0.5  # not vacuous: 1.5× the radius is enough to flip it
+    moved = x.clone().flatten()
+    moved[j] -= 1.5 * radius
+    counts = core.count_classes(target.classifier, target.to_space(moved.view(1, 1, 8, 8)), sigma, 20000, 2,
+                                [stream_seed(3, 0, "attack")], sampling)
+    assert abs(counts[0, 0] / 20000 - p_beyond) < 4 * np.sqrt(0.25 / 20000)  # the closed form is the classifier's
+
+
+def test_correlated_l1_adds_uniform_noise_once_before_resizing():
+    """Correlated ℓ1: the pipeline's uniform noise lands on the input itself (to_space is the identity, factor 1),
+    and the base classifier sees exactly the patches of resize(x + ε), with ε within [−σ, σ] and no second draw."""
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, p):
+            seen.append(p.clone())
+            return torch.stack([p.flatten(1).sum(1), torch.zeros(len(p))], 1)
+
+    cfg = {**cfg_for(), "models": [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l1", "sigmas": [0.5],
+                                    "methods": ["smooth_reduce_mean"]}]}
+    target = sr.wrap(Spy(), cfg, "smooth_reduce_mean", (1, 8, 8))
+    assert target.radius_factor == 1.0
+    x = torch.rand(1, 1, 8, 8)
+    assert torch.equal(target.to_space(x), x)
+    inputs = []
+    target.classifier.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].clone()))
+    core.count_classes(target.classifier, x, 0.5, 300, 2, [5], core.Sampling(kind="uniform", batch_size=100, chunk=100))
+    noisy = torch.cat(inputs)
+    assert noisy.shape == (300, 1, 8, 8)  # draws in input space: resizing comes after the noise
+    eps = noisy - x
+    assert eps.abs().max() <= 0.5 + 1e-6 and eps.std() > 0.25  # U[-σ, σ]: std σ/√3 ≈ 0.29
+    patches = torch.cat(seen)
+    pos = sr.patch_positions(10, 8, 1)
+    assert torch.equal(patches, sr.extract_patches(sr.resize_to(noisy, 10), pos, 8))
+
+
+def test_norm_of_the_certificate_picks_the_factor():
+    base = PatchLinear(torch.randn(1, 8, 8), 0.0)
+    pos = sr.patch_positions(10, 8, 1)
+    f1 = sr.radius_factor("l1", "uncorrelated", 8, 8, 10, pos, 8)
+    f2 = sr.radius_factor("l2", "uncorrelated", 8, 8, 10, pos, 8)
+
+    def entry(norm_name, methods=("smooth_reduce_max",)):
+        return {"objective": "gaussian", "sigma_mode": "fixed", "norm": norm_name, "sigmas": [0.5], "methods": list(methods)}
+
+    cfg = cfg_for(variant="uncorrelated")
+    for models, want in [([entry("l1")], f1), ([entry("l2")], f2), ([entry("l1", ["cohen"]), entry("l2")], f2),
+                         ([entry("l1"), entry("l2")], min(f1, f2)), ([], min(f1, f2))]:
+        assert sr.wrap(base, {**cfg, "models": models}, "smooth_reduce_max", (1, 8, 8)).radius_factor == pytest.approx(want)
+    both = {**cfg, "models": [entry("l1"), entry("l2")]}
+    assert sr.wrap(base, both, "smooth_reduce_max", (1, 8, 8), norm="l2").radius_factor == pytest.approx(f2)
+    with pytest.raises(SmoothcertError, match="linf") as err:
+        sr.wrap(base, cfg, "smooth_reduce_max", (1, 8, 8), norm="linf")
+    assert "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------- clips
@@ -268,15 +433,43 @@ def test_clip_wrap_correlated_and_uncorrelated():
     t = sr.wrap(model, cfg, "smooth_reduce_mean", (3, 1, 6, 6))  # margin 0: one patch, resize identity
     assert t.radius_factor == 1.0 and t.evals_per_draw == 2
     cfg["smooth_reduce"]["variant"] = "uncorrelated"
-    u = sr.wrap(model, cfg, "smooth_reduce_mean", (3, 1, 6, 6))
+    u = sr.wrap(model, cfg, "smooth_reduce_mean", (3, 1, 6, 6), norm="l2")
     assert u.radius_factor == pytest.approx(1 / np.sqrt(2))  # middle frame is in both windows
+    assert sr.wrap(model, cfg, "smooth_reduce_mean", (3, 1, 6, 6), norm="l1").radius_factor == pytest.approx(0.5)
     x = torch.rand(4, 3, 1, 6, 6)
     assert u.to_space(x).shape == (4, 2 * 2, 6, 6)
     assert torch.allclose(u.classifier(u.to_space(x)), t.classifier(x), atol=1e-6)
     cfg["smooth_reduce"].update(resize=10, variant="uncorrelated")  # margin 2 -> 8x8 resize, 9 patches of 6
-    u = sr.wrap(model, cfg, "smooth_reduce_max", (3, 1, 6, 6))
+    u = sr.wrap(model, cfg, "smooth_reduce_max", (3, 1, 6, 6), norm="l2")
     cov = int(sr.coverage(8, sr.patch_positions(8, 6, 1), 6).max())
     assert u.radius_factor == pytest.approx(1 / (np.sqrt(2 * cov) * sr.resize_norm(6, 6, 8)))
+    u1 = sr.wrap(model, cfg, "smooth_reduce_max", (3, 1, 6, 6), norm="l1")
+    cols = sr.l1_column_sums(6, 6, 8, sr.patch_positions(8, 6, 1), 6)
+    assert u1.radius_factor == pytest.approx(1 / (2 * float(cols.max())))
+
+
+@pytest.mark.parametrize("frames,window,side,margin,stride", [(4, 2, 3, 2, 1), (5, 3, 3, 1, 1), (4, 4, 4, 2, 2),
+                                                              (3, 1, 3, 0, 1)])
+def test_clip_factors_match_the_dense_space_time_operator(frames, window, side, margin, stride):
+    """Clips: the ℓ1 factor is 1/(max absolute column sum) and the ℓ2 factor at most 1/‖A‖₂ of the dense matrix A of
+    x ↦ stacked (window, patch) sub-clips, built from the identity basis of a tiny clip (frames × 1 × side²)."""
+    model = FrameMean(side)
+    cfg = {"seed": 0, "smooth_reduce": {**sr.DEFAULTS, "resize": 8 + margin, "patch": 8, "stride": stride,
+                                        "variant": "uncorrelated"}, "video": {"window": window}}
+    shape = (frames, 1, side, side)
+    t1 = sr.wrap(model, cfg, "smooth_reduce_mean", shape, norm="l1")
+    t2 = sr.wrap(model, cfg, "smooth_reduce_mean", shape, norm="l2")
+    d = frames * side * side
+    a = t1.to_space(torch.eye(d, dtype=torch.float64).view(d, *shape)).reshape(d, -1).T  # (rows, d)
+    tcov = sr.temporal_coverage_counts(frames, window)
+    assert tcov.tolist() == [sum(1 for s0 in range(frames - window + 1) if s0 <= f < s0 + window) for f in range(frames)]
+    assert int(tcov.max()) == sr.temporal_coverage(frames, window)
+    assert a.shape[0] == t1.evals_per_draw * window * side * side  # (windows × patches) sub-clips of window frames
+    assert 1 / t1.radius_factor == pytest.approx(float(a.abs().sum(0).max()), rel=1e-12)
+    assert float(torch.linalg.matrix_norm(a, ord=2)) <= 1 / t2.radius_factor + 1e-9
+    assert float(torch.linalg.matrix_norm(a, ord=2)) >= 0.5 / t2.radius_factor  # a bound, not a loose one
+    x = torch.rand(2, *shape, dtype=torch.float64)
+    assert torch.allclose(t1.to_space(x).flatten(1), x.flatten(1) @ a.T)
 
 
 # ---------------------------------------------------------------- pipeline
@@ -317,4 +510,60 @@ def test_bad_settings_fail_in_one_line(settings, shape, method, message):
     cfg = {"seed": 0, "smooth_reduce": {**sr.DEFAULTS, **settings}, "video": {"window": 4}}
     with pytest.raises(SmoothcertError, match=message) as err:
         sr.wrap(PatchLinear(torch.ones(64), 0.0), cfg, method, shape)
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- proven combinations (config validation)
+
+def _all_combinations(params, variant):
+    cfg = {**params, "smooth_reduce": {**params["smooth_reduce"], "variant": variant}}
+    methods = ["cohen", "ddrs", "ancer", "smooth_reduce_max", "smooth_reduce_mean"]
+    cfg["models"] = [{"objective": "gaussian", "sigma_mode": "fixed", "norm": norm_name, "sigmas": [0.5],
+                      "methods": methods} for norm_name in ("l2", "l1")]
+    cfg["video"] = {**params["video"], "methods": ["cohen", "smooth_reduce_max", "smooth_reduce_mean"]}
+    return cfg
+
+
+@pytest.mark.parametrize("variant", ["correlated", "uncorrelated"])
+def test_validation_accepts_every_proven_combination(params, variant):
+    """cohen / ddrs / ancer in ℓ1 and ℓ2, Smooth-Reduce max / mean in ℓ1 and ℓ2 with either variant, and clips."""
+    from smoothcert import config, video
+
+    cfg = _all_combinations(params, variant)
+    assert config.validate(cfg, "test") is cfg
+    assert config.experiments(cfg)  # and it enumerates them
+    del cfg["video"]["methods"]  # the video defaults are checked too
+    config.validate(cfg, "test")
+    assert list(config.VIDEO_METHODS) == video.DEFAULTS["methods"] and config.VIDEO_NORM == video.NORM
+    assert config.SMOOTH_REDUCE_VARIANT == sr.DEFAULTS["variant"]
+
+
+def test_validation_refuses_an_unproven_combination_in_one_line(params, monkeypatch, tmp_path):
+    """A method × norm × variant without a proof (here: as if ℓ1 uncorrelated had none) is refused by validate,
+    by the `smoothcert validate` command and by the wrapper, in one line naming the keys."""
+    from smoothcert import config
+    from smoothcert.cli import main
+
+    monkeypatch.setitem(config.CERTIFICATES, "smooth_reduce_max", {"correlated": ("l2", "l1"), "uncorrelated": ("l2",)})
+    cfg = _all_combinations(params, "uncorrelated")
+    with pytest.raises(SmoothcertError) as err:
+        config.validate(cfg, "test")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "models.1.methods has smooth_reduce_max with models.1.norm = l1 and smooth_reduce.variant = uncorrelated" in msg
+    assert config.validate(_all_combinations(params, "correlated"), "test")  # the correlated variant keeps its proof
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert main(["--config", str(path), "validate"]) == 2
+    assert stderr.getvalue().count("\n") == 1 and "smooth_reduce.variant = uncorrelated" in stderr.getvalue()
+    with pytest.raises(SmoothcertError, match="no proven certificate in norm 'l1'"):
+        sr.wrap(PatchLinear(torch.ones(64), 0.0), cfg, "smooth_reduce_max", (1, 8, 8))
+    # clips are certified in ℓ2: without an ℓ2 proof the video methods are refused
+    monkeypatch.setitem(config.CERTIFICATES, "smooth_reduce_mean", {"correlated": ("l2", "l1"), "uncorrelated": ("l1",)})
+    cfg["models"] = [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.5], "methods": ["cohen"]}]
+    with pytest.raises(SmoothcertError, match="video.methods has smooth_reduce_mean, certified in l2 and "
+                                              "smooth_reduce.variant = uncorrelated") as err:
+        config.validate(cfg, "test")
     assert "\n" not in str(err.value)

@@ -107,3 +107,28 @@ def test_bad_video_settings_fail_in_one_line(cfg):
         settings(bad)
     with pytest.raises(SmoothcertError, match="sigma"):
         run_video(cfg, 0.0, "unused", "cpu", progress=False)
+
+
+def test_uncorrelated_clip_radius_uses_the_l2_factor_of_the_clip_operator(cfg, tmp_path):
+    """Clips are certified in ℓ2 whatever norms the image models use: certify_video hands the wrapper its own norm,
+    so the radius is σ·Φ⁻¹(p̲A) / (√(max tcov · max cov)·‖S‖₂), not divided by the ℓ1 factor of the image models."""
+    from smoothcert import smooth_reduce as sr
+    from smoothcert.video import certify_video
+
+    cfg = copy.deepcopy(cfg)
+    cfg["smooth_reduce"]["variant"] = "uncorrelated"
+    cfg["models"] = [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l1", "sigmas": [0.5],
+                      "methods": ["smooth_reduce_max"]}]
+    torch.manual_seed(0)
+    model = FrameNet(12).eval()
+    data = make_moving_digits(cfg, cfg["seed"])
+    df = certify_video(cfg, 0.25, "smooth_reduce_max", model, tmp_path / "c.tsv", "cpu", data=data)
+    shape = (4, 1, 12, 12)
+    l2 = sr.wrap(model, cfg, "smooth_reduce_max", shape, norm="l2").radius_factor
+    l1 = sr.wrap(model, cfg, "smooth_reduce_max", shape, norm="l1").radius_factor
+    pos = sr.patch_positions(14, 12, 1)  # canvas 12, margin resize − patch = 2
+    assert l2 == pytest.approx(1 / (np.sqrt(2 * int(sr.coverage(14, pos, 12).max())) * sr.resize_norm(12, 12, 14)))
+    assert l1 < 0.5 * l2
+    ok = df["predict"] >= 0
+    assert ok.any() and (df["norm"] == "l2").all()
+    assert np.allclose(df["radius"][ok], 0.25 * df["gap"][ok] * l2)

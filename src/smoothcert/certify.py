@@ -5,6 +5,9 @@ Every method lands in one row format (``COLUMNS``): Cohen's columns
 p̲A, the certified gap, proxy radius and log-volume of the certified region.
 For per-input σ/θ methods these are the *per-input* certificates; they become
 sound for the data-dependent classifier only after the memory step.
+
+The shard's ``.part`` file is stamped with :func:`shard_fingerprint`, everything a row
+depends on; a rerun resumes its rows only if that is unchanged, else starts the shard over.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from tqdm import tqdm
 from smoothcert import core, stats
 from smoothcert.config import ModelSpec
 from smoothcert.errors import require
-from smoothcert.io import ShardWriter, load_torch
+from smoothcert.io import ShardWriter, fingerprint, load_torch, sha256_file, sha256_tensors
 from smoothcert.methods import get as get_method, load_wrapper
 from smoothcert.noise import stream_seed
 
@@ -65,20 +68,76 @@ def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray,
     return theta, t, e
 
 
+# certify settings that change no number in a row: batch_size only groups the draws (the noise is fixed per
+# chunk), so it is left out of the fingerprint, like the number of shards (the shard's inputs are in it).
+NOT_FINGERPRINTED = {"certify": ("batch_size",), "data": ("root", "download", "verify_checksums")}
+
+
+def shard_fingerprint(cfg: dict, spec: ModelSpec, method_name: str, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray,
+                      model: torch.nn.Module | None = None, checkpoint: str | Path | None = None, theta=None,
+                      theta_file: str | Path | None = None) -> dict:
+    """:func:`smoothcert.io.fingerprint` of everything a certificate row of this shard depends on.
+
+    The base classifier (sha256 of the ``checkpoint`` file's bytes, or of ``model``'s state dict
+    when certifying a model held in memory), θ (sha256 of ``theta_file``, or of the ``theta``
+    triple), the method and its settings (Smooth-Reduce's ``smooth_reduce`` section; for clips the
+    ``video.window``), the experiment (objective, σ mode, norm, σ), ``seed``, ``channels_last``,
+    the ``certify`` section but ``batch_size``, the data section but where it is stored
+    (``root``, ``download``, ``verify_checksums``), the test selection (``test.start/step/limit``)
+    and a hash of this shard's test indices, inputs and labels. Not device, threads, batch size
+    or the number of shards: rows are identical for any of those.
+    """
+    require(model is not None or checkpoint is not None, "shard_fingerprint needs the model or its checkpoint")
+    method = get_method(method_name)
+    parts = {
+        "method": method_name,
+        "spec": {"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm, "sigma": spec.sigma},
+        "seed": cfg["seed"],
+        "channels_last": cfg.get("channels_last"),
+        "test": {k: (cfg.get("test") or {}).get(k) for k in ("start", "step", "limit")},
+        "inputs": sha256_tensors(np.asarray(idx, dtype=np.int64), x, y),
+    }
+    for section, skip in NOT_FINGERPRINTED.items():
+        parts[section] = {k: v for k, v in (cfg.get(section) or {}).items() if k not in skip}
+    if checkpoint is not None:
+        parts["checkpoint"] = sha256_file(checkpoint)
+    else:
+        parts["weights"] = sha256_tensors(model)
+    if theta_file is not None:
+        parts["theta"] = sha256_file(theta_file)
+    elif theta is not None:
+        parts["theta"] = sha256_tensors(list(theta))
+    if method.wrapper is not None:  # Smooth-Reduce, the only wrapper: its patch grid, variant, and clip windows
+        from smoothcert import smooth_reduce
+
+        parts["smooth_reduce"] = smooth_reduce.settings(cfg)
+        if x.ndim == 5:
+            parts["video"] = {"window": smooth_reduce.clip_geometry(cfg, int(x.shape[1]), int(x.shape[3]),
+                                                                    int(x.shape[4]))["window"]}
+    return fingerprint(**parts)
+
+
 def certify_shard(cfg: dict, spec: ModelSpec, method_name: str, model: torch.nn.Module, x: torch.Tensor,
-                  y: torch.Tensor, idx: np.ndarray, out_path: str | Path, device, theta=None, progress: bool = True):
+                  y: torch.Tensor, idx: np.ndarray, out_path: str | Path, device, theta=None, progress: bool = True,
+                  checkpoint: str | Path | None = None, theta_file: str | Path | None = None):
     """Certify inputs ``x`` (test indices ``idx``) and write ``out_path``; skip rows already written.
 
     ``theta``: for per-input methods, the (θ, opt_time, opt_evals) triple from :func:`load_theta`.
+    ``checkpoint`` / ``theta_file``: the files ``model`` and ``theta`` were read from, whose hashes
+    stamp the ``.part`` file (:func:`shard_fingerprint`); without them the model's state dict and
+    the θ arrays are hashed. Rows of a ``.part`` file with another fingerprint are not resumed.
     """
+    stamp = shard_fingerprint(cfg, spec, method_name, x, y, idx, model=model, checkpoint=checkpoint, theta=theta,
+                              theta_file=theta_file)
     theta, opt_time, opt_evals = theta if theta is not None else (None, np.zeros(len(idx)), np.zeros(len(idx), int))
     method = get_method(method_name)
     cc = cfg["certify"]
     with torch.no_grad():
         num_classes = int(model(x[:1].to(device)).shape[1]) if len(x) else 0
     wrapper = load_wrapper(method)
-    target = wrapper(model, cfg, method_name, tuple(x.shape[1:])) if wrapper else Certified(model)
-    writer = ShardWriter(out_path, COLUMNS)
+    target = wrapper(model, cfg, method_name, tuple(x.shape[1:]), norm=spec.norm) if wrapper else Certified(model)
+    stamp["radius_factor"] = repr(float(target.radius_factor))  # the certificate's space, as the code computes it
+    writer = ShardWriter(out_path, COLUMNS, fingerprint=stamp, verb="certified")
     todo = [i for i in range(len(idx)) if int(idx[i]) not in writer.done]
     # batch_size counts base-classifier rows: a patch classifier evaluates evals_per_draw rows per draw
     rows_per_batch = max(1, cc["batch_size"] // target.evals_per_draw)

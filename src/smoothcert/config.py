@@ -20,6 +20,27 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 NOISE_OF_NORM = {"l2": "gaussian", "l1": "uniform"}
 DATA_DEPENDENT_METHODS = ("ddrs", "ancer")
 
+# The certificates with a proof (docs/soundness.md, "Certificates by method, norm and variant"): method →
+# Smooth-Reduce variant (None for the others) → the norms whose radius is proven, for images and clips
+# alike. validate() refuses any other method × norm × variant, and smooth_reduce.radius_factor too.
+SMOOTH_REDUCE_VARIANT = "correlated"  # the default of smooth_reduce.variant (smooth_reduce.DEFAULTS)
+VIDEO_NORM = "l2"  # clips are certified with Gaussian noise only (video.certify_video)
+VIDEO_METHODS = ("cohen", "smooth_reduce_max", "smooth_reduce_mean")  # the default of video.methods (video.DEFAULTS)
+_BOTH = ("l2", "l1")
+CERTIFICATES: dict[str, dict[str | None, tuple[str, ...]]] = {
+    "cohen": {None: _BOTH},
+    "ddrs": {None: _BOTH},
+    "ancer": {None: _BOTH},
+    "smooth_reduce_max": {"correlated": _BOTH, "uncorrelated": _BOTH},
+    "smooth_reduce_mean": {"correlated": _BOTH, "uncorrelated": _BOTH},
+}
+
+
+def certified_norms(method: str, variant: str | None = None) -> tuple[str, ...]:
+    """Norms with a proven certificate for ``method`` (Smooth-Reduce: with ``variant``); () if none."""
+    by_variant = CERTIFICATES.get(method, {})
+    return by_variant.get(variant if method.startswith("smooth_reduce") else None, ())
+
 
 def _describe(error) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -90,6 +111,22 @@ def _check_root(cfg: dict, source: str) -> None:
             f"path inside the project (no leading / or ~, no ..), or set download: false to read an existing copy")
 
 
+def _check_certificates(cfg: dict, source: str) -> None:
+    """Every method × norm × Smooth-Reduce variant the config runs has a proven certificate (:data:`CERTIFICATES`)."""
+    variant = (cfg.get("smooth_reduce") or {}).get("variant", SMOOTH_REDUCE_VARIANT)
+    runs = [(f"models.{i}", method, entry["norm"]) for i, entry in enumerate(cfg["models"]) for method in entry["methods"]]
+    # the video command runs whether or not video.enabled is set; without video.methods, video.DEFAULTS' methods
+    runs += [("video", method, VIDEO_NORM) for method in (cfg.get("video") or {}).get("methods", VIDEO_METHODS)]
+    for where, method, norm in runs:
+        sr = method.startswith("smooth_reduce")
+        allowed = certified_norms(method, variant)
+        keys = (f"{where}.methods has {method} with {where}.norm = {norm}" if where != "video"
+                else f"video.methods has {method}, certified in {norm}")
+        require(norm in allowed,
+                f"{source}: {keys}" + (f" and smooth_reduce.variant = {variant}" if sr else "")
+                + f": no proven certificate for this combination (docs/soundness.md); proven norms: {list(allowed)}")
+
+
 def _check_semantics(cfg: dict, source: str) -> None:
     for key, value in _numbers(cfg):
         require(math.isfinite(value), f"{source}: {key} = {value!r} is not allowed; numbers must be finite")
@@ -99,6 +136,7 @@ def _check_semantics(cfg: dict, source: str) -> None:
         require(cfg["certify"][key] <= MAX_DRAWS,
                 f"{source}: certify.{key} = {cfg['certify'][key]} is not allowed; expected at most {MAX_DRAWS:.0e} draws")
     _check_root(cfg, source)
+    _check_certificates(cfg, source)
     ids = [m.id for m in model_specs(cfg)]
     require(len(ids) == len(set(ids)), f"{source}: models lists the same (objective, sigma_mode, norm, sigma) twice")
     from smoothcert.data import info

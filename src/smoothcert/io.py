@@ -3,13 +3,20 @@
 Guarantee: every file this package writes appears complete or not at all
 (written to a temporary file in the same folder, flushed, then renamed), so a
 job killed at any point leaves no half-written output behind.
+
+Resumable state (a shard's ``.part`` rows, training's ``checkpoint.pt``) carries a
+:func:`fingerprint` of everything its content depends on; a job resumes from it only
+when the fingerprint is the one it would write itself, else it starts over and says
+why in one line on stderr (:func:`resume_conflict`).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -144,41 +151,205 @@ def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = 
     return df
 
 
+# ------------------------------------------------------------------ fingerprints of resumable state
+
+FINGERPRINT_VERSION = 1
+_HASH = "sha256:"
+# How a changed content hash is named in the resume message (other hashed parts: "another <name>").
+_HASH_LABELS = {"checkpoint": "another checkpoint", "weights": "another model", "theta": "another θ file",
+                "inputs": "other test inputs", "train_data": "other training data", "test_data": "other test data"}
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as JSON builtins: dicts with str keys, lists, str, int, float, bool, None."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(_plain(v) for v in obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (str, bool, type(None))):
+        return obj
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / torch scalars and arrays
+        return _plain(obj.tolist())
+    if isinstance(obj, (int, float)):
+        return obj
+    raise TypeError(f"fingerprint: cannot record a {type(obj).__name__}")
+
+
+def fingerprint(**parts: Any) -> dict:
+    """The canonical fingerprint of resumable state: ``parts`` as plain JSON (keys sorted, tuples as lists).
+
+    Every resumable artifact is stamped with the fingerprint of what its content depends on
+    (config sections, seeds, content hashes from :func:`sha256_file` / :func:`sha256_tensors`)
+    and resumed only when the fingerprint it would write now is equal. Name the parts after the
+    config sections they come from (``certify``, ``train``, ...), so :func:`resume_conflict`
+    can name the changed key as ``certify.alpha``; hashes are strings ``"sha256:<hex>"``.
+    """
+    return json.loads(json.dumps(_plain({"version": FINGERPRINT_VERSION, **parts}), sort_keys=True))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` of the bytes of ``path``."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise SmoothcertError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return _HASH + digest.hexdigest()
+
+
+def sha256_tensors(*items: Any) -> str:
+    """``"sha256:<hex>"`` of tensors / arrays (dtype, shape and values), a dict of them (a state dict, by
+    name) or a module's state dict; memory layout and device do not matter."""
+    import numpy as np
+    import torch
+
+    digest = hashlib.sha256()
+
+    def add(item: Any) -> None:
+        if isinstance(item, torch.nn.Module):
+            item = item.state_dict()
+        if isinstance(item, dict):
+            for name in sorted(item):
+                digest.update(f"<{name}>".encode())
+                add(item[name])
+            return
+        if isinstance(item, (list, tuple)):
+            digest.update(f"[{len(item)}]".encode())
+            for v in item:
+                add(v)
+            return
+        t = torch.as_tensor(np.asarray(item)) if not isinstance(item, torch.Tensor) else item
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of big inputs
+
+    for item in items:
+        add(item)
+    return _HASH + digest.hexdigest()
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def describe_changes(old: dict, new: dict) -> str:
+    """What differs between two fingerprints, in words: ``another checkpoint``, ``other settings
+    (certify.alpha: 0.001 → 0.01)``, ...; empty if they are equal."""
+    hashes, settings = [], []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if any(isinstance(v, str) and v.startswith(_HASH) for v in (a, b)):
+            hashes.append(_HASH_LABELS.get(key, f"another {key.replace('_', ' ')}"))
+            continue
+        fa, fb = _flat(a, key), _flat(b, key)
+        for name in sorted(set(fa) | set(fb)):
+            if fa.get(name, "(unset)") != fb.get(name, "(unset)"):
+                settings.append(f"{name}: {json.dumps(fa.get(name, '(unset)'), ensure_ascii=False)} → "
+                                f"{json.dumps(fb.get(name, '(unset)'), ensure_ascii=False)}")
+    words = hashes
+    if settings:
+        more = f", and {len(settings) - 3} more" if len(settings) > 3 else ""
+        words = words + [f"other settings ({', '.join(settings[:3])}{more})"]
+    return " and ".join(words)
+
+
+def resume_conflict(path: str | os.PathLike, stored: Any, wanted: dict, verb: str = "written",
+                    action: str = "starting over") -> str | None:
+    """None if state ``path`` stamped with fingerprint ``stored`` may be resumed by a job whose
+    fingerprint is ``wanted``; else the one-line reason, e.g. ``resume: x.tsv.part was certified
+    with another checkpoint; starting over``. A missing or unreadable ``stored`` never matches."""
+    if not isinstance(stored, dict):
+        return f"resume: {path} has no fingerprint (written by an older version, or damaged); {action}"
+    if stored == wanted:
+        return None
+    return f"resume: {path} was {verb} with {describe_changes(stored, wanted) or 'other settings'}; {action}"
+
+
+def log(message: str) -> None:
+    """One line on stderr (a stage's log under Snakemake)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+FINGERPRINT_PREFIX = "# fingerprint "
+
+
 class ShardWriter:
     """Append rows to a shard TSV incrementally, resumably and without duplicates.
 
-    Rows are appended to ``<path>.part`` (header first, each row flushed and
-    fsynced); a torn last line from a killed job is dropped on reopen. ``done``
-    holds the indices already written, so a restarted job skips them.
+    Rows are appended to ``<path>.part``: its first line is ``# fingerprint {json}``
+    (:func:`fingerprint` of everything a row depends on), its second the header; each
+    row is flushed and fsynced. The part file is created, and rewritten, atomically, so
+    it never exists without its fingerprint and header. On reopen a torn last line from
+    a killed job is dropped and ``done`` holds the keys already written, so a restarted
+    job skips them — but only if the stored fingerprint equals ``fingerprint``: a part
+    file with another (or no readable) fingerprint or other columns is started over,
+    with one line on stderr saying why (``verb``: "certified" → "was certified with ...").
     ``finish`` sorts by ``key`` and atomically renames onto ``path``.
     """
 
-    def __init__(self, path: str | os.PathLike, columns: list[str], key: str = "idx"):
+    def __init__(self, path: str | os.PathLike, columns: list[str], key: str = "idx", *, fingerprint: dict,
+                 verb: str = "written"):
         self.path = Path(path)
         self.part = self.path.with_name(self.path.name + ".part")
         self.columns = list(columns)
         self.key = key
+        self.fingerprint = fingerprint
+        self.verb = verb
         self.done: set[int] = set()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.part.exists():
                 self._recover()
             else:
-                self._write_lines(["\t".join(self.columns)], mode="w")
+                self._start()
         except OSError as exc:
             raise SmoothcertError(f"cannot write {self.part}: {_why(self.part, exc)}") from exc
         except UnicodeDecodeError as exc:
             raise SmoothcertError(f"cannot resume from {self.part}: not a text table; delete it to start over") from exc
 
+    def _head(self) -> list[str]:
+        return [FINGERPRINT_PREFIX + json.dumps(self.fingerprint, sort_keys=True, ensure_ascii=True), "\t".join(self.columns)]
+
+    def _start(self) -> None:
+        self._rewrite(self._head())
+
+    def _rewrite(self, lines: list[str]) -> None:
+        """Replace the part file by ``lines`` atomically (a kill leaves the old file or the new one)."""
+        with atomic_path(self.part) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("".join(line + "\n" for line in lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+
     def _recover(self) -> None:
-        text = self.part.read_text()
-        lines = text.split("\n")
-        complete = lines[:-1] if not text.endswith("\n") else lines[:-1]
-        if not complete or complete[0].split("\t") != self.columns:
-            self._write_lines(["\t".join(self.columns)], mode="w")
+        text = self.part.read_bytes().decode("utf-8")
+        complete = text.split("\n")[:-1]  # the last piece is "" or a torn line
+        stored = None
+        if complete and complete[0].startswith(FINGERPRINT_PREFIX):
+            with contextlib.suppress(ValueError):
+                stored = json.loads(complete[0][len(FINGERPRINT_PREFIX):])
+        why = resume_conflict(self.part, stored, self.fingerprint, self.verb)
+        if why is None and (len(complete) < 2 or complete[1].split("\t") != self.columns):
+            why = f"resume: {self.part} has other columns; starting over"
+        if why is not None:
+            log(why)
+            self._start()
             return
-        good = [complete[0]]
-        for line in complete[1:]:
+        good = self._head()
+        for line in complete[2:]:
             fields = line.split("\t")
             if len(fields) != len(self.columns):
                 continue
@@ -189,7 +360,8 @@ class ShardWriter:
             if idx not in self.done:
                 self.done.add(idx)
                 good.append(line)
-        self._write_lines(good, mode="w")
+        if good != complete or not text.endswith("\n"):
+            self._rewrite(good)
 
     def _write_lines(self, lines: list[str], mode: str) -> None:
         with open(self.part, mode) as fh:
@@ -211,7 +383,7 @@ class ShardWriter:
 
     def finish(self) -> pd.DataFrame:
         """Sort the rows by key, write ``path`` atomically and remove the part file."""
-        df = pd.read_csv(self.part, sep="\t")
+        df = pd.read_csv(self.part, sep="\t", skiprows=1)  # line 1: the fingerprint
         df = df.sort_values(self.key, kind="stable").reset_index(drop=True)
         write_table(self.path, df)
         self.part.unlink(missing_ok=True)

@@ -5,28 +5,39 @@ resizes its input to ``resize``×``resize`` (bilinear, ``align_corners=False``),
 cuts P patches, runs f on all patches of all rows in one batch and reduces the P
 logit vectors by ``max`` or ``mean``; smoothing then votes with the argmax.
 
-Correlated variant (default): :mod:`smoothcert.core` adds one Gaussian draw ε to
-the whole input, and resizing and patching happen inside the classifier. The
-composite x + ε ↦ argmax reduce(f(patches(resize(x + ε)))) is one deterministic
-function of the noisy input, so Cohen et al.'s Theorem 1 applies to it as is: the
-ℓ2 radius σ·Φ⁻¹(p̲A) holds in the original input space (radius factor 1).
+Correlated variant (default): :mod:`smoothcert.core` adds one noise draw ε to the
+whole input (Gaussian for ℓ2, uniform U[-σ, σ] for ℓ1), and resizing and patching
+happen inside the classifier. The composite x + ε ↦ argmax reduce(f(patches(resize(x + ε))))
+is one deterministic function of the noisy input, so the ℓ2 (Cohen et al., Thm. 1) and
+ℓ1 (Yang et al. 2020, uniform noise) certificates apply to it as they are: the radius
+holds in the original input space (radius factor 1, both norms).
 
 Uncorrelated variant: every patch gets its own noise. The certified space is
-z = A x, the stack of the clean patches of resize(x), and smoothing the patch-wise
-classifier there certifies every z' with ‖z' − z‖₂ < R. A = E S, with S the
-(linear) resize and E the patch selection; EᵀE is diagonal with the coverage
-count of each pixel, so ‖E‖₂ = √(max coverage) and
-‖A δ‖₂ ≤ √maxcov · ‖S‖₂ · ‖δ‖₂. Every input perturbation with
-‖δ‖₂ < R / (√maxcov · ‖S‖₂) therefore keeps A(x + δ) inside the certified ball:
-radius_factor = 1 / (√maxcov · ‖S‖₂), where ‖S‖₂ is the exact spectral norm of
-the resize (bilinear resizing is separable, S = S_h ⊗ S_w, so ‖S‖₂ = ‖S_h‖₂‖S_w‖₂).
+z = A x, the stack of the clean patches of resize(x), with A = E S (S the linear
+resize, E the patch selection), and smoothing the patch-wise classifier there
+certifies every z' with ‖z' − z‖_p < R. Since ‖A δ‖_p ≤ ‖A‖_{p→p} ‖δ‖_p, every input
+perturbation with ‖δ‖_p < R / ‖A‖_{p→p} keeps A(x + δ) inside the certified ball:
+radius_factor = 1 / ‖A‖_{p→p} for the certificate's own norm (:func:`radius_factor`).
+
+* ℓ2: EᵀE is diagonal with the coverage count of each pixel, so ‖E‖₂ = √(max coverage)
+  and ‖A‖₂ ≤ √maxcov · ‖S‖₂, with ‖S‖₂ the exact spectral norm of the resize (bilinear
+  resizing is separable, S = S_h ⊗ S_w, so ‖S‖₂ = ‖S_h‖₂‖S_w‖₂).
+* ℓ1: ‖A‖_{1→1} is the largest absolute column sum of A, computed exactly: every row of A
+  is a row of S, so the column sum of input pixel (i, j) is (|S_h|ᵀ · cov · |S_w|)[i, j]
+  (:func:`l1_column_sums`). It is *not* the ℓ2 factor: on the default 8 → 10 geometry
+  ‖A‖_{1→1} = 15.21 while √maxcov · ‖S‖₂ = 3.77.
 
 Clips (N, T, C, H, W), for :mod:`smoothcert.video`: every frame is resized and
 patched alike (the patch is the frame size H, the resize H + resize − patch, so the
 patch grid is the configured one), the clip is cut into temporal windows of
 ``video.window`` frames (stride 1), and the model classifies every
-(window, patch) sub-clip. Both variants carry over; for the uncorrelated one the
-coverage count is taken over space × time (max = spatial max · temporal max).
+(window, patch) sub-clip. Both variants carry over. For the uncorrelated one, frame t
+lies in tcov[t] windows (:func:`temporal_coverage_counts`), AᵀA = diag(tcov) ⊗ (ES)ᵀ(ES):
+ℓ2 bound √(max tcov · maxcov) · ‖S‖₂, ℓ1 exactly max_(t,i,j) tcov[t] · colsum[i, j].
+
+The norm comes from the certificate (``wrap(..., norm=)``, else the ``cfg['models']``
+entries that run the method; if several, the smallest factor). Method × norm × variant
+combinations without a proof (:data:`smoothcert.config.CERTIFICATES`) are refused.
 """
 from __future__ import annotations
 
@@ -40,10 +51,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothcert.certify import Certified
+from smoothcert.config import SMOOTH_REDUCE_VARIANT, certified_norms
 from smoothcert.errors import require
 from smoothcert.noise import stream_seed
 
-DEFAULTS = {"resize": 10, "patch": 8, "stride": 1, "positions": "grid", "num_random": 9, "variant": "correlated"}
+DEFAULTS = {"resize": 10, "patch": 8, "stride": 1, "positions": "grid", "num_random": 9,
+            "variant": SMOOTH_REDUCE_VARIANT}
+NORMS = ("l2", "l1")
 REDUCTIONS = ("max", "mean")
 VARIANTS = ("correlated", "uncorrelated")
 POSITIONS = ("grid", "random")
@@ -130,11 +144,63 @@ def reduce_logits(logits: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown reduction {how!r}; allowed: {REDUCTIONS}")
 
 
-def uncorrelated_radius_factor(height: int, width: int, size: int, positions: torch.Tensor, patch: int,
-                               time_coverage: int = 1) -> float:
-    """1 / (√(max coverage) · ‖resize‖₂): maps a radius in stacked-patch space to a sound one in input space."""
-    maxcov = int(coverage(size, positions, patch).max()) * int(time_coverage)
-    return 1.0 / (math.sqrt(maxcov) * resize_norm(height, width, size))
+def l1_column_sums(height: int, width: int, size: int, positions: torch.Tensor, patch: int) -> torch.Tensor:
+    """(height, width) float64: Σ_k |A[k, (i, j)]| for A = E·S, x ↦ extract_patches(resize_to(x)), per channel.
+
+    Each row of A is one row of the resize S (E only selects and repeats rows), so the absolute column
+    sum of input pixel (i, j) is Σ_(a,b) cov[a, b] · |S_h[a, i]| · |S_w[b, j]| = (|S_h|ᵀ · cov · |S_w|)[i, j]:
+    exact, and O(size² · (height + width)) instead of a dense (P·patch², height·width) matrix.
+    """
+    cov = coverage(size, positions, patch).double()
+    if (height, width) == (size, size):  # resize_to is the identity then
+        return cov
+    return resize_matrix(height, size).abs().T @ cov @ resize_matrix(width, size).abs()
+
+
+def temporal_coverage_counts(frames: int, window: int) -> torch.Tensor:
+    """(frames,) int64: how many of the stride-1 windows of ``window`` frames hold each frame."""
+    counts = torch.zeros(frames, dtype=torch.int64)
+    for start in range(frames - window + 1):
+        counts[start:start + window] += 1
+    return counts
+
+
+def stacking_norm(norm: str, height: int, width: int, size: int, positions: torch.Tensor, patch: int,
+                  frames: int | None = None, window: int | None = None) -> float:
+    """Operator norm ‖A‖_{p→p} (ℓ1: exact; ℓ2: an upper bound) of the uncorrelated variant's linear map A.
+
+    Images: A = E·S, x ↦ the stacked patches of resize(x). Clips (``frames``, ``window`` given): every
+    frame goes through E·S and frame t is repeated in tcov[t] = :func:`temporal_coverage_counts` windows,
+    so AᵀA = diag(tcov) ⊗ (E S)ᵀ(E S) and the column of (t, c, i, j) has abs sum tcov[t] · colsum[i, j].
+
+    * ℓ1: max over input coordinates of the column abs sum (the ℓ1→ℓ1 operator norm, exact):
+      max_(t,i,j) tcov[t] · (|S_h|ᵀ cov |S_w|)[i, j].
+    * ℓ2: ‖A‖₂ ≤ √(max tcov · max cov) · ‖S‖₂ (EᵀE = diag(cov) and ‖S‖₂ = ‖S_h‖₂‖S_w‖₂ exactly).
+    """
+    require(norm in NORMS, f"smooth_reduce: unknown norm {norm!r}; allowed: {list(NORMS)}")
+    tcov = temporal_coverage_counts(frames, window) if frames is not None else torch.ones(1, dtype=torch.int64)
+    if norm == "l1":
+        cols = l1_column_sums(height, width, size, positions, patch)
+        return float((tcov.double()[:, None, None] * cols[None]).max())
+    maxcov = int(coverage(size, positions, patch).max()) * int(tcov.max())
+    return math.sqrt(maxcov) * resize_norm(height, width, size)
+
+
+def radius_factor(norm: str, variant: str, height: int, width: int, size: int, positions: torch.Tensor, patch: int,
+                  frames: int | None = None, window: int | None = None, method: str = "smooth_reduce_max") -> float:
+    """The factor from a radius in the certified space to a sound ``norm`` radius in input space.
+
+    Correlated: 1 (the smoothed function is a deterministic function of x + ε). Uncorrelated:
+    1 / ‖A‖_{p→p} (:func:`stacking_norm`), as ‖A δ‖_p ≤ ‖A‖_{p→p} ‖δ‖_p. Combinations without a proof
+    (:data:`smoothcert.config.CERTIFICATES`) are refused.
+    """
+    require(variant in VARIANTS, f"smooth_reduce.variant = {variant!r}; allowed: {list(VARIANTS)}")
+    proven = certified_norms(method, variant)
+    require(norm in proven, f"smooth_reduce: {method} has no proven certificate in norm {norm!r} with "
+                            f"smooth_reduce.variant = {variant}; proven: {list(proven)}")
+    if variant == "correlated":
+        return 1.0
+    return 1.0 / stacking_norm(norm, height, width, size, positions, patch, frames, window)
 
 
 # ---------------------------------------------------------------- images
@@ -284,30 +350,53 @@ def reduction_of(method_name: str) -> str:
     return method_name.rsplit("_", 1)[1]
 
 
-def wrap(model: nn.Module, cfg: dict, method_name: str, input_shape: tuple[int, ...]) -> Certified:
+def certificate_norms(cfg: dict, method_name: str, norm: str | None = None) -> tuple[str, ...]:
+    """The norms the radius factor must hold for: ``norm`` when given, else those of every ``cfg['models']``
+    entry that runs ``method_name`` (all of :data:`NORMS` when none does: the factor is then sound for any).
+    Each must have a proven certificate with the configured variant (:data:`smoothcert.config.CERTIFICATES`).
+    """
+    variant = settings(cfg)["variant"]
+    if norm is not None:
+        norms = (norm,)
+    else:
+        norms = tuple(sorted({str(e.get("norm")) for e in cfg.get("models") or [] if method_name in (e.get("methods") or ())}))
+    for n in norms:
+        require(n in certified_norms(method_name, variant),
+                f"smooth_reduce: {method_name} has no proven certificate in norm {n!r} with smooth_reduce.variant = "
+                f"{variant}; proven: {list(certified_norms(method_name, variant))}")
+    return norms or NORMS
+
+
+def wrap(model: nn.Module, cfg: dict, method_name: str, input_shape: tuple[int, ...], norm: str | None = None) -> Certified:
     """The :class:`~smoothcert.certify.Certified` Smooth-Reduce classifier of ``model`` for inputs of ``input_shape``.
 
     (C, H, W) images: the base model classifies ``patch``-sized patches. (T, C, H, W)
     clips: the base model classifies clips of H×W frames; windows of ``video.window``.
     Correlated: radius in input space (factor 1). Uncorrelated: certified in
-    stacked-patch space, radius factor 1/(√maxcov·‖resize‖₂) back to input space.
+    stacked-patch space, radius factor 1/‖A‖_{p→p} back to input space (:func:`radius_factor`)
+    for the certificate's ``norm``. Without ``norm`` it is read from ``cfg['models']``
+    (:func:`certificate_norms`); if several norms run this method, the smallest factor,
+    which is sound for each of them.
     """
     reduce = reduction_of(method_name)
     s = settings(cfg)
+    norms = certificate_norms(cfg, method_name, norm)
     seed = stream_seed(int(cfg.get("seed", 0)), 0, "patches")
     device = next(model.parameters(), torch.empty(0)).device
     shape = tuple(int(v) for v in input_shape)
     if len(shape) == 4:
-        return _wrap_clip(model, cfg, s, reduce, shape, seed, device)
+        return _wrap_clip(model, cfg, s, reduce, shape, seed, device, norms, method_name)
     require(len(shape) == 3, f"smooth_reduce: inputs must be (C, H, W) images or (T, C, H, W) clips, got shape {shape}")
     _, h, w = shape
     pos = patch_positions(s["resize"], s["patch"], s["stride"], s["positions"], s["num_random"], seed).to(device)
+    factor = min(radius_factor(n, s["variant"], h, w, s["resize"], pos.cpu(), s["patch"], method=method_name)
+                 for n in norms)
     if s["variant"] == "correlated":
-        return Certified(PatchReduce(model, s["resize"], s["patch"], pos, reduce), radius_factor=1.0, evals_per_draw=len(pos))
+        return Certified(PatchReduce(model, s["resize"], s["patch"], pos, reduce), radius_factor=factor,
+                         evals_per_draw=len(pos))
     return Certified(StackedPatchReduce(model, len(pos), reduce),
                      to_space=partial(stack_patches, resize=s["resize"], positions=pos, patch=s["patch"]),
-                     radius_factor=uncorrelated_radius_factor(h, w, s["resize"], pos.cpu(), s["patch"]),
-                     evals_per_draw=len(pos))
+                     radius_factor=factor, evals_per_draw=len(pos))
 
 
 def clip_geometry(cfg: dict, frames: int, height: int, width: int) -> dict:
@@ -319,15 +408,16 @@ def clip_geometry(cfg: dict, frames: int, height: int, width: int) -> dict:
     return {"patch": height, "resize": height + s["resize"] - s["patch"], "window": window}
 
 
-def _wrap_clip(model, cfg, s, reduce, shape, seed, device) -> Certified:
+def _wrap_clip(model, cfg, s, reduce, shape, seed, device, norms, method_name) -> Certified:
     t, c, h, w = shape
     g = clip_geometry(cfg, t, h, w)
     pos = patch_positions(g["resize"], g["patch"], s["stride"], s["positions"], s["num_random"], seed).to(device)
     n_clips = (t - g["window"] + 1) * len(pos)
+    factor = min(radius_factor(n, s["variant"], h, w, g["resize"], pos.cpu(), g["patch"], t, g["window"], method_name)
+                 for n in norms)
     if s["variant"] == "correlated":
         return Certified(ClipPatchReduce(model, g["resize"], g["patch"], pos, g["window"], reduce),
-                         radius_factor=1.0, evals_per_draw=n_clips)
-    factor = uncorrelated_radius_factor(h, w, g["resize"], pos.cpu(), g["patch"], temporal_coverage(t, g["window"]))
+                         radius_factor=factor, evals_per_draw=n_clips)
     return Certified(StackedClipReduce(model, n_clips, g["window"], c, reduce),
                      to_space=partial(stack_clip_patches, resize=g["resize"], positions=pos, patch=g["patch"], window=g["window"]),
                      radius_factor=factor, evals_per_draw=n_clips)

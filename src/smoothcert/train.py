@@ -1,8 +1,10 @@
 """Noise-augmented training with per-epoch checkpoints and resume.
 
-A checkpoint ``{epoch, arch, state_dict, optimizer, scheduler, config, ...}`` is
-written atomically after every epoch; a restarted job resumes from it (loaded
-with ``weights_only=True``), so no finished epoch is redone.
+A checkpoint ``{epoch, arch, state_dict, optimizer, scheduler, config, fingerprint, ...}``
+is written atomically after every epoch; a restarted job resumes from it (loaded
+with ``weights_only=True``), so no finished epoch is redone — if its fingerprint
+(:func:`training_fingerprint`) is the one this run would write. Otherwise the model
+is trained from scratch, with one line on stderr saying what changed.
 """
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ from tqdm import tqdm
 from smoothcert import data as data_mod
 from smoothcert.config import ModelSpec
 from smoothcert.errors import SmoothcertError, require
-from smoothcert.io import load_torch, save_torch, write_table
+from smoothcert.io import fingerprint, load_torch, log, resume_conflict, save_torch, sha256_tensors, write_table
 from smoothcert.models import build_model, prepare_for_inference
 from smoothcert.noise import make_generator, noisy_copies, stream_seed
-from smoothcert.objectives import OBJECTIVES, SIGMA_UPDATERS, TrainContext
+from smoothcert.objectives import DEFAULTS as OBJECTIVE_DEFAULTS, OBJECTIVES, SIGMA_UPDATERS, TrainContext
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
 
@@ -67,6 +69,47 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, 
     return clean / len(x), noisy_ok / len(x)
 
 
+# train settings that change nothing in a finished epoch: train.epochs only says when to stop (a longer run
+# resumes a shorter one's checkpoint exactly), workers only how data is fed.
+NOT_FINGERPRINTED = ("epochs", "workers")
+
+
+def training_fingerprint(cfg: dict, spec: ModelSpec, train_split: tuple, test_split: tuple) -> dict:
+    """:func:`smoothcert.io.fingerprint` of everything a training checkpoint depends on.
+
+    The experiment (objective, σ mode, norm, σ), the ``model`` section (arch), the ``train``
+    section but ``epochs`` and ``workers``, the objective's section (``macer`` / ``smoothadv``,
+    defaults filled in), for data-dependent σ the ``data_dependent`` section and
+    ``ddrs.sigma_min``, ``seed``, the data section but where it is stored, and sha256 of the
+    content of the prepared train and test splits, ``(x, y)`` each (the test split feeds the
+    per-epoch metrics).
+    """
+    parts = {
+        "spec": {"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm, "sigma": spec.sigma},
+        "model": cfg["model"],
+        "train": {k: v for k, v in cfg["train"].items() if k not in NOT_FINGERPRINTED},
+        "seed": cfg["seed"],
+        "data": {k: v for k, v in cfg["data"].items() if k not in ("root", "download", "verify_checksums")},
+        "train_data": sha256_tensors(*train_split),
+        "test_data": sha256_tensors(*test_split),
+    }
+    if spec.objective in OBJECTIVE_DEFAULTS:
+        parts[spec.objective] = {**OBJECTIVE_DEFAULTS[spec.objective], **(cfg.get(spec.objective) or {})}
+    if spec.sigma_mode != "fixed":
+        parts["data_dependent"] = {**OBJECTIVE_DEFAULTS["data_dependent"], **(cfg.get("data_dependent") or {})}
+        parts["ddrs"] = {"sigma_min": float((cfg.get("ddrs") or {}).get("sigma_min", 0.01))}
+    return fingerprint(**parts)
+
+
+def _resumable(blob, ckpt_path: Path, stamp: dict, epochs: int) -> str | None:
+    """None if ``blob`` (a loaded checkpoint) may be resumed by a run with fingerprint ``stamp``, else why not."""
+    stored = blob.get("fingerprint") if isinstance(blob, dict) else None
+    why = resume_conflict(ckpt_path, stored, stamp, "trained", "training from scratch")
+    if why is None and int(blob.get("epoch", 0)) > epochs:
+        why = f"resume: {ckpt_path} is at epoch {int(blob['epoch'])}, past train.epochs = {epochs}; training from scratch"
+    return why
+
+
 def train(cfg: dict, spec: ModelSpec, data_dir: str | Path, out_dir: str | Path, device, progress: bool = True) -> pd.DataFrame:
     """Train ``spec``'s base model; write ``checkpoint.pt`` each epoch, then ``model.pt`` and ``metrics.tsv``."""
     out_dir = Path(out_dir)
@@ -85,8 +128,12 @@ def train(cfg: dict, spec: ModelSpec, data_dir: str | Path, out_dir: str | Path,
     history: list[dict] = []
     start = 0
     ckpt_path = out_dir / "checkpoint.pt"
-    if ckpt_path.exists():
-        blob = load_torch(ckpt_path, what="checkpoint")
+    stamp = training_fingerprint(cfg, spec, (xtr, ytr), (xte, yte))
+    blob = load_torch(ckpt_path, what="checkpoint") if ckpt_path.exists() else None
+    why = _resumable(blob, ckpt_path, stamp, tc["epochs"]) if blob is not None else None
+    if why is not None:
+        log(why)
+    elif blob is not None:
         require(blob.get("arch") == cfg["model"]["arch"], f"checkpoint {ckpt_path} is for another arch; delete it to retrain")
         model.load_state_dict(blob["state_dict"])
         opt.load_state_dict(blob["optimizer"])
@@ -125,7 +172,7 @@ def train(cfg: dict, spec: ModelSpec, data_dir: str | Path, out_dir: str | Path,
         save_torch(ckpt_path, {"epoch": epoch + 1, "arch": cfg["model"]["arch"], "state_dict": model.state_dict(),
                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "config": _plain(cfg),
                                "spec": spec.id, "sigma_buffer": sigma_buffer, "history": history,
-                               "num_classes": data_mod.info(name).num_classes})
+                               "num_classes": data_mod.info(name).num_classes, "fingerprint": stamp})
     final = load_torch(ckpt_path, what="checkpoint")
     save_torch(out_dir / "model.pt", {k: final[k] for k in ("epoch", "arch", "state_dict", "config", "spec", "num_classes", "sigma_buffer")})
     metrics = pd.DataFrame(history, columns=METRIC_COLUMNS)

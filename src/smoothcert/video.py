@@ -11,7 +11,10 @@ Smooth-Reduce will present them). Certification is
 :func:`smoothcert.certify.certify_shard` itself (seeds from ``noise.stream_seed``,
 rows in ``certify.COLUMNS``); for ``smooth_reduce_*`` its wrapper
 (:func:`smoothcert.smooth_reduce.wrap`) cuts clips into temporal windows × spatial
-patches. Radii are ℓ2 in clip space (all T·C·canvas² pixel values).
+patches. Radii are ℓ2 in clip space (all T·C·canvas² pixel values): for the
+uncorrelated variant the wrapper divides the radius of the stacked sub-clips by the
+ℓ2 norm bound √(max over frames of the windows holding it · max patch coverage)·‖resize‖₂
+of the clip → sub-clips map (docs/soundness.md).
 """
 from __future__ import annotations
 
@@ -28,14 +31,15 @@ from tqdm import tqdm
 from smoothcert import data as data_mod
 from smoothcert import smooth_reduce
 from smoothcert.certify import certify_shard
-from smoothcert.config import ModelSpec
+from smoothcert.config import VIDEO_NORM, ModelSpec
 from smoothcert.errors import SmoothcertError, require
-from smoothcert.io import load_torch, save_torch, write_table
+from smoothcert.io import describe_changes, load_torch, log, save_torch, write_table
 from smoothcert.models import Normalize
 from smoothcert.noise import make_generator, noisy_copies, stream_seed
 
 DEFAULTS = {"frames": 8, "canvas": 16, "epochs": 6, "window": 4, "methods": ["cohen", "smooth_reduce_max", "smooth_reduce_mean"]}
 METHODS = ("cohen", "smooth_reduce_max", "smooth_reduce_mean")
+NORM = VIDEO_NORM  # clips are certified in ℓ2 with Gaussian noise
 DIGIT = 8
 ARCH = "video_frame_dft_mlp"
 HIDDEN = 128
@@ -167,7 +171,8 @@ def load_video_model(cfg: dict, sigma: float, path: str | Path, device) -> Frame
     want = _fingerprint(cfg, sigma)
     require(isinstance(blob, dict) and "state_dict" in blob and blob.get("arch") == ARCH,
             f"{path} is not a video model ({ARCH})")
-    require(blob.get("settings") == want, f"video model {path} was trained with other settings; delete it to retrain")
+    require(blob.get("settings") == want, f"video model {path} was trained with "
+            + (describe_changes(blob["settings"], want) if isinstance(blob.get("settings"), dict) else "other settings"))
     model = FrameNet(want["canvas"], hidden=HIDDEN)
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()
@@ -258,8 +263,13 @@ def certify_video(cfg: dict, sigma: float, method: str, model: nn.Module, out_pa
     t = cfg["test"]
     idx = data_mod.test_indices(len(xte), t["start"], t["step"], t["limit"])
     require(len(idx) > 0, "video: no test clips selected (check test.start / test.limit)")
-    spec = ModelSpec("gaussian", "fixed", "l2", float(sigma), tuple(v["methods"]))
-    return certify_shard(cfg, spec, method, model.eval(), xte[idx], yte[idx], idx, out_path, device, progress=progress)
+    spec = ModelSpec("gaussian", "fixed", NORM, float(sigma), tuple(v["methods"]))
+    # the clip experiment is the one model of this run: the Smooth-Reduce wrapper reads the certificate's norm
+    # from cfg['models'] (smooth_reduce.certificate_norms) to pick its radius factor, ℓ2 here
+    run_cfg = {**cfg, "models": [{"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm,
+                                  "sigmas": [spec.sigma], "methods": list(spec.methods)}]}
+    return certify_shard(run_cfg, spec, method, model.eval(), xte[idx], yte[idx], idx, out_path, device,
+                         progress=progress)
 
 
 def run_video(cfg: dict, sigma: float, out_dir: str | Path, device, progress: bool = True) -> dict:
@@ -280,7 +290,8 @@ def run_video(cfg: dict, sigma: float, out_dir: str | Path, device, progress: bo
     if model_path.exists():
         try:
             model = load_video_model(cfg, sigma, model_path, device)
-        except SmoothcertError:
+        except SmoothcertError as exc:  # another model or other settings: train it again
+            log(f"resume: {exc}; training again")
             model = None
     if model is None:
         model = train_video_model(cfg, sigma, device, model_path, data=data, progress=progress)

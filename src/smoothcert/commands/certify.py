@@ -33,4 +33,5 @@ def run(args):
         theta = load_theta(args.theta, idx, int(np.prod(x.shape[1:])))
     model = load_model(cfg, args.checkpoint, device)
     certify_shard(cfg, spec, args.method, model, x[idx], y[idx], idx, args.out, device, theta=theta,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, checkpoint=args.checkpoint,
+                  theta_file=args.theta if theta is not None else None)
