@@ -314,7 +314,7 @@ def _sr_setup(variant: str, clip: bool, seed: int, positions: str = "grid", num_
 
 def _sub_size(cfg: dict, shape: tuple[int, ...]) -> int:
     """Values the base classifier reads per patch (images) or per sub-clip (clips)."""
-    from smoothcert.smooth_reduce import clip_geometry
+    from smoothcert.methods.smooth_reduce import clip_geometry
 
     if len(shape) == 3:
         return shape[0] * cfg["smooth_reduce"]["patch"] ** 2
@@ -344,7 +344,7 @@ def _linear_weights(clf: nn.Module, shape: tuple[int, ...]) -> tuple[np.ndarray,
 
 def smooth_reduce_mean(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=5, clip=False) -> dict:
     """Correlated Smooth-Reduce (mean over the patches / sub-clips of a linear classifier): linear end to end."""
-    from smoothcert.smooth_reduce import wrap
+    from smoothcert.methods.smooth_reduce import wrap
 
     rng = np.random.default_rng(seed)
     cfg, shape = _sr_setup("correlated", clip, seed)
@@ -369,7 +369,7 @@ def smooth_reduce_mean_l1(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=
     pixel, so the exact smoothed pA is the closed form of :func:`smoothed_probability_uniform`; failures: p̲A > pA,
     or a certified ℓ1 region reaching the hyperplane (gap > |m| / (σ‖v‖_∞)). Radius factor 1.
     """
-    from smoothcert.smooth_reduce import wrap
+    from smoothcert.methods.smooth_reduce import wrap
 
     rng = np.random.default_rng(seed)
     cfg, shape = _sr_setup("correlated", False, seed, positions="random", num_random=1)
@@ -406,7 +406,7 @@ def smooth_reduce_uncorrelated_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.
     reported radius σΦ⁻¹(p̲A) · radius_factor beyond |m| / ‖Aᵀv‖₂. The patch weights are the top singular vector of
     the map patch weights ↦ Aᵀv, so the ℓ2 factor bound is as close to tight as this classifier allows.
     """
-    from smoothcert.smooth_reduce import wrap
+    from smoothcert.methods.smooth_reduce import wrap
 
     rng = np.random.default_rng(seed)
     cfg, shape = _sr_setup("uncorrelated", clip, seed)
@@ -470,7 +470,7 @@ def smooth_reduce_uncorrelated_l1(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.
     re-reads the same certificates with the factor 1/(√maxcov·‖S‖₂) the ℓ1 radius used to be divided by:
     the audit must flag it.
     """
-    from smoothcert.smooth_reduce import stacking_norm, wrap
+    from smoothcert.methods.smooth_reduce import stacking_norm, wrap
 
     rng = np.random.default_rng(seed)
     cfg, shape = _sr_setup("uncorrelated", clip, seed)
@@ -546,12 +546,12 @@ def predict(trials=1000, n=500, alpha=0.1, sigma=0.5, pa=0.51, seed=6) -> dict:
 # ------------------------------------------------------------------------------------------ attack
 
 def train_digits(folder: Path, epochs: int = 4, sigma: float = 0.25, seed: int = 0):
-    """A digits CNN trained with Gaussian noise σ (smoothcert.train.train), on digits prepared in ``folder``."""
+    """A digits CNN trained with Gaussian noise σ (smoothcert.training.loop.train), on digits prepared in ``folder``."""
     import yaml
 
     from smoothcert import config as config_mod
     from smoothcert import data as data_mod
-    from smoothcert.train import load_model, train
+    from smoothcert.training.loop import load_model, train
 
     cfg = yaml.safe_load((HERE.parent / "params.yaml").read_text())
     cfg.update(seed=seed, device="cpu")

@@ -29,7 +29,7 @@ from scipy.stats import norm as normal
 from sklearn.datasets import load_digits
 
 from smoothcert.io import write_json
-from smoothcert.memory import candidate_pairs, run_memory
+from smoothcert.engine.regions import candidate_pairs, run_memory
 
 
 def synthetic(n: int, norm: str, sigma: float, seed: int = 0, workload: str = "duplicates"):

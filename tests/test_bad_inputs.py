@@ -28,7 +28,7 @@ import yaml
 from smoothcert import core, data as data_mod
 from smoothcert.cli import main
 from smoothcert.noise import stream_seed
-from smoothcert.train import make_model
+from smoothcert.training.loop import make_model
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "smoothcert"

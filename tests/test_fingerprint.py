@@ -25,14 +25,14 @@ import pytest
 import torch
 import yaml
 
-from smoothcert import certify as certify_mod
+from smoothcert.pipeline import certify as certify_mod
 from smoothcert import core
 from smoothcert import data as data_mod
-from smoothcert import train as train_mod
+from smoothcert.training import loop as train_mod
 from smoothcert.cli import main
 from smoothcert.config import ModelSpec
 from smoothcert.io import FINGERPRINT_PREFIX, fingerprint, load_torch, resume_conflict, save_torch
-from smoothcert.train import make_model, train
+from smoothcert.training.loop import make_model, train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "gaussian-fixed-l2-0.25"
@@ -418,20 +418,20 @@ def test_training_from_scratch_without_a_fingerprint_or_past_the_epochs(train_da
 # ------------------------------------------------------------------ video
 
 def test_video_model_with_other_settings_is_trained_again_with_one_line(tmp_path, monkeypatch, capsys):
-    from smoothcert import video
+    from smoothcert.pipeline import clips
 
     cfg = base_config()
     cfg["video"].update(epochs=1)
     out = tmp_path / "sigma-0.25"
     out.mkdir()
-    stale = {**video._fingerprint(cfg, 0.25), "epochs": 2}
-    save_torch(out / "model.pt", {"arch": video.ARCH, "settings": stale, "state_dict": {}, "history": []})
+    stale = {**clips._fingerprint(cfg, 0.25), "epochs": 2}
+    save_torch(out / "model.pt", {"arch": clips.ARCH, "settings": stale, "state_dict": {}, "history": []})
 
     def train_stub(*args, **kwargs):
         raise Killed()
 
-    monkeypatch.setattr(video, "train_video_model", train_stub)
+    monkeypatch.setattr(clips, "train_video_model", train_stub)
     with pytest.raises(Killed):  # reached the retraining
-        video.run_video(cfg, 0.25, out, "cpu", progress=False)
+        clips.run_video(cfg, 0.25, out, "cpu", progress=False)
     assert capsys.readouterr().err.splitlines() == [
         f"resume: video model {out / 'model.pt'} was trained with other settings (epochs: 2 → 1); training again"]

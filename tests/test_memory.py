@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy import optimize
 
 from smoothcert import cli
-from smoothcert.memory import (Memory, distance_lower_bound, inscribed_gap, load_memory, may_intersect, candidate_pairs,
+from smoothcert.engine.regions import (Memory, distance_lower_bound, inscribed_gap, load_memory, may_intersect, candidate_pairs,
                                region_gauge, run_memory, save_memory)
 
 from conftest import REPO

@@ -9,7 +9,7 @@ from scipy.stats import norm
 from torch import nn
 
 from smoothcert.models import build_model
-from smoothcert.objectives import (OBJECTIVES, SIGMA_UPDATERS, TrainContext, macer, macer_terms, smoothadv,
+from smoothcert.training.objectives import (OBJECTIVES, SIGMA_UPDATERS, TrainContext, macer, macer_terms, smoothadv,
                                    smoothadv_attack, smoothadv_epsilon, soft_smoothed_loss)
 
 KINDS = ("gaussian", "uniform")

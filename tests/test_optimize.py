@@ -11,13 +11,13 @@ from scipy.stats import norm as normal
 from torch import nn
 
 from smoothcert import cli, optimize
-from smoothcert.certify import load_theta
+from smoothcert.pipeline.certify import load_theta
 from smoothcert.config import ModelSpec
 from smoothcert.data import prepare
 from smoothcert.errors import SmoothcertError
 from smoothcert.io import load_torch, save_torch
 from smoothcert.noise import make_generator, stream_seed
-from smoothcert.train import make_model
+from smoothcert.training.loop import make_model
 
 
 def _mlp64(seed: int = 0) -> nn.Module:

@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from smoothcert import paper, report as rep
+from smoothcert.reporting import paper
+from smoothcert.reporting import tables as rep
 from smoothcert.cli import main
 
 FIX = Path(__file__).parent / "fixtures" / "report"
@@ -61,7 +62,7 @@ def test_proxy_accuracy_is_never_ranked_as_a_certificate():
 
 
 def test_fill_imported_and_parse():
-    from smoothcert.certify import COLUMNS
+    from smoothcert.pipeline.certify import COLUMNS
     from smoothcert.commands.report import parse_import
 
     df = pd.DataFrame({"idx": [0], "label": [1], "predict": [1], "radius": [0.5], "correct": [1],

@@ -11,7 +11,8 @@ import yaml
 from scipy.stats import norm
 from torch import nn
 
-from smoothcert import core, smooth_reduce as sr
+from smoothcert import core
+from smoothcert.methods import smooth_reduce as sr
 from smoothcert.errors import SmoothcertError
 from smoothcert.noise import stream_seed
 
@@ -477,7 +478,7 @@ def test_clip_factors_match_the_dense_space_time_operator(frames, window, side, 
 @pytest.mark.parametrize("variant", ["correlated", "uncorrelated"])
 def test_certify_shard_runs_smooth_reduce_on_the_digits_model(variant, params, tmp_path):
     """The registered wrapper plugs into certify_shard: rows, radius factor and cost columns."""
-    from smoothcert.certify import certify_shard
+    from smoothcert.pipeline.certify import certify_shard
     from smoothcert.config import ModelSpec
     from smoothcert.models import build_model
 
@@ -527,14 +528,15 @@ def _all_combinations(params, variant):
 @pytest.mark.parametrize("variant", ["correlated", "uncorrelated"])
 def test_validation_accepts_every_proven_combination(params, variant):
     """cohen / ddrs / ancer in ℓ1 and ℓ2, Smooth-Reduce max / mean in ℓ1 and ℓ2 with either variant, and clips."""
-    from smoothcert import config, video
+    from smoothcert import config
+    from smoothcert.pipeline import clips
 
     cfg = _all_combinations(params, variant)
     assert config.validate(cfg, "test") is cfg
     assert config.experiments(cfg)  # and it enumerates them
     del cfg["video"]["methods"]  # the video defaults are checked too
     config.validate(cfg, "test")
-    assert list(config.VIDEO_METHODS) == video.DEFAULTS["methods"] and config.VIDEO_NORM == video.NORM
+    assert list(config.VIDEO_METHODS) == clips.DEFAULTS["methods"] and config.VIDEO_NORM == clips.NORM
     assert config.SMOOTH_REDUCE_VARIANT == sr.DEFAULTS["variant"]
 
 

@@ -11,8 +11,8 @@ import yaml
 from smoothcert import data as data_mod
 from smoothcert.config import ModelSpec
 from smoothcert.io import load_torch, save_torch
-from smoothcert.objectives import SIGMA_UPDATERS, TrainContext
-from smoothcert.train import make_model, train
+from smoothcert.training.objectives import SIGMA_UPDATERS, TrainContext
+from smoothcert.training.loop import make_model, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_resume_equals_uninterrupted_training(cfg, digits_dir, tmp_path):
 def test_load_model_uses_channels_last_unless_configured_off(cfg, tmp_path):
     """Channels-last changes the memory layout, not the function: same logits up to float rounding."""
     from smoothcert.models import prepare_for_inference
-    from smoothcert.train import load_model
+    from smoothcert.training.loop import load_model
 
     model = make_model(cfg).eval()
     save_torch(tmp_path / "model.pt", {"arch": cfg["model"]["arch"], "state_dict": model.state_dict()})

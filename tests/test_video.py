@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from smoothcert import data as data_mod
-from smoothcert.certify import COLUMNS
+from smoothcert.pipeline.certify import COLUMNS
 from smoothcert.cli import main
 from smoothcert.errors import SmoothcertError
 from smoothcert.io import load_torch
-from smoothcert.video import FrameNet, make_moving_digits, run_video, settings
+from smoothcert.pipeline.clips import FrameNet, make_moving_digits, run_video, settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,8 +112,8 @@ def test_bad_video_settings_fail_in_one_line(cfg):
 def test_uncorrelated_clip_radius_uses_the_l2_factor_of_the_clip_operator(cfg, tmp_path):
     """Clips are certified in ℓ2 whatever norms the image models use: certify_video hands the wrapper its own norm,
     so the radius is σ·Φ⁻¹(p̲A) / (√(max tcov · max cov)·‖S‖₂), not divided by the ℓ1 factor of the image models."""
-    from smoothcert import smooth_reduce as sr
-    from smoothcert.video import certify_video
+    from smoothcert.methods import smooth_reduce as sr
+    from smoothcert.pipeline.clips import certify_video
 
     cfg = copy.deepcopy(cfg)
     cfg["smooth_reduce"]["variant"] = "uncorrelated"

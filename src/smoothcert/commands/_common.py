@@ -35,7 +35,7 @@ def add_model_inputs(p: argparse.ArgumentParser) -> None:
 def shard_inputs(cfg: dict, args: argparse.Namespace):
     """The test inputs of ``args.shard``: (x, y, idx), selected by the config's ``test`` section."""
     from smoothcert import data as data_mod
-    from smoothcert.certify import shard_indices
+    from smoothcert.pipeline.certify import shard_indices
 
     shard, shards = config_mod.parse_shard(args.shard)
     x, y = data_mod.load_split(args.data, "test", cfg["data"]["dataset"])

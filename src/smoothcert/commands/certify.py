@@ -2,11 +2,11 @@
 import numpy as np
 
 from smoothcert import config as config_mod
-from smoothcert.certify import certify_shard, load_theta
+from smoothcert.pipeline.certify import certify_shard, load_theta
 from smoothcert.commands._common import add_config, add_model_inputs, add_progress, add_shard, add_threads, setup, shard_inputs
 from smoothcert.errors import require
 from smoothcert.methods import METHODS, get as get_method
-from smoothcert.train import load_model
+from smoothcert.training.loop import load_model
 
 HELP = "certify one shard of the test set with one method; rows are written as they finish (resumable)"
 

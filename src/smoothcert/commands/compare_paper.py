@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from smoothcert import paper
+from smoothcert.reporting import paper
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.io import atomic_path, write_text
 

@@ -1,6 +1,6 @@
 """The memory step: make data-dependent (per-input σ/θ) certificates sound.
 
-A sequential reduce over the certified table in idx order (see :mod:`smoothcert.memory`). It is fast and
+A sequential reduce over the certified table in idx order (see :mod:`smoothcert.engine.regions`). It is fast and
 deterministic, so a rerun after a crash simply recomputes; both outputs are written atomically.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from smoothcert import data as data_mod
 from smoothcert.commands._common import add_config
 from smoothcert.errors import require
 from smoothcert.io import load_torch, read_table, write_table
-from smoothcert.memory import run_memory, save_memory
+from smoothcert.engine.regions import run_memory, save_memory
 
 HELP = "memory-based certification: process certificates in idx order so data-dependent σ/θ stays sound"
 

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 
 from smoothcert import config as config_mod
-from smoothcert.certify import load_theta
+from smoothcert.pipeline.certify import load_theta
 from smoothcert.commands._common import add_config, add_model_inputs, add_progress, add_shard, add_threads, setup, shard_inputs
 from smoothcert.errors import require
 from smoothcert.io import check_writable, save_torch
 from smoothcert.optimize import METHODS, optimize_shard
-from smoothcert.train import load_model
+from smoothcert.training.loop import load_model
 
 HELP = "optimize per-input noise for one shard: isotropic σ (ddrs) or anisotropic θ from the ddrs θ (ancer)"
 

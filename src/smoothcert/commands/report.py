@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from smoothcert import config as config_mod
-from smoothcert import report as rep
+from smoothcert.reporting import tables as rep
 from smoothcert.commands._common import add_config
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.io import atomic_path, load_torch, read_table, write_json, write_text
@@ -45,7 +45,7 @@ def _table(path: Path, required: list[str], what: str) -> pd.DataFrame:
 
 def load_experiments(cfg: dict, results: str | Path) -> list[rep.Experiment]:
     """Every configured experiment's final table (and, for memory methods, the table before memory)."""
-    from smoothcert.certify import COLUMNS
+    from smoothcert.pipeline.certify import COLUMNS
     from smoothcert.methods import get as get_method
 
     results = Path(results)
@@ -85,7 +85,7 @@ def parse_import(text: str) -> tuple[str, float, Path]:
 
 def load_import(text: str) -> rep.Experiment:
     """An imported locuslab-format table as an experiment of model ``import``."""
-    from smoothcert.certify import COLUMNS
+    from smoothcert.pipeline.certify import COLUMNS
 
     name, sigma, path = parse_import(text)
     df = _table(path, rep.LOCUSLAB_COLUMNS, f"imported table {name}")
@@ -95,7 +95,7 @@ def load_import(text: str) -> rep.Experiment:
 
 def load_video(folder: str | Path) -> list[rep.Experiment]:
     """Video certificate tables ``sigma-<σ>/<method>/certify.tsv`` as experiments of model ``video-<σ>``."""
-    from smoothcert.certify import COLUMNS
+    from smoothcert.pipeline.certify import COLUMNS
 
     folder = Path(folder)
     require(folder.is_dir(), f"video results folder not found: {folder}")
@@ -205,7 +205,7 @@ def _memory_md(part: pd.DataFrame) -> str:
 def _placeholder(path: Path, title: str, why: str) -> None:
     import matplotlib.pyplot as plt
 
-    from smoothcert import plots
+    from smoothcert.reporting import plots
 
     fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
     ax.axis("off")
@@ -283,7 +283,7 @@ def build_report(cfg: dict, results, out, models=None, data=None, imports=(), pl
 
 
 def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, data) -> None:
-    from smoothcert import plots
+    from smoothcert.reporting import plots
 
     dataset = cfg["data"]["dataset"]
     plots.certified_accuracy(curves, experiments, out / "certified_accuracy.png",

@@ -2,7 +2,7 @@
 from smoothcert import config as config_mod
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
 from smoothcert.io import check_writable
-from smoothcert.train import train
+from smoothcert.training.loop import train
 
 HELP = "train one noise-augmented base model (resumes from OUT/checkpoint.pt)"
 

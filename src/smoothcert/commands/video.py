@@ -5,7 +5,7 @@ import math
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
 from smoothcert.errors import require
 from smoothcert.io import check_writable
-from smoothcert.video import run_video
+from smoothcert.pipeline.clips import run_video
 
 HELP = "moving-digits clips: train a frame-wise model at one σ, certify every video.methods into OUT/<method>/certify.tsv"
 

@@ -8,9 +8,9 @@ digit image appears in both. The base classifier :class:`FrameNet` classifies
 frames and averages their logits over time; it is trained with Gaussian noise of
 the experiment's σ on whole clips (half of the noisy frames resized and cropped as
 Smooth-Reduce will present them). Certification is
-:func:`smoothcert.certify.certify_shard` itself (seeds from ``noise.stream_seed``,
+:func:`smoothcert.pipeline.certify.certify_shard` itself (seeds from ``noise.stream_seed``,
 rows in ``certify.COLUMNS``); for ``smooth_reduce_*`` its wrapper
-(:func:`smoothcert.smooth_reduce.wrap`) cuts clips into temporal windows × spatial
+(:func:`smoothcert.methods.smooth_reduce.wrap`) cuts clips into temporal windows × spatial
 patches. Radii are ℓ2 in clip space (all T·C·canvas² pixel values): for the
 uncorrelated variant the wrapper divides the radius of the stacked sub-clips by the
 ℓ2 norm bound √(max over frames of the windows holding it · max patch coverage)·‖resize‖₂
@@ -29,8 +29,8 @@ from torch import nn
 from tqdm import tqdm
 
 from smoothcert import data as data_mod
-from smoothcert import smooth_reduce
-from smoothcert.certify import certify_shard
+from smoothcert.methods import smooth_reduce
+from smoothcert.pipeline.certify import certify_shard
 from smoothcert.config import VIDEO_NORM, ModelSpec
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.io import describe_changes, load_torch, log, save_torch, write_table
@@ -125,7 +125,7 @@ class FrameNet(nn.Module):
 
     The DFT magnitude of a frame does not change when the digit moves on the black
     canvas without leaving it (a circular shift), so one small MLP serves every
-    position. Contract used by :class:`smoothcert.smooth_reduce.ClipPatchReduce`:
+    position. Contract used by :class:`smoothcert.methods.smooth_reduce.ClipPatchReduce`:
     ``forward(clip)`` = temporal mean of ``frame_head(A·vec(frame) + c)`` with
     ``(A, c) = frame_stem()`` (the normalization folded exactly into the DFT).
     """
@@ -254,7 +254,7 @@ def certify_video(cfg: dict, sigma: float, method: str, model: nn.Module, out_pa
                   data=None, progress: bool = False) -> pd.DataFrame:
     """Certify the configured test clips (``test.start/step/limit``) with ``method``; write ``out_path``.
 
-    Runs :func:`smoothcert.certify.certify_shard` (ℓ2, Gaussian σ, ``cfg['certify']``),
+    Runs :func:`smoothcert.pipeline.certify.certify_shard` (ℓ2, Gaussian σ, ``cfg['certify']``),
     so rows, seeds and resumption are those of the image pipeline.
     """
     v = settings(cfg)

@@ -22,7 +22,7 @@ from smoothcert.errors import SmoothcertError, require
 from smoothcert.io import fingerprint, load_torch, log, resume_conflict, save_torch, sha256_tensors, write_table
 from smoothcert.models import build_model, prepare_for_inference
 from smoothcert.noise import make_generator, noisy_copies, stream_seed
-from smoothcert.objectives import DEFAULTS as OBJECTIVE_DEFAULTS, OBJECTIVES, SIGMA_UPDATERS, TrainContext
+from smoothcert.training.objectives import DEFAULTS as OBJECTIVE_DEFAULTS, OBJECTIVES, SIGMA_UPDATERS, TrainContext
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
 

@@ -25,8 +25,8 @@ METHODS = {
     "cohen": Method("cohen"),
     "ddrs": Method("ddrs", per_input_sigma=True, memory=True),
     "ancer": Method("ancer", per_input_sigma=True, memory=True),
-    "smooth_reduce_max": Method("smooth_reduce_max", wrapper="smoothcert.smooth_reduce:wrap"),
-    "smooth_reduce_mean": Method("smooth_reduce_mean", wrapper="smoothcert.smooth_reduce:wrap"),
+    "smooth_reduce_max": Method("smooth_reduce_max", wrapper="smoothcert.methods.smooth_reduce:wrap"),
+    "smooth_reduce_mean": Method("smooth_reduce_mean", wrapper="smoothcert.methods.smooth_reduce:wrap"),
 }
 
 

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from smoothcert.io import atomic_path  # noqa: E402
-from smoothcert.report import MEMORY_ACTIONS, Experiment  # noqa: E402
+from smoothcert.reporting.tables import MEMORY_ACTIONS, Experiment  # noqa: E402
 
 AXIS = {"l2": "ℓ2 radius (pixel space, [0,1] scale)", "l1": "ℓ1 radius (pixel space, [0,1] scale)"}
 STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3))]

@@ -1,6 +1,6 @@
 """Comparison metrics over certificate tables (pure functions: DataFrames in, DataFrames out).
 
-A certificate table has the columns of :data:`smoothcert.certify.COLUMNS` (one row per
+A certificate table has the columns of :data:`smoothcert.pipeline.certify.COLUMNS` (one row per
 test input). An input counts as certified at radius r when it is classified
 correctly (not abstained) and its radius is ≥ r, as in Cohen et al. (2019).
 """

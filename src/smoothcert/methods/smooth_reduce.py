@@ -27,7 +27,7 @@ radius_factor = 1 / ‖A‖_{p→p} for the certificate's own norm (:func:`radiu
   (:func:`l1_column_sums`). It is *not* the ℓ2 factor: on the default 8 → 10 geometry
   ‖A‖_{1→1} = 15.21 while √maxcov · ‖S‖₂ = 3.77.
 
-Clips (N, T, C, H, W), for :mod:`smoothcert.video`: every frame is resized and
+Clips (N, T, C, H, W), for :mod:`smoothcert.pipeline.clips`: every frame is resized and
 patched alike (the patch is the frame size H, the resize H + resize − patch, so the
 patch grid is the configured one), the clip is cut into temporal windows of
 ``video.window`` frames (stride 1), and the model classifies every
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smoothcert.certify import Certified
+from smoothcert.pipeline.certify import Certified
 from smoothcert.config import SMOOTH_REDUCE_VARIANT, certified_norms
 from smoothcert.errors import require
 from smoothcert.noise import stream_seed
@@ -368,7 +368,7 @@ def certificate_norms(cfg: dict, method_name: str, norm: str | None = None) -> t
 
 
 def wrap(model: nn.Module, cfg: dict, method_name: str, input_shape: tuple[int, ...], norm: str | None = None) -> Certified:
-    """The :class:`~smoothcert.certify.Certified` Smooth-Reduce classifier of ``model`` for inputs of ``input_shape``.
+    """The :class:`~smoothcert.pipeline.certify.Certified` Smooth-Reduce classifier of ``model`` for inputs of ``input_shape``.
 
     (C, H, W) images: the base model classifies ``patch``-sized patches. (T, C, H, W)
     clips: the base model classifies clips of H×W frames; windows of ``video.window``.

@@ -108,7 +108,7 @@ def shard_fingerprint(cfg: dict, spec: ModelSpec, method_name: str, x: torch.Ten
     elif theta is not None:
         parts["theta"] = sha256_tensors(list(theta))
     if method.wrapper is not None:  # Smooth-Reduce, the only wrapper: its patch grid, variant, and clip windows
-        from smoothcert import smooth_reduce
+        from smoothcert.methods import smooth_reduce
 
         parts["smooth_reduce"] = smooth_reduce.settings(cfg)
         if x.ndim == 5:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from smoothcert.errors import require
-from smoothcert.report import markdown, rlabel
+from smoothcert.reporting.tables import markdown, rlabel
 
 PAPER_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 # Cohen, Rosenfeld & Kolter (ICML 2019): approximate certified accuracy of the smoothed ResNet-110 on CIFAR-10

@@ -1,0 +1,1 @@
+"""Stage runners (one per pipeline stage) and the stage map."""

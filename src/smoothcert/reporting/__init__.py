@@ -1,0 +1,1 @@
+"""Tables, plots, importers and the paper comparison, from certificate tables."""

@@ -1,0 +1,1 @@
+"""Base models, training objectives and the one train loop (images and clips)."""
