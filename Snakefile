@@ -5,7 +5,9 @@ from pathlib import Path
 
 from smoothcert import config as sc_config
 from smoothcert.errors import SmoothcertError
-from smoothcert.methods import METHODS
+from smoothcert.methods import registry
+
+METHODS = registry()  # the method registry: what each method needs from the workflow
 
 
 configfile: "params.yaml"
@@ -47,11 +49,7 @@ wildcard_constraints:
     shard=r"\d+-of-\d+",
 
 
-def final_table(model, method):
-    name = "final.tsv" if METHODS[method].memory else "certify.tsv"
-    return f"{RESULTS}/{model}/{method}/{name}"
-
-
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/optimize.smk"

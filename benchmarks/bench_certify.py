@@ -22,6 +22,7 @@ per-repeat ratios.
 Usage: python benchmarks/bench_certify.py [--device cpu|cuda] [--repeats 7] [--quick] [--no-compile]
                                           [--skip-resnet] [--out PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,19 @@ import yaml
 from scipy import stats as sps
 from torch import nn
 
-from smoothcert import core, models
-from smoothcert import noise as noise_mod
+from smoothcert.engine import core
+from smoothcert.engine import noise as noise_mod
+from smoothcert.engine.noise import stream_seed
 from smoothcert.io import write_json
-from smoothcert.noise import stream_seed
+from smoothcert.training import models
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ARCHS = {
     "digits_cnn": dict(args=("digits_cnn", 1, 10, 8, [0.3], [0.4]), shape=(1, 8, 8)),
-    "cifar_resnet20": dict(args=("cifar_resnet20", 3, 10, 32, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]), shape=(3, 32, 32)),
+    "cifar_resnet20": dict(
+        args=("cifar_resnet20", 3, 10, 32, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]), shape=(3, 32, 32)
+    ),
 }
 GOALS = {"digits_cnn": 0.95, "cifar_resnet20": 0.90}
 
@@ -64,14 +68,46 @@ def machine() -> dict:
     with contextlib.suppress(Exception):
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         model_name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    info = {"cpu_model": model_name, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "mkldnn": torch.backends.mkldnn.is_available()}
+    info = {
+        "cpu_model": model_name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
     if hasattr(os, "sched_getaffinity"):
         info["usable_cores"] = len(os.sched_getaffinity(0))
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    info.update(cpu_flags())
     return info
+
+
+def cpu_flags() -> dict:
+    """The CPU's AVX-512 / bfloat16 / AMX flags (/proc/cpuinfo), torch's kernel dispatch level and the variables
+    that override it: they decide how fast forward passes and noise run, so they go beside every figure."""
+    flags = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return {
+        "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "dispatch_env": {
+            k: os.environ[k]
+            for k in (
+                "ATEN_CPU_CAPABILITY",
+                "ONEDNN_MAX_CPU_ISA",
+                "NPY_DISABLE_CPU_FEATURES",
+                "SMOOTHCERT_NOISE_THREADS",
+            )
+            if k in os.environ
+        },
+    }
 
 
 def load() -> list[float]:
@@ -107,7 +143,7 @@ def interleaved(fns: dict, repeats: int, device: torch.device, warmup: int = 1) 
     sync(device)
     times = {key: [] for name in names for key in (name, name + "@cpu")}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             fns[name]()
@@ -170,8 +206,20 @@ def legacy_count_classes(model, x, scale, num, num_classes, seeds, sampling):
     return counts.cpu().numpy()
 
 
-def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inference", noise="inplace",
-           counting="device", pack=True):
+def engine(
+    model,
+    x,
+    scale,
+    num,
+    num_classes,
+    seeds,
+    sampling,
+    *,
+    grad_mode="inference",
+    noise="inplace",
+    counting="device",
+    pack=True,
+):
     """The shipped streaming engine with each optimization behind a switch (all on = ``count_classes``).
 
     grad_mode: "inference" (torch.inference_mode) | "no_grad"; noise: "inplace" (one staging buffer,
@@ -190,7 +238,6 @@ def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inf
     counts = torch.zeros(b * num_classes, dtype=torch.int64, device=device)
     host = np.zeros(b * num_classes, dtype=np.int64)
     step = torch.arange(min(b * num, rows), device=device)
-    ones = torch.ones(len(step), dtype=torch.int64, device=device)
     buf = torch.empty((min(b * num, rows + chunk - 1), *shape), device=device) if noise == "inplace" else None
     st = {"p": 0, "done": 0, "blocks": []}
 
@@ -204,7 +251,9 @@ def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inf
                 j += 1
             k = (m - r) // num
             if k:
-                batch[r:r + k * num].view(k, num, *shape).mul_(s[j:j + k].unsqueeze(1)).add_(x[j:j + k].unsqueeze(1))
+                batch[r : r + k * num].view(k, num, *shape).mul_(s[j : j + k].unsqueeze(1)).add_(
+                    x[j : j + k].unsqueeze(1)
+                )
                 r, j = r + k * num, j + k
             if r < m:
                 batch[r:].mul_(s[j]).add_(x[j])
@@ -215,8 +264,9 @@ def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inf
             counts.index_add_(0, owner.mul_(num_classes).add_(pred), votes.to(torch.int64))
         else:
             owner = (np.arange(m) + st["done"]) // num
-            host[:] += np.bincount(owner * num_classes + pred.cpu().numpy(), weights=votes.cpu().numpy(),
-                                   minlength=len(host)).astype(np.int64)
+            host[:] += np.bincount(
+                owner * num_classes + pred.cpu().numpy(), weights=votes.cpu().numpy(), minlength=len(host)
+            ).astype(np.int64)
         st["done"] += m
 
     def flush(final):
@@ -224,17 +274,17 @@ def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inf
             p, q = st["p"], 0
             while p - q >= rows or (final and p > q):
                 m = min(rows, p - q)
-                forward(buf[q:q + m])
+                forward(buf[q : q + m])
                 q += m
             if q and p > q:
-                buf[:p - q].copy_(buf[q:p])
+                buf[: p - q].copy_(buf[q:p])
             st["p"] = p - q
         elif st["blocks"]:
             data = torch.cat(st["blocks"])
             q = 0
             while len(data) - q >= rows or (final and len(data) > q):
                 m = min(rows, len(data) - q)
-                forward(data[q:q + m])
+                forward(data[q : q + m])
                 q += m
             st["blocks"] = [data[q:]] if q < len(data) else []
             st["p"] = len(data) - q
@@ -245,7 +295,7 @@ def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inf
             gen = noise_mod.make_generator(seeds[i], device)
             for c in sizes:
                 if noise == "inplace":
-                    noise_mod.fill_standard(buf[st["p"]:st["p"] + c], sampling.kind, gen)
+                    noise_mod.fill_standard(buf[st["p"] : st["p"] + c], sampling.kind, gen)
                 else:
                     eps = noise_mod.fill_standard(torch.empty((c, *shape), device=device), sampling.kind, gen)
                     st["blocks"].append(x[i] + s[i] * eps)
@@ -260,8 +310,17 @@ def engine(model, x, scale, num, num_classes, seeds, sampling, *, grad_mode="inf
 
 
 # ----------------------------------------------------------------------------------------- sections
-def efficiency(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: torch.device,
-               n_threads: int | None, workload: str = "estimate") -> dict:
+def efficiency(
+    arch: str,
+    b: int,
+    n: int,
+    batch_size: int,
+    chunk: int,
+    repeats: int,
+    device: torch.device,
+    n_threads: int | None,
+    workload: str = "estimate",
+) -> dict:
     model = build(arch, device)
     x, seeds = inputs(arch, b, device)
     sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
@@ -282,91 +341,156 @@ def efficiency(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: 
             for k in range(passes):
                 prepared(pre if k < passes - 1 else pre[:last])
 
-    fns = {"forward": forward,
-           "count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
-           "legacy": lambda: legacy_count_classes(model, x, 0.25, n, 10, seeds, sampling),
-           "forward_prepared": forward_prepared,
-           "count_classes_prepared": lambda: core.count_classes(prepared, x, 0.25, n, 10, seeds, sampling)}
+    fns = {
+        "forward": forward,
+        "count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
+        "legacy": lambda: legacy_count_classes(model, x, 0.25, n, 10, seeds, sampling),
+        "forward_prepared": forward_prepared,
+        "count_classes_prepared": lambda: core.count_classes(prepared, x, 0.25, n, 10, seeds, sampling),
+    }
     with threads(n_threads):
         used = torch.get_num_threads()
+        mode = core.noise_threads() if device.type == "cpu" else None
         times = interleaved(fns, repeats, device)
     eff, old = ratio(times, "count_classes", "forward"), ratio(times, "legacy", "forward")
     eff_cpu, old_cpu = ratio(times, "count_classes@cpu", "forward@cpu"), ratio(times, "legacy@cpu", "forward@cpu")
-    row = {"model": arch, "workload": workload, "threads": used, "inputs": b, "n": n, "batch_size": batch_size, "chunk": chunk,
-           "evals": evals, "forward_passes": passes, "repeats": repeats,
-           "forward_evals_per_s": rate(evals, times["forward"]),
-           "certify_evals_per_s": rate(evals, times["count_classes"]),
-           "legacy_evals_per_s": rate(evals, times["legacy"]),
-           "efficiency": eff["median"], "efficiency_range": [eff["min"], eff["max"]],
-           "efficiency_legacy": old["median"], "efficiency_legacy_range": [old["min"], old["max"]],
-           "speedup_vs_legacy": ratio(times, "count_classes", "legacy")["median"],
-           "efficiency_best": best(times, "count_classes", "forward"),
-           "efficiency_legacy_best": best(times, "legacy", "forward"),
-           "efficiency_cpu_time": eff_cpu["median"], "efficiency_cpu_time_range": [eff_cpu["min"], eff_cpu["max"]],
-           "efficiency_legacy_cpu_time": old_cpu["median"],
-           "speedup_vs_legacy_cpu_time": ratio(times, "count_classes@cpu", "legacy@cpu")["median"],
-           "goal": GOALS[arch], "meets_goal": bool(eff["median"] >= GOALS[arch]), "load_avg": load()}
+    row = {
+        "model": arch,
+        "workload": workload,
+        "threads": used,
+        "noise_threads": mode,
+        **cpu_flags(),
+        "inputs": b,
+        "n": n,
+        "batch_size": batch_size,
+        "chunk": chunk,
+        "evals": evals,
+        "forward_passes": passes,
+        "repeats": repeats,
+        "forward_evals_per_s": rate(evals, times["forward"]),
+        "certify_evals_per_s": rate(evals, times["count_classes"]),
+        "legacy_evals_per_s": rate(evals, times["legacy"]),
+        "efficiency": eff["median"],
+        "efficiency_range": [eff["min"], eff["max"]],
+        "efficiency_legacy": old["median"],
+        "efficiency_legacy_range": [old["min"], old["max"]],
+        "speedup_vs_legacy": ratio(times, "count_classes", "legacy")["median"],
+        "efficiency_best": best(times, "count_classes", "forward"),
+        "efficiency_legacy_best": best(times, "legacy", "forward"),
+        "efficiency_cpu_time": eff_cpu["median"],
+        "efficiency_cpu_time_range": [eff_cpu["min"], eff_cpu["max"]],
+        "efficiency_legacy_cpu_time": old_cpu["median"],
+        "speedup_vs_legacy_cpu_time": ratio(times, "count_classes@cpu", "legacy@cpu")["median"],
+        "goal": GOALS[arch],
+        "meets_goal": bool(eff["median"] >= GOALS[arch]),
+        "load_avg": load(),
+    }
     prep = ratio(times, "count_classes_prepared", "forward_prepared")
-    row.update({  # the same with the model as the pipeline prepares it (channels-last, even pools)
-        "prepared_forward_evals_per_s": rate(evals, times["forward_prepared"]),
-        "prepared_certify_evals_per_s": rate(evals, times["count_classes_prepared"]),
-        "efficiency_prepared": prep["median"], "efficiency_prepared_range": [prep["min"], prep["max"]],
-        "efficiency_prepared_cpu_time": ratio(times, "count_classes_prepared@cpu", "forward_prepared@cpu")["median"],
-        "prepared_speedup": ratio(times, "count_classes_prepared", "count_classes")["median"],
-        "meets_goal_prepared": bool(prep["median"] >= GOALS[arch])})
+    row.update(
+        {  # the same with the model as the pipeline prepares it (channels-last, even pools)
+            "prepared_forward_evals_per_s": rate(evals, times["forward_prepared"]),
+            "prepared_certify_evals_per_s": rate(evals, times["count_classes_prepared"]),
+            "efficiency_prepared": prep["median"],
+            "efficiency_prepared_range": [prep["min"], prep["max"]],
+            "efficiency_prepared_cpu_time": ratio(times, "count_classes_prepared@cpu", "forward_prepared@cpu")[
+                "median"
+            ],
+            "prepared_speedup": ratio(times, "count_classes_prepared", "count_classes")["median"],
+            "meets_goal_prepared": bool(prep["median"] >= GOALS[arch]),
+        }
+    )
     print(json.dumps(row), flush=True)
     return row
 
 
-def ablations(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: torch.device,
-              workload: str, which: list[str], n_threads: int | None) -> list[dict]:
+def ablations(
+    arch: str,
+    b: int,
+    n: int,
+    batch_size: int,
+    chunk: int,
+    repeats: int,
+    device: torch.device,
+    workload: str,
+    which: list[str],
+    n_threads: int | None,
+) -> list[dict]:
     with threads(n_threads):
         return _ablations(arch, b, n, batch_size, chunk, repeats, device, workload, which)
 
 
-def _ablations(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: torch.device,
-               workload: str, which: list[str]) -> list[dict]:
+def _ablations(
+    arch: str,
+    b: int,
+    n: int,
+    batch_size: int,
+    chunk: int,
+    repeats: int,
+    device: torch.device,
+    workload: str,
+    which: list[str],
+) -> list[dict]:
     model = build(arch, device)
     x, seeds = inputs(arch, b, device)
     sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
     args = (x, 0.25, n, 10, seeds, sampling)
     ref = engine(model, *args)
     check = {"engine_matches_count_classes": bool(np.array_equal(ref, core.count_classes(model, *args)))}
-    variants = {"optimized": ("all optimizations on (the shipped engine)", lambda: engine(model, *args)),
-                "count_classes": ("core.count_classes itself", lambda: core.count_classes(model, *args)),
-                "legacy": ("pre-issue-9 count_classes", lambda: legacy_count_classes(model, *args)),
-                "no_grad": ("torch.no_grad instead of torch.inference_mode",
-                            lambda: engine(model, *args, grad_mode="no_grad")),
-                "noise_allocated": ("noise allocated per chunk (randn, x + s*eps out of place, cat per batch) "
-                                    "instead of drawn in place into one reused buffer",
-                                    lambda: engine(model, *args, noise="allocated")),
-                "numpy_counting": ("argmax copied to the host and counted with numpy instead of index_add_ on the "
-                                   "device", lambda: engine(model, *args, counting="numpy")),
-                "one_input_per_pass": ("a forward pass never mixes inputs (batch = one input's draws, at most "
-                                       "batch_size)", lambda: engine(model, *args, pack=False))}
+    variants = {
+        "optimized": ("all optimizations on (the shipped engine)", lambda: engine(model, *args)),
+        "count_classes": ("core.count_classes itself", lambda: core.count_classes(model, *args)),
+        "legacy": ("pre-issue-9 count_classes", lambda: legacy_count_classes(model, *args)),
+        "no_grad": ("torch.no_grad instead of torch.inference_mode", lambda: engine(model, *args, grad_mode="no_grad")),
+        "noise_allocated": (
+            "noise allocated per chunk (randn, x + s*eps out of place, cat per batch) "
+            "instead of drawn in place into one reused buffer",
+            lambda: engine(model, *args, noise="allocated"),
+        ),
+        "numpy_counting": (
+            "argmax copied to the host and counted with numpy instead of index_add_ on the device",
+            lambda: engine(model, *args, counting="numpy"),
+        ),
+        "one_input_per_pass": (
+            "a forward pass never mixes inputs (batch = one input's draws, at most batch_size)",
+            lambda: engine(model, *args, pack=False),
+        ),
+    }
     if device.type == "cpu":
         other = 2 if torch.get_num_threads() == 1 else 1
 
         def other_threads():
             with threads(other):
                 engine(model, *args)
+
         variants["threads"] = (f"torch.set_num_threads({other}) instead of {torch.get_num_threads()}", other_threads)
     if "channels_last" in which:
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        variants["channels_last"] = ("model weights in channels-last memory format",
-                                     lambda: engine(cl, *args))
+        variants["channels_last"] = ("model weights in channels-last memory format", lambda: engine(cl, *args))
     fns = {k: v[1] for k, v in variants.items() if k in which or k == "optimized"}
     times = interleaved(fns, repeats, device)
     evals = b * n
     rows = []
     for name in fns:
-        rows.append({"workload": workload, "model": arch, "variant": name, "change": variants[name][0],
-                     "inputs": b, "n": n, "batch_size": batch_size, "chunk": chunk, "threads": torch.get_num_threads(),
-                     "evals_per_s": rate(evals, times[name]),
-                     "speed_vs_optimized": ratio(times, name, "optimized")["median"],
-                     "speed_vs_optimized_range": [ratio(times, name, "optimized")["min"],
-                                                  ratio(times, name, "optimized")["max"]],
-                     "speed_vs_optimized_cpu_time": ratio(times, name + "@cpu", "optimized@cpu")["median"]})
+        rows.append(
+            {
+                "workload": workload,
+                "model": arch,
+                "variant": name,
+                "change": variants[name][0],
+                "inputs": b,
+                "n": n,
+                "batch_size": batch_size,
+                "chunk": chunk,
+                "threads": torch.get_num_threads(),
+                "evals_per_s": rate(evals, times[name]),
+                "speed_vs_optimized": ratio(times, name, "optimized")["median"],
+                "speed_vs_optimized_range": [
+                    ratio(times, name, "optimized")["min"],
+                    ratio(times, name, "optimized")["max"],
+                ],
+                "speed_vs_optimized_cpu_time": ratio(times, name + "@cpu", "optimized@cpu")["median"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     rows[0].update(check)
     return rows
@@ -383,13 +507,18 @@ def channels_last_forward(arch: str, batch_size: int, repeats: int, device: torc
         def f():
             with torch.inference_mode():
                 m(t)
+
         return f
 
     times = interleaved({"contiguous": run(model, pre), "channels_last": run(cl, pre_cl)}, repeats, device)
-    row = {"model": arch, "batch_size": batch_size, "contiguous_evals_per_s": rate(batch_size, times["contiguous"]),
-           "channels_last_evals_per_s": rate(batch_size, times["channels_last"]),
-           "speed_channels_last_vs_contiguous": ratio(times, "channels_last", "contiguous")["median"],
-           "speed_channels_last_vs_contiguous_cpu_time": ratio(times, "channels_last@cpu", "contiguous@cpu")["median"]}
+    row = {
+        "model": arch,
+        "batch_size": batch_size,
+        "contiguous_evals_per_s": rate(batch_size, times["contiguous"]),
+        "channels_last_evals_per_s": rate(batch_size, times["channels_last"]),
+        "speed_channels_last_vs_contiguous": ratio(times, "channels_last", "contiguous")["median"],
+        "speed_channels_last_vs_contiguous_cpu_time": ratio(times, "channels_last@cpu", "contiguous@cpu")["median"],
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -404,20 +533,35 @@ def batch_sweep(arch: str, sizes: list[int], evals: int, chunk: int, repeats: in
     n = evals // b
     fns = {}
     for bs in sizes:
+
         def fwd(bs=bs):
             with torch.inference_mode():
                 for _ in range(evals // bs):
                     model(pre[:bs])
+
         fns[f"forward/{bs}"] = fwd
         sampling = core.Sampling(batch_size=bs, chunk=min(chunk, bs), device=device)
-        fns[f"count_classes/{bs}"] = lambda sampling=sampling: core.count_classes(model, x, 0.25, n, 10, seeds, sampling)
+        fns[f"count_classes/{bs}"] = lambda sampling=sampling: core.count_classes(
+            model, x, 0.25, n, 10, seeds, sampling
+        )
     times = interleaved(fns, repeats, device)
-    rows = [{"batch_size": bs, "forward_evals_per_s": rate(evals - evals % bs, times[f"forward/{bs}"]),
-             "count_classes_evals_per_s": rate(b * n, times[f"count_classes/{bs}"]),
-             "forward_evals_per_cpu_s": rate(evals - evals % bs, times[f"forward/{bs}@cpu"]),
-             "count_classes_evals_per_cpu_s": rate(b * n, times[f"count_classes/{bs}@cpu"])} for bs in sizes]
-    out = {"model": arch, "threads": torch.get_num_threads(), "evals": evals, "rows": rows,
-           "best_batch_size_cpu_time": max(rows, key=lambda r: r["count_classes_evals_per_cpu_s"])["batch_size"]}
+    rows = [
+        {
+            "batch_size": bs,
+            "forward_evals_per_s": rate(evals - evals % bs, times[f"forward/{bs}"]),
+            "count_classes_evals_per_s": rate(b * n, times[f"count_classes/{bs}"]),
+            "forward_evals_per_cpu_s": rate(evals - evals % bs, times[f"forward/{bs}@cpu"]),
+            "count_classes_evals_per_cpu_s": rate(b * n, times[f"count_classes/{bs}@cpu"]),
+        }
+        for bs in sizes
+    ]
+    out = {
+        "model": arch,
+        "threads": torch.get_num_threads(),
+        "evals": evals,
+        "rows": rows,
+        "best_batch_size_cpu_time": max(rows, key=lambda r: r["count_classes_evals_per_cpu_s"])["batch_size"],
+    }
     print(json.dumps(out), flush=True)
     return out
 
@@ -440,7 +584,7 @@ def _train_digits(sigma: float, epochs: int, device: torch.device):
         model.train()
         order = tr[torch.randperm(len(tr), generator=gen)]
         for k in range(0, len(order), 64):
-            xb, yb = xs[order[k:k + 64]], ys[order[k:k + 64]]
+            xb, yb = xs[order[k : k + 64]], ys[order[k : k + 64]]
             xb = xb + sigma * torch.randn(xb.shape, generator=gen)
             loss = nn.functional.cross_entropy(model(xb.to(device)), yb.to(device))
             opt.zero_grad()
@@ -449,8 +593,20 @@ def _train_digits(sigma: float, epochs: int, device: torch.device):
     return model.eval(), xs[te].to(device), ys[te].numpy()
 
 
-def batched_vs_single(trained, num_inputs: int, n0: int, n: int, alpha: float, batch_size: int, chunk: int,
-                      sigma: float, device: torch.device, epochs: int, repeats: int, threads_used: int) -> dict:
+def batched_vs_single(
+    trained,
+    num_inputs: int,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    chunk: int,
+    sigma: float,
+    device: torch.device,
+    epochs: int,
+    repeats: int,
+    threads_used: int,
+) -> dict:
     model, xt, yt = trained
     xt, yt = xt[:num_inputs], yt[:num_inputs]
     sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
@@ -460,9 +616,19 @@ def batched_vs_single(trained, num_inputs: int, n0: int, n: int, alpha: float, b
         pred, radius = [], []
         for k in range(0, len(xt), g):
             idx = range(k, min(len(xt), k + g))
-            out = core.certify_batch(model, xt[k:k + g], sigma, 10, n0, n, alpha, "l2",
-                                     [stream_seed(0, i, "select") for i in idx],
-                                     [stream_seed(0, i, "estimate") for i in idx], sampling)
+            out = core.certify_batch(
+                model,
+                xt[k : k + g],
+                sigma,
+                10,
+                n0,
+                n,
+                alpha,
+                "l2",
+                [stream_seed(0, i, "select") for i in idx],
+                [stream_seed(0, i, "estimate") for i in idx],
+                sampling,
+            )
             pred.append(out["predict"])
             radius.append(np.where(out["predict"] != core.ABSTAIN, sigma * out["gap"], 0.0))
         return np.concatenate(pred), np.concatenate(radius)
@@ -473,13 +639,17 @@ def batched_vs_single(trained, num_inputs: int, n0: int, n: int, alpha: float, b
         return np.array([r[0] for r in res]), np.array([r[1] for r in res])
 
     runs = {}
-    fns = {"batched_shard_groups": lambda: batched(group), "single": single,
-           "batched_one_call": lambda: batched(len(xt))}
+    fns = {
+        "batched_shard_groups": lambda: batched(group),
+        "single": single,
+        "batched_one_call": lambda: batched(len(xt)),
+    }
 
     def keep(name):  # every repeat gives the same certificates (fixed seeds): keep the last
         def f():
             pred, radius = fns[name]()
             runs[name] = {"predict": pred, "radius": radius}
+
         return f
 
     times = interleaved({name: keep(name) for name in fns}, repeats, device, warmup=0)
@@ -491,32 +661,49 @@ def batched_vs_single(trained, num_inputs: int, n0: int, n: int, alpha: float, b
 
     def summary(r):
         correct = r["predict"] == yt
-        return {"seconds": round(r["seconds"], 3), "inputs_per_s": round(len(yt) / r["seconds"], 3),
-                "evals_per_s": round(len(yt) * (n0 + n) / r["seconds"], 1),
-                "mean_radius": round(float(r["radius"].mean()), 5),
-                "abstain_rate": round(float((r["predict"] == core.ABSTAIN).mean()), 4),
-                "certified_accuracy": {f"{t:g}": round(float((correct & (r["radius"] >= t)).mean()), 4)
-                                       for t in (0.0, 0.25, 0.5, 0.75)}}
+        return {
+            "seconds": round(r["seconds"], 3),
+            "inputs_per_s": round(len(yt) / r["seconds"], 3),
+            "evals_per_s": round(len(yt) * (n0 + n) / r["seconds"], 1),
+            "mean_radius": round(float(r["radius"].mean()), 5),
+            "abstain_rate": round(float((r["predict"] == core.ABSTAIN).mean()), 4),
+            "certified_accuracy": {
+                f"{t:g}": round(float((correct & (r["radius"] >= t)).mean()), 4) for t in (0.0, 0.25, 0.5, 0.75)
+            },
+        }
 
-    out = {"inputs": len(yt), "n0": n0, "n": n, "alpha": alpha, "sigma": sigma, "batch_size": batch_size,
-           "chunk": chunk, "inputs_per_certify_batch": group, "train_epochs": epochs, "repeats": repeats,
-           "threads": threads_used,
-           **{name: summary(r) for name, r in runs.items()},
-           "speedup_batched_vs_single": ratio(times, "batched_shard_groups", "single")["median"],
-           "speedup_one_call_vs_single": ratio(times, "batched_one_call", "single")["median"],
-           "radius_agreement": {
-               "mean_paired_difference": round(float(diff.mean()), 5),
-               "paired_difference_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 5),
-               "z": round(float(diff.mean() / max(diff.std(ddof=1) / np.sqrt(len(diff)), 1e-12)), 3),
-               "ks_statistic": round(float(ks.statistic), 4), "ks_pvalue": round(float(ks.pvalue), 4),
-               "prediction_agreement": round(float((a["predict"] == s["predict"]).mean()), 4),
-               "same_seeds_batched_equal": bool(np.array_equal(a["radius"], runs["batched_one_call"]["radius"]))}}
+    out = {
+        "inputs": len(yt),
+        "n0": n0,
+        "n": n,
+        "alpha": alpha,
+        "sigma": sigma,
+        "batch_size": batch_size,
+        "chunk": chunk,
+        "inputs_per_certify_batch": group,
+        "train_epochs": epochs,
+        "repeats": repeats,
+        "threads": threads_used,
+        **{name: summary(r) for name, r in runs.items()},
+        "speedup_batched_vs_single": ratio(times, "batched_shard_groups", "single")["median"],
+        "speedup_one_call_vs_single": ratio(times, "batched_one_call", "single")["median"],
+        "radius_agreement": {
+            "mean_paired_difference": round(float(diff.mean()), 5),
+            "paired_difference_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 5),
+            "z": round(float(diff.mean() / max(diff.std(ddof=1) / np.sqrt(len(diff)), 1e-12)), 3),
+            "ks_statistic": round(float(ks.statistic), 4),
+            "ks_pvalue": round(float(ks.pvalue), 4),
+            "prediction_agreement": round(float((a["predict"] == s["predict"]).mean()), 4),
+            "same_seeds_batched_equal": bool(np.array_equal(a["radius"], runs["batched_one_call"]["radius"])),
+        },
+    }
     print(json.dumps({k: v for k, v in out.items() if k not in ("single", "batched_shard_groups")}), flush=True)
     return out
 
 
-def compile_worker(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: str,
-                   n_threads: int | None = None) -> dict:
+def compile_worker(
+    arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: str, n_threads: int | None = None
+) -> dict:
     """Run inside a subprocess: torch.compile the model, time eager vs compiled forward and count_classes."""
     if n_threads:
         torch.set_num_threads(n_threads)
@@ -538,36 +725,62 @@ def compile_worker(arch: str, b: int, n: int, batch_size: int, chunk: int, repea
             with torch.inference_mode():
                 for _ in range(passes):
                     m(pre)
+
         return f
 
-    times = interleaved({"eager_forward": fwd(model), "compiled_forward": fwd(compiled),
-                         "eager_count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
-                         "compiled_count_classes": lambda: core.count_classes(compiled, x, 0.25, n, 10, seeds, sampling)},
-                        repeats, dev)
+    times = interleaved(
+        {
+            "eager_forward": fwd(model),
+            "compiled_forward": fwd(compiled),
+            "eager_count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
+            "compiled_count_classes": lambda: core.count_classes(compiled, x, 0.25, n, 10, seeds, sampling),
+        },
+        repeats,
+        dev,
+    )
     evals = passes * batch_size
-    same = np.array_equal(core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
-                          core.count_classes(compiled, x, 0.25, n, 10, seeds, sampling))
-    return {"model": arch, "threads": torch.get_num_threads(), "compile_seconds": round(compile_s, 1),
-            "batch_size": batch_size, "evals": evals,
-            **{f"{k}_evals_per_s": rate(evals, v) for k, v in times.items() if not k.endswith("@cpu")},
-            "speed_compiled_vs_eager_forward": ratio(times, "compiled_forward", "eager_forward")["median"],
-            "speed_compiled_vs_eager_count_classes": ratio(times, "compiled_count_classes", "eager_count_classes")["median"],
-            "efficiency_compiled": ratio(times, "compiled_count_classes", "compiled_forward")["median"],
-            "efficiency_compiled_cpu_time": ratio(times, "compiled_count_classes@cpu", "compiled_forward@cpu")["median"],
-            "speed_compiled_vs_eager_forward_cpu_time": ratio(times, "compiled_forward@cpu", "eager_forward@cpu")["median"],
-            "counts_equal_eager": bool(same),
-            "break_even_evals": None}
+    same = np.array_equal(
+        core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
+        core.count_classes(compiled, x, 0.25, n, 10, seeds, sampling),
+    )
+    return {
+        "model": arch,
+        "threads": torch.get_num_threads(),
+        "compile_seconds": round(compile_s, 1),
+        "batch_size": batch_size,
+        "evals": evals,
+        **{f"{k}_evals_per_s": rate(evals, v) for k, v in times.items() if not k.endswith("@cpu")},
+        "speed_compiled_vs_eager_forward": ratio(times, "compiled_forward", "eager_forward")["median"],
+        "speed_compiled_vs_eager_count_classes": ratio(times, "compiled_count_classes", "eager_count_classes")[
+            "median"
+        ],
+        "efficiency_compiled": ratio(times, "compiled_count_classes", "compiled_forward")["median"],
+        "efficiency_compiled_cpu_time": ratio(times, "compiled_count_classes@cpu", "compiled_forward@cpu")["median"],
+        "speed_compiled_vs_eager_forward_cpu_time": ratio(times, "compiled_forward@cpu", "eager_forward@cpu")["median"],
+        "counts_equal_eager": bool(same),
+        "break_even_evals": None,
+    }
 
 
-def compile_section(arch: str, b: int, n: int, batch_size: int, chunk: int, repeats: int, device: torch.device,
-                    timeout: int, n_threads: int | None) -> dict:
+def compile_section(
+    arch: str,
+    b: int,
+    n: int,
+    batch_size: int,
+    chunk: int,
+    repeats: int,
+    device: torch.device,
+    timeout: int,
+    n_threads: int | None,
+) -> dict:
     spec = [arch, b, n, batch_size, chunk, repeats, str(device), n_threads]
     cmd = [sys.executable, __file__, "--compile-worker", json.dumps(spec)]
     t0 = time.perf_counter()
     cache = tempfile.mkdtemp(prefix="inductor-")  # a cold cache: compile_seconds is a first compile
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        )
     except subprocess.TimeoutExpired:
         return {"model": arch, "available": False, "reason": f"did not finish within {timeout} s (compile + timing)"}
     finally:
@@ -603,14 +816,20 @@ def malloc_worker(arch: str, b: int, n: int, batch_size: int, chunk: int, repeat
             for _ in range(passes):
                 model(pre)
 
-    times = interleaved({"forward": fwd, "count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds,
-                                                                                      sampling)}, repeats, dev)
-    return {"forward": rate(passes * batch_size, times["forward"]),
-            "count_classes": rate(b * n, times["count_classes"])}
+    times = interleaved(
+        {"forward": fwd, "count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling)},
+        repeats,
+        dev,
+    )
+    return {
+        "forward": rate(passes * batch_size, times["forward"]),
+        "count_classes": rate(b * n, times["count_classes"]),
+    }
 
 
-def malloc_section(arch: str, b: int, n: int, batch_sizes: list[int], chunk: int, repeats: int, rounds: int,
-                   n_threads: int | None) -> dict:
+def malloc_section(
+    arch: str, b: int, n: int, batch_sizes: list[int], chunk: int, repeats: int, rounds: int, n_threads: int | None
+) -> dict:
     """glibc malloc returning large activation buffers to the OS (page faults on every forward pass) vs keeping them.
 
     Alternates processes with the default allocator settings and with MALLOC_ENV ``rounds`` times per batch size.
@@ -621,20 +840,33 @@ def malloc_section(arch: str, b: int, n: int, batch_sizes: list[int], chunk: int
         for _ in range(rounds):
             for name, extra in (("default", {}), ("malloc_env", MALLOC_ENV)):
                 spec = json.dumps([arch, max(b, 2 * bs // n), n, bs, min(chunk, bs), repeats, n_threads])
-                proc = subprocess.run([sys.executable, __file__, "--malloc-worker", spec], capture_output=True,
-                                      text=True, env={**os.environ, **extra}, timeout=900)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--malloc-worker", spec],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, **extra},
+                    timeout=900,
+                )
                 if proc.returncode == 0:
                     got[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
         if not got["default"] or not got["malloc_env"]:
             continue
-        med = {name: {k: float(np.median([r[k] for r in v])) for k in ("forward", "count_classes")}
-               for name, v in got.items()}
-        rows.append({"batch_size": bs, "default_forward_evals_per_s": round(med["default"]["forward"], 1),
-                     "malloc_env_forward_evals_per_s": round(med["malloc_env"]["forward"], 1),
-                     "default_count_classes_evals_per_s": round(med["default"]["count_classes"], 1),
-                     "malloc_env_count_classes_evals_per_s": round(med["malloc_env"]["count_classes"], 1),
-                     "speed_malloc_env_vs_default_count_classes":
-                         round(med["malloc_env"]["count_classes"] / med["default"]["count_classes"], 4)})
+        med = {
+            name: {k: float(np.median([r[k] for r in v])) for k in ("forward", "count_classes")}
+            for name, v in got.items()
+        }
+        rows.append(
+            {
+                "batch_size": bs,
+                "default_forward_evals_per_s": round(med["default"]["forward"], 1),
+                "malloc_env_forward_evals_per_s": round(med["malloc_env"]["forward"], 1),
+                "default_count_classes_evals_per_s": round(med["default"]["count_classes"], 1),
+                "malloc_env_count_classes_evals_per_s": round(med["malloc_env"]["count_classes"], 1),
+                "speed_malloc_env_vs_default_count_classes": round(
+                    med["malloc_env"]["count_classes"] / med["default"]["count_classes"], 4
+                ),
+            }
+        )
     out = {"model": arch, "env": MALLOC_ENV, "rounds": rounds, "threads": n_threads, "rows": rows}
     print(json.dumps(out), flush=True)
     return out
@@ -649,14 +881,21 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile section")
     ap.add_argument("--skip-resnet", action="store_true", help="skip ResNet-20 (slow on CPU)")
     ap.add_argument("--compile-timeout", type=int, default=900)
-    ap.add_argument("--ablation-threads", type=int, default=None,
-                    help="torch threads for the ablations (default on CPU: 1, the least disturbed by other load)")
+    ap.add_argument(
+        "--ablation-threads",
+        type=int,
+        default=None,
+        help="torch threads for the ablations (default on CPU: 1, the least disturbed by other load)",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--compile-worker", help=argparse.SUPPRESS)
     ap.add_argument("--malloc-worker", help=argparse.SUPPRESS)
     ap.add_argument("--no-malloc", action="store_true", help="skip the glibc malloc settings section")
-    ap.add_argument("--efficiency-only", action="store_true",
-                    help="only the efficiency section (default out: results/certify_efficiency_<device>.json)")
+    ap.add_argument(
+        "--efficiency-only",
+        action="store_true",
+        help="only the efficiency section (default out: results/certify_efficiency_<device>.json)",
+    )
     args = ap.parse_args()
     if args.compile_worker:
         print(json.dumps(compile_worker(*json.loads(args.compile_worker))))
@@ -665,8 +904,12 @@ def main() -> None:
         print(json.dumps(malloc_worker(*json.loads(args.malloc_worker))))
         return
     device = torch.device(args.device)
-    out_path = Path(args.out) if args.out else RESULTS / (
-        f"certify_efficiency_{device.type}.json" if args.efficiency_only else f"certify_{device.type}.json")
+    out_path = (
+        Path(args.out)
+        if args.out
+        else RESULTS
+        / (f"certify_efficiency_{device.type}.json" if args.efficiency_only else f"certify_{device.type}.json")
+    )
     q = args.quick
     reps = 2 if q else args.repeats
     gpu = device.type == "cuda"
@@ -678,9 +921,16 @@ def main() -> None:
     select = (10, 100, 1000, 100) if q else (max(1, 8 * bs // n0), n0, bs, min(chunk, n0))
     resnet = (2, 100, 100, 100) if q else ((16, 10_000, 1000, 1000) if gpu else (2, 200, 200, 200))
     t_start = time.perf_counter()
-    result = {"machine": machine(), "device": str(device), "load_avg_start": load(), "certify_params": cc,
-              "method": "interleaved repeats; medians of times and of per-repeat ratios",
-              "efficiency": [], "ablations": [], "channels_last_forward": []}
+    result = {
+        "machine": machine(),
+        "device": str(device),
+        "load_avg_start": load(),
+        "certify_params": cc,
+        "method": "interleaved repeats; medians of times and of per-repeat ratios",
+        "efficiency": [],
+        "ablations": [],
+        "channels_last_forward": [],
+    }
     thread_settings = [None] if gpu else sorted({1, torch.get_num_threads()}, reverse=True)
     for nt in thread_settings:
         result["efficiency"].append(efficiency("digits_cnn", *digits, 2 * reps, device, nt))
@@ -698,36 +948,95 @@ def main() -> None:
     ab_threads = args.ablation_threads or (None if gpu else 1)
     # at the configured batch size, and (CPU) at 1000 rows, where the digits CNN runs fastest per row
     with threads(ab_threads):
-        result["batched_vs_single"] = [batched_vs_single(
-            trained, num_inputs=10 if q else 100, n0=100 if q else n0, n=200 if q else n, alpha=0.001 if q else cc["alpha"],
-            batch_size=size, chunk=min(digits[3], size), sigma=0.25, device=device, epochs=epochs,
-            repeats=max(3, reps // 2), threads_used=torch.get_num_threads())
-            for size in ([digits[2]] if gpu or digits[2] == 1000 else [digits[2], 1000])]
+        result["batched_vs_single"] = [
+            batched_vs_single(
+                trained,
+                num_inputs=10 if q else 100,
+                n0=100 if q else n0,
+                n=200 if q else n,
+                alpha=0.001 if q else cc["alpha"],
+                batch_size=size,
+                chunk=min(digits[3], size),
+                sigma=0.25,
+                device=device,
+                epochs=epochs,
+                repeats=max(3, reps // 2),
+                threads_used=torch.get_num_threads(),
+            )
+            for size in ([digits[2]] if gpu or digits[2] == 1000 else [digits[2], 1000])
+        ]
     result["ablation_threads"] = ab_threads or torch.get_num_threads()
-    every = ["count_classes", "legacy", "no_grad", "noise_allocated", "numpy_counting", "one_input_per_pass",
-             "threads", "channels_last"]
-    result["ablations"] += ablations("digits_cnn", *digits, reps, device, "estimate (n=%d)" % digits[1], every,
-                                     ab_threads)
-    result["ablations"] += ablations("digits_cnn", *select, reps, device, "select (n0=%d)" % select[1],
-                                     ["count_classes", "legacy", "one_input_per_pass", "numpy_counting"], ab_threads)
+    every = [
+        "count_classes",
+        "legacy",
+        "no_grad",
+        "noise_allocated",
+        "numpy_counting",
+        "one_input_per_pass",
+        "threads",
+        "channels_last",
+    ]
+    result["ablations"] += ablations(
+        "digits_cnn", *digits, reps, device, f"estimate (n={digits[1]})", every, ab_threads
+    )
+    result["ablations"] += ablations(
+        "digits_cnn",
+        *select,
+        reps,
+        device,
+        f"select (n0={select[1]})",
+        ["count_classes", "legacy", "one_input_per_pass", "numpy_counting"],
+        ab_threads,
+    )
     with threads(ab_threads):
         result["channels_last_forward"].append(channels_last_forward("digits_cnn", digits[2], reps, device))
     if not args.skip_resnet:
-        result["ablations"] += ablations("cifar_resnet20", *resnet, max(3, reps // 2), device,
-                                         "estimate (n=%d)" % resnet[1], ["legacy", "noise_allocated", "channels_last"],
-                                         ab_threads)
+        result["ablations"] += ablations(
+            "cifar_resnet20",
+            *resnet,
+            max(3, reps // 2),
+            device,
+            f"estimate (n={resnet[1]})",
+            ["legacy", "noise_allocated", "channels_last"],
+            ab_threads,
+        )
         with threads(ab_threads):
             result["channels_last_forward"].append(
-                channels_last_forward("cifar_resnet20", resnet[2], max(3, reps // 2), device))
+                channels_last_forward("cifar_resnet20", resnet[2], max(3, reps // 2), device)
+            )
     with threads(ab_threads):
-        result["batch_size_sweep"] = [batch_sweep("digits_cnn", [100, 250, 500, 1000, 2000, 4000, 8000] if not q else
-                                                  [100, 1000], 8000 if not q else 1000, 1000, reps, device)]
+        result["batch_size_sweep"] = [
+            batch_sweep(
+                "digits_cnn",
+                [100, 250, 500, 1000, 2000, 4000, 8000] if not q else [100, 1000],
+                8000 if not q else 1000,
+                1000,
+                reps,
+                device,
+            )
+        ]
         if not args.skip_resnet:
-            result["batch_size_sweep"].append(batch_sweep("cifar_resnet20", [25, 50, 100, 200, 400] if not q else [25, 50],
-                                                          800 if not q else 100, 1000, max(3, reps // 2), device))
+            result["batch_size_sweep"].append(
+                batch_sweep(
+                    "cifar_resnet20",
+                    [25, 50, 100, 200, 400] if not q else [25, 50],
+                    800 if not q else 100,
+                    1000,
+                    max(3, reps // 2),
+                    device,
+                )
+            )
     if not args.no_malloc and not gpu and sys.platform.startswith("linux"):
-        result["malloc"] = malloc_section("digits_cnn", 2, digits[1], [digits[2], 2 * digits[2]] if not q else [1000],
-                                          digits[3], 3 if q else reps, 2 if q else 3, ab_threads)
+        result["malloc"] = malloc_section(
+            "digits_cnn",
+            2,
+            digits[1],
+            [digits[2], 2 * digits[2]] if not q else [1000],
+            digits[3],
+            3 if q else reps,
+            2 if q else 3,
+            ab_threads,
+        )
     if not args.no_compile:
         result["compile"] = [compile_section("digits_cnn", *digits, reps, device, args.compile_timeout, ab_threads)]
     result["load_avg_end"] = load()

@@ -1,7 +1,7 @@
 """End-to-end cost of the default pipeline: wall time and peak memory of ``snakemake --profile workflow/profiles/local``.
 
-Copies the repository's tracked and unignored files into a scratch directory (as tests/test_workflow.py
-does), checks that ``snakemake -n`` plans the run, then runs the whole default workflow from scratch on
+Copies the repository's tracked and unignored files into a scratch directory (``harness.copy_repo``),
+checks that ``snakemake -n`` plans the run, then runs the whole default workflow from scratch on
 ``--cores`` cores (default 2) and writes ``benchmarks/results/e2e_cpu.json`` with:
 
 * ``wall_seconds``: wall time of the snakemake run;
@@ -10,16 +10,16 @@ does), checks that ``snakemake -n`` plans the run, then runs the whole default w
 * ``max_rss_single_process_mb``: the largest resident set of any one process of the tree
   (``/usr/bin/time -v``'s "Maximum resident set size" when present, else getrusage(RUSAGE_CHILDREN));
 * ``cpu_user_seconds`` / ``cpu_system_seconds``: CPU time of the whole tree (getrusage of the children);
-* ``jobs``: snakemake's job counts per rule; ``machine``: CPU model, cores, torch version; ``commit``.
+* ``jobs``: snakemake's job counts per rule; ``machine``: :func:`harness.machine`; ``commit``, ``worktree_dirty``.
 
 Usage: python benchmarks/bench_e2e.py [--cores 2] [--keep DIR] [--configfile extra.yaml] [--timeout 7200]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -32,26 +32,9 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
+import harness
+
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(REPO / "tests"))
-from test_workflow import copy_repo  # noqa: E402  (one definition of "the repository's files")
-
-from smoothcert.io import write_json  # noqa: E402
-
-
-def machine() -> dict:
-    import torch
-
-    name = platform.processor()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001 - lscpu is optional
-        pass
-    return {"cpu_model": name, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cuda": torch.cuda.is_available(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
 
 
 def env() -> dict:
@@ -118,25 +101,30 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="run in this directory (kept) instead of a temporary one")
     ap.add_argument("--interval", type=float, default=0.25, help="seconds between RSS samples")
     ap.add_argument("--timeout", type=int, default=7200)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "e2e_cpu.json"))
+    ap.add_argument("--out", default=str(harness.results_path("e2e_cpu.json")))
     args = ap.parse_args()
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="smoothcert-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
-    copy_repo(work)
+    harness.copy_repo(work)
     cmd = [str(BIN / "snakemake"), "--profile", args.profile, "--cores", str(args.cores)]
     if args.configfile:
         cmd += ["--configfile", str(Path(args.configfile).resolve())]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip())
-    result = {"command": " ".join(["snakemake", *cmd[1:]]), "cores": args.cores, "machine": machine(),
-              "commit": commit, "worktree_dirty": dirty, "workdir": str(work)}
+    result = {
+        "command": " ".join(["snakemake", *cmd[1:]]),
+        "cores": args.cores,
+        "machine": harness.machine(),
+        **harness.commit(),
+        "workdir": str(work),
+    }
 
     dry = subprocess.run([*cmd, "-n"], cwd=work, env=env(), capture_output=True, text=True, timeout=600)
     if dry.returncode != 0:
         result.update(status="dry_run_failed", error=(dry.stderr or dry.stdout)[-2000:])
-        write_json(args.out, result)
-        print(f"snakemake -n failed; wrote {args.out}\n{result['error']}")
+        harness.write_result(args.out, result)
+        print(f"snakemake -n failed\n{result['error']}")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
         sys.exit(1)
     result["planned_jobs"] = job_stats(dry.stdout + dry.stderr)
 
@@ -164,18 +152,23 @@ def main() -> None:
     if m:
         max_rss_kb = int(m.group(1))
     result.update(
-        status="ok" if rc == 0 else "failed", returncode=rc, wall_seconds=round(wall, 1),
-        peak_tree_rss_mb=round(sampler.peak / 2**20, 1), processes_at_peak=sampler.peak_procs,
-        rss_samples=sampler.samples, rss_interval_s=args.interval,
+        status="ok" if rc == 0 else "failed",
+        returncode=rc,
+        wall_seconds=round(wall, 1),
+        peak_tree_rss_mb=round(sampler.peak / 2**20, 1),
+        processes_at_peak=sampler.peak_procs,
+        rss_samples=sampler.samples,
+        rss_interval_s=args.interval,
         max_rss_single_process_mb=round(max_rss_kb / 1024, 1),
         max_rss_source="/usr/bin/time -v" if m else "getrusage(RUSAGE_CHILDREN)",
         cpu_user_seconds=round(after.ru_utime - before.ru_utime, 1),
         cpu_system_seconds=round(after.ru_stime - before.ru_stime, 1),
         jobs=job_stats(text) or result["planned_jobs"],
-        load_avg_end=[round(v, 2) for v in os.getloadavg()])
+        load_avg_end=harness.load_avg(),
+    )
     if rc != 0:
         result["log_tail"] = text[-3000:]
-    write_json(args.out, result)
+    harness.write_result(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("log_tail", "machine")}, indent=1))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

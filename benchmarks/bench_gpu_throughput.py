@@ -12,27 +12,33 @@ Writes ``benchmarks/results/gpu_throughput_<device>.json`` (device = cuda or cpu
 Usage: python benchmarks/bench_gpu_throughput.py [--device auto|cpu|cuda] [--n N] [--inputs K]
        [--batch-sizes 1000 4000] [--threads T] [--out PATH]
 """
+
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
-from pathlib import Path
 
 import torch
 
-from smoothcert import core
+import harness
 from smoothcert import data as data_mod
-from smoothcert.io import write_json
-from smoothcert.models import build_model
-from smoothcert.noise import stream_seed
+from smoothcert.engine import core
+from smoothcert.engine.noise import stream_seed
+from smoothcert.training.models import build_model
 
 WORKLOADS = [("digits_cnn", "digits"), ("cifar_resnet20", "cifar10")]
 
 
-def bench_one(arch: str, dataset: str, device: torch.device, n: int, n0: int, inputs: int, batch_size: int,
-              amp: bool, repeats: int) -> dict:
+def bench_one(
+    arch: str,
+    dataset: str,
+    device: torch.device,
+    n: int,
+    n0: int,
+    inputs: int,
+    batch_size: int,
+    amp: bool,
+    repeats: int,
+) -> dict:
     meta = data_mod.info(dataset)
     model = build_model(arch, meta.channels, meta.num_classes, meta.size, list(meta.mean), list(meta.std))
     model = model.to(device).eval()
@@ -43,21 +49,29 @@ def bench_one(arch: str, dataset: str, device: torch.device, n: int, n0: int, in
     seeds_e = [stream_seed(0, i, "estimate") for i in range(inputs)]
 
     def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        core.certify_batch(model, x, 0.25, meta.num_classes, n0, n, 0.001, "l2", seeds_s, seeds_e, sampling)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return harness.timed(
+            lambda: core.certify_batch(
+                model, x, 0.25, meta.num_classes, n0, n, 0.001, "l2", seeds_s, seeds_e, sampling
+            ),
+            device,
+        )[1]
 
     once()  # warm-up: cuDNN autotuning, allocator, lazy init
     times = sorted(once() for _ in range(repeats))
     best = times[0]
-    return {"arch": arch, "input_shape": [meta.channels, meta.size, meta.size], "inputs": inputs, "n0": n0, "n": n,
-            "batch_size": batch_size, "amp": amp, "seconds_best": round(best, 4),
-            "seconds_median": round(times[len(times) // 2], 4), "inputs_per_s": round(inputs / best, 2),
-            "evals_per_s": round(inputs * (n0 + n) / best, 1)}
+    return {
+        "arch": arch,
+        "input_shape": [meta.channels, meta.size, meta.size],
+        "inputs": inputs,
+        "n0": n0,
+        "n": n,
+        "batch_size": batch_size,
+        "amp": amp,
+        "seconds_best": round(best, 4),
+        "seconds_median": round(times[len(times) // 2], 4),
+        "inputs_per_s": round(inputs / best, 2),
+        "evals_per_s": round(inputs * (n0 + n) / best, 1),
+    }
 
 
 def main(argv=None) -> dict:
@@ -89,23 +103,19 @@ def main(argv=None) -> dict:
         for bs in batch_sizes:
             for amp in amps:
                 r = bench_one(arch, dataset, device, n, args.n0, inputs, bs, amp, repeats)
-                print(f"{device.type} {arch:15s} batch {bs:6d} amp {amp!s:5s}  {r['inputs_per_s']:9.2f} inputs/s  "
-                      f"{r['evals_per_s']:12.1f} evals/s", flush=True)
+                harness.emit({"device": device.type, **r})
                 results.append(r)
 
+    info = harness.machine()
     record = {
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if use_cuda else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "cuda": torch.version.cuda if use_cuda else None,
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "device_name": torch.cuda.get_device_name(device) if use_cuda else info["cpu_model"],
+        "machine": info,
         "note": "untrained models on random inputs: throughput only (inputs/s and base-classifier evals/s, "
-                "best of repeats after one warm-up)",
+        "best of repeats after one warm-up)",
         "results": results,
     }
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"gpu_throughput_{device.type}.json")
-    write_json(out, record)
-    print(f"wrote {out}")
+    harness.write_result(args.out or harness.results_path(f"gpu_throughput_{device.type}.json"), record)
     return record
 
 

@@ -15,20 +15,17 @@ the growth ratio t(10,000) / t(1,000) (10 for linear time, 100 for quadratic).
 
 Usage: python benchmarks/bench_memory.py [--sizes 1000 10000] [--out benchmarks/results/memory.json]
 """
+
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm as normal
 from sklearn.datasets import load_digits
 
-from smoothcert.io import write_json
+import harness
 from smoothcert.engine.regions import candidate_pairs, run_memory
 
 
@@ -50,8 +47,9 @@ def synthetic(n: int, norm: str, sigma: float, seed: int = 0, workload: str = "d
         perm = rng.permutation(n)
         centers = np.clip(drawn[perm], 0.0, 1.0)
         # label of a draw: the majority digit of its mixture component
-        majority = np.array([np.bincount(digits.target[mix.predict(images) == k], minlength=10).argmax()
-                             for k in range(40)])
+        majority = np.array(
+            [np.bincount(digits.target[mix.predict(images) == k], minlength=10).argmax() for k in range(40)]
+        )
         label = majority[comp[perm]].astype(np.int64)
     wrong = rng.random(n) < 0.10
     predict = np.where(wrong, (label + rng.integers(1, 10, n)) % 10, label)
@@ -61,47 +59,69 @@ def synthetic(n: int, norm: str, sigma: float, seed: int = 0, workload: str = "d
     predict = np.where(abstain, -1, predict)
     gap = np.where(abstain, 0.0, gap)
     theta = sigma * np.exp(rng.normal(0.0, 0.3, (n, 64)))
-    table = pd.DataFrame({"idx": np.arange(n), "label": label, "predict": predict, "gap": gap, "norm": norm,
-                          "correct": (predict == label).astype(int)})
+    table = pd.DataFrame(
+        {
+            "idx": np.arange(n),
+            "label": label,
+            "predict": predict,
+            "gap": gap,
+            "norm": norm,
+            "correct": (predict == label).astype(int),
+        }
+    )
     return table, centers, theta
 
 
 def bench(n: int, norm: str, sigma: float, workload: str) -> dict:
     table, centers, theta = synthetic(n, norm, sigma, workload=workload)
-    t0, c0 = time.perf_counter(), time.process_time()
-    final, arrays = run_memory(table, centers, theta, norm)
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    (final, arrays), seconds, cpu = harness.timed(lambda: run_memory(table, centers, theta, norm))
     counts = final["memory"].value_counts().to_dict()
     predict = table["predict"].to_numpy()
     pairs = len(candidate_pairs(centers, theta, np.where(predict >= 0, table["gap"], 0.0), predict, norm)[1])
-    return {"workload": workload, "n": n, "norm": norm, "sigma": sigma, "close_pairs": pairs,
-            "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
-            "ms_per_input": round(1000 * seconds / n, 3), "recorded": int(len(arrays["idx"])),
-            "actions": {k: int(counts.get(k, 0)) for k in ("none", "inside", "shrunk", "abstained")}}
+    return {
+        "workload": workload,
+        "n": n,
+        "norm": norm,
+        "sigma": sigma,
+        "close_pairs": pairs,
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu, 3),
+        "ms_per_input": round(1000 * seconds / n, 3),
+        "recorded": int(len(arrays["idx"])),
+        "actions": {k: int(counts.get(k, 0)) for k in ("none", "inside", "shrunk", "abstained")},
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory.json"))
+    ap.add_argument("--out", default=str(harness.results_path("memory.json")))
     args = ap.parse_args()
     runs = []
     for workload in ("duplicates", "fresh"):
         for norm, sigma in (("l2", 0.25), ("l2", 0.5), ("l2", 1.0), ("l1", 0.5), ("l1", 2.0)):
             for n in args.sizes:
                 runs.append(bench(n, norm, sigma, workload))
-                print(runs[-1], flush=True)
+                harness.emit(runs[-1])
     growth, growth_cpu, growth_pairs = {}, {}, {}
     lo, hi = min(args.sizes), max(args.sizes)
     for workload, norm, sigma in sorted({(r["workload"], r["norm"], r["sigma"]) for r in runs}):
         for key, out in (("seconds", growth), ("cpu_seconds", growth_cpu), ("close_pairs", growth_pairs)):
             t = {r["n"]: r[key] for r in runs if (r["workload"], r["norm"], r["sigma"]) == (workload, norm, sigma)}
             out[f"{workload}-{norm}-{sigma:g}"] = round(t[hi] / t[lo], 2) if t[lo] > 0 else None
-    write_json(args.out, {"runs": runs, "growth_ratio": growth, "growth_ratio_cpu": growth_cpu,
-                          "growth_ratio_close_pairs": growth_pairs,
-                          "sizes": [lo, hi], "d": 64, "load_average": list(os.getloadavg()),
-                          "machine": {"python": platform.python_version(), "processor": platform.processor(),
-                                      "cpus": os.cpu_count()}})
+    harness.write_result(
+        args.out,
+        {
+            "runs": runs,
+            "growth_ratio": growth,
+            "growth_ratio_cpu": growth_cpu,
+            "growth_ratio_close_pairs": growth_pairs,
+            "sizes": [lo, hi],
+            "d": 64,
+            "load_average": harness.load_avg(),
+            "machine": harness.machine(),
+        },
+    )
     print(f"growth ratio t({hi})/t({lo}): wall {growth}, cpu {growth_cpu}")
 
 

@@ -7,8 +7,10 @@ as they do in practice), alternating variants in a rotating order over repeats:
 * ``ours``: ``smoothcert.optimize.ddrs_sigma`` / ``ancer_theta`` as the pipeline runs them
   (``smoothcert`` CLI: allocator tuned by :func:`smoothcert.runtime.tune_allocator`; model as
   ``load_model`` prepares it, channels-last; ``precision: auto``);
-* ``ours_float32`` (precision float32), ``ours_default_malloc`` (glibc's default allocator) and
-  ``ours_plain`` (all three undone: contiguous model, float32, default allocator), to attribute the gain;
+* ``ours_float32`` (precision float32: DDRS then takes dR/dσ by central differences, two forward passes
+  and no backward, :data:`smoothcert.optimize.GRADIENT`), ``ours_float32_autograd`` (float32 with the exact
+  autograd gradient), ``ours_default_malloc`` (glibc's default allocator) and ``ours_plain`` (contiguous model,
+  float32, autograd, default allocator), to attribute the gain;
 * ``reference``: ``ddsmoothing.optimize_isotropic_dds`` (ddsmoothing-python) and
   ``ancer.optimize_ancer`` (ancer-python) on the model as loaded, in a plain Python process.
 
@@ -18,7 +20,10 @@ surrogate and one fixed evaluation noise (:func:`smoothcert.optimize.surrogate`;
 radius for θ). Writes ``benchmarks/results/sigma_opt_<device>.json``.
 
 Install the reference packages with ``pip install --no-deps ddsmoothing-python ancer-python``.
+``--emulate-avx2`` runs every worker with :data:`AVX2_ENV` (a CPU without AVX-512, where precision auto means
+float32, emulated); the CPU's flags and the overrides in force are recorded beside every figure (``cpu``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +42,36 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("ours", "ours_float32", "ours_default_malloc", "ours_plain", "reference")
+VARIANTS = ("ours", "ours_float32", "ours_float32_autograd", "ours_default_malloc", "ours_plain", "reference")
+# A CPU without AVX-512 emulated on one that has it: torch's ATen kernels, oneDNN's and numpy's dispatch capped at AVX2.
+AVX2_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+}
+
+
+def cpu_info() -> dict:
+    """What the figures were taken on: the CPU's AVX-512 / bfloat16 / AMX flags, torch's kernel dispatch level,
+    whether precision auto runs bfloat16 here, and the dispatch overrides (an emulation) in the environment."""
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    from smoothcert import optimize
+
+    env = {k: os.environ[k] for k in AVX2_ENV if k in os.environ}
+    return {
+        "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "precision_auto": str(optimize.resolve_precision("auto", "cpu")),
+        "dispatch_env": env,
+        "emulated_no_avx512": env == AVX2_ENV,
+    }
 
 
 def _import_reference():
@@ -56,7 +90,7 @@ def _import_reference():
 def _digits(device):
     """Digits test inputs (prepared folder if present) and a Gaussian-augmented digits CNN."""
     from smoothcert import data as data_mod
-    from smoothcert.models import build_model
+    from smoothcert.training.models import build_model
 
     folder = ROOT / "data" / "digits"
     if (folder / "test.pt").is_file():
@@ -66,6 +100,7 @@ def _digits(device):
         xtr_np, xte_np, ytr_np, _ = data_mod._digits({"test_fraction": 0.3, "seed": 0})
         xtr, ytr, xte = torch.from_numpy(xtr_np), torch.from_numpy(ytr_np), torch.from_numpy(xte_np)
     meta = data_mod.info("digits")
+    torch.manual_seed(0)  # the initial weights too: every worker process must train (or load) the same model
     model = build_model("digits_cnn", meta.channels, meta.num_classes, meta.size, list(meta.mean), list(meta.std))
     ckpt = ROOT / "models" / "digits" / "gaussian-fixed-l2-0.25" / "model.pt"
     if ckpt.is_file():
@@ -76,7 +111,7 @@ def _digits(device):
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         for _ in range(6):
             for i in range(0, len(xtr), 64):
-                xb, yb = xtr[i:i + 64], ytr[i:i + 64]
+                xb, yb = xtr[i : i + 64], ytr[i : i + 64]
                 loss = nn.functional.cross_entropy(model(xb + 0.25 * torch.randn_like(xb)), yb)
                 opt.zero_grad()
                 loss.backward()
@@ -93,18 +128,19 @@ def _sync(device):
 def worker(args) -> None:
     """One variant, one method, one norm in this fresh process: warm up, time one run, save θ and seconds."""
     from smoothcert import optimize
-    from smoothcert.models import prepare_for_inference
-    from smoothcert.noise import make_generator, stream_seed
+    from smoothcert.engine.noise import make_generator, stream_seed
     from smoothcert.runtime import tune_allocator
+    from smoothcert.training.models import prepare_for_inference
 
     variant = args.worker
-    tuned = tune_allocator() if variant in ("ours", "ours_float32") else False
+    tuned = tune_allocator() if variant in ("ours", "ours_float32", "ours_float32_autograd") else False
+    optimize.GRADIENT = "central" if variant in ("ours", "ours_float32", "ours_default_malloc") else "autograd"
     torch.set_num_threads(args.threads)
     device = _device(args.device)
     xte, model, _ = _digits(device)
     for p in model.parameters():
         p.requires_grad_(False)
-    x = xte[:args.inputs].to(device)
+    x = xte[: args.inputs].to(device)
     b, d = x.shape[0], x[0].numel()
     sigma0 = torch.full((b,), args.sigma0, device=device)
     theta0 = torch.load(args.theta0, weights_only=True).to(device) if args.theta0 else None
@@ -115,9 +151,24 @@ def worker(args) -> None:
 
         def run(iterations):
             if args.method == "ddrs":
-                return dds(probs, x, cert, args.lr, sigma0.clone(), iterations, args.samples, device=str(device)).detach()
-            return ancer_opt(probs, x, cert, args.lr, theta0.reshape(x.shape).clone(), iterations, args.samples,
-                             args.kappa, device=str(device)).detach().reshape(b, d)
+                return dds(
+                    probs, x, cert, args.lr, sigma0.clone(), iterations, args.samples, device=str(device)
+                ).detach()
+            return (
+                ancer_opt(
+                    probs,
+                    x,
+                    cert,
+                    args.lr,
+                    theta0.reshape(x.shape).clone(),
+                    iterations,
+                    args.samples,
+                    args.kappa,
+                    device=str(device),
+                )
+                .detach()
+                .reshape(b, d)
+            )
     else:
         m = model if variant == "ours_plain" else prepare_for_inference(copy.deepcopy(model))
         amp = optimize.resolve_precision("auto" if variant in ("ours", "ours_default_malloc") else "float32", device)
@@ -125,14 +176,35 @@ def worker(args) -> None:
         def run(iterations):
             gens = [make_generator(stream_seed(0, i, "optimize"), device) for i in range(b)]
             if args.method == "ddrs":
-                return optimize.ddrs_sigma(m, x, sigma0, args.norm, iterations=iterations, lr=args.lr,
-                                           samples=args.samples, sigma_min=0.01, generator=gens, amp=amp)
-            return optimize.ancer_theta(m, x, theta0, args.norm, iterations=iterations, lr=args.lr,
-                                        samples=args.samples, kappa=args.kappa, generator=gens, amp=amp)
+                return optimize.ddrs_sigma(
+                    m,
+                    x,
+                    sigma0,
+                    args.norm,
+                    iterations=iterations,
+                    lr=args.lr,
+                    samples=args.samples,
+                    sigma_min=0.01,
+                    generator=gens,
+                    amp=amp,
+                )
+            return optimize.ancer_theta(
+                m,
+                x,
+                theta0,
+                args.norm,
+                iterations=iterations,
+                lr=args.lr,
+                samples=args.samples,
+                kappa=args.kappa,
+                generator=gens,
+                amp=amp,
+            )
+
     run(2)  # warm-up: allocator, thread pool, kernels
     for p in model.parameters():  # the reference DDRS turns requires_grad back on when it returns
         p.requires_grad_(False)
-    times = []
+    times, out = [], None
     for k in range(args.runs):
         torch.manual_seed(args.repeat * args.runs + k)  # the reference draws from torch's global RNG
         _sync(device)
@@ -140,9 +212,16 @@ def worker(args) -> None:
         got = run(args.ddrs_iterations if args.method == "ddrs" else args.ancer_iterations)
         _sync(device)
         times.append(time.perf_counter() - t0)
-        out = got if k == 0 else out
-    torch.save({"result": out.detach().float().cpu(), "seconds": float(np.median(times)), "runs": times,
-                "allocator_tuned": tuned}, args.result)
+        out = got if out is None else out
+    torch.save(
+        {
+            "result": out.detach().float().cpu(),
+            "seconds": float(np.median(times)),
+            "runs": times,
+            "allocator_tuned": tuned,
+        },
+        args.result,
+    )
 
 
 def _device(name: str) -> torch.device:
@@ -151,14 +230,45 @@ def _device(name: str) -> torch.device:
 
 def _spawn(args, variant: str, method: str, norm: str, repeat: int, theta0: str | None, tmp: Path) -> dict:
     out = tmp / f"{variant}-{method}-{norm}-{repeat}.pt"
-    cmd = [sys.executable, __file__, "--worker", variant, "--method", method, "--norm", norm, "--repeat", str(repeat),
-           "--result", str(out), "--inputs", str(args.inputs), "--samples", str(args.samples),
-           "--ddrs-iterations", str(args.ddrs_iterations), "--ancer-iterations", str(args.ancer_iterations),
-           "--lr", str(args.lr), "--kappa", str(args.kappa), "--sigma0", str(args.sigma0),
-           "--threads", str(args.threads), "--device", args.device, "--runs", str(args.runs)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        variant,
+        "--method",
+        method,
+        "--norm",
+        norm,
+        "--repeat",
+        str(repeat),
+        "--result",
+        str(out),
+        "--inputs",
+        str(args.inputs),
+        "--samples",
+        str(args.samples),
+        "--ddrs-iterations",
+        str(args.ddrs_iterations),
+        "--ancer-iterations",
+        str(args.ancer_iterations),
+        "--lr",
+        str(args.lr),
+        "--kappa",
+        str(args.kappa),
+        "--sigma0",
+        str(args.sigma0),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--runs",
+        str(args.runs),
+    ]
     if theta0:
         cmd += ["--theta0", theta0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if args.emulate_avx2:
+        env.update(AVX2_ENV)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"worker {variant} {method} {norm} failed:\n{proc.stderr[-3000:]}")
@@ -167,20 +277,31 @@ def _spawn(args, variant: str, method: str, norm: str, repeat: int, theta0: str 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inputs", type=int, default=50, help="test inputs, optimized as one batch (params.yaml's batch_size)")
+    ap.add_argument(
+        "--inputs", type=int, default=50, help="test inputs, optimized as one batch (params.yaml's batch_size)"
+    )
     ap.add_argument("--samples", type=int, default=32, help="noise draws per input and step")
     ap.add_argument("--ddrs-iterations", type=int, default=50)
     ap.add_argument("--ancer-iterations", type=int, default=50)
-    ap.add_argument("--runs", type=int, default=3, help="timed runs per process (after the warm-up); their median counts")
+    ap.add_argument(
+        "--runs", type=int, default=3, help="timed runs per process (after the warm-up); their median counts"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="timed processes per variant, in a rotating order")
     ap.add_argument("--lr", type=float, default=0.04, help="learning rate of both methods")
     ap.add_argument("--kappa", type=float, default=2.0)
     ap.add_argument("--sigma0", type=float, default=0.25)
     ap.add_argument("--norms", default="l2,l1", help="comma-separated: l2, l1")
-    ap.add_argument("--eval-samples", type=int, default=256, help="draws of the fixed noise the results are scored with")
+    ap.add_argument(
+        "--eval-samples", type=int, default=256, help="draws of the fixed noise the results are scored with"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/sigma_opt_<device>.json")
+    ap.add_argument(
+        "--emulate-avx2",
+        action="store_true",
+        help="run the workers as on a CPU without AVX-512 (ATen, oneDNN and numpy capped at AVX2)",
+    )
     for hidden in ("--worker", "--method", "--norm", "--result", "--theta0"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=0, help=argparse.SUPPRESS)
@@ -190,21 +311,25 @@ def main(argv=None) -> dict:
         return {}
 
     from smoothcert import optimize
+    from smoothcert.engine.noise import make_generator
     from smoothcert.io import write_json
-    from smoothcert.noise import make_generator
 
     torch.set_num_threads(args.threads)
     device = _device(args.device)
     xte, model, source = _digits(device)
-    x = xte[:args.inputs].to(device)
+    x = xte[: args.inputs].to(device)
     b, d = x.shape[0], x[0].numel()
     started, load_start = time.perf_counter(), _load()
 
     def per_input(scale, norm):
         """Per-input float32 surrogate (proxy radius for θ) on one fixed evaluation noise."""
         with torch.no_grad():
-            return optimize.surrogate(model, x, scale.to(device), norm, args.eval_samples,
-                                      make_generator(12345, device)).double().cpu().numpy()
+            return (
+                optimize.surrogate(model, x, scale.to(device), norm, args.eval_samples, make_generator(12345, device))
+                .double()
+                .cpu()
+                .numpy()
+            )
 
     def score(scale, norm):
         return float(per_input(scale, norm).mean())
@@ -214,30 +339,55 @@ def main(argv=None) -> dict:
         paired per-input difference of each variant from the reference, with its standard error."""
         scores = {v: np.mean([per_input(o, norm) for o in runs], axis=0) for v, runs in outs.items()}
         diff = {v: scores[v] - scores["reference"] for v in scores}
-        return {"mean": {v: float(sc.mean()) for v, sc in scores.items()},
-                "difference_vs_reference": {v: float(dv.mean()) for v, dv in diff.items()},
-                "difference_se": {v: float(dv.std(ddof=1) / np.sqrt(len(dv))) for v, dv in diff.items()}}
+        return {
+            "mean": {v: float(sc.mean()) for v, sc in scores.items()},
+            "difference_vs_reference": {v: float(dv.mean()) for v, dv in diff.items()},
+            "difference_se": {v: float(dv.std(ddof=1) / np.sqrt(len(dv))) for v, dv in diff.items()},
+        }
 
     def measure(method, norm, theta0, tmp):
         """All variants × repeats in a rotating order: every result and every time per variant."""
         outs, seconds = {v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}
         for r in range(args.repeats):
-            for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
+            for v in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:
                 got = _spawn(args, v, method, norm, r, theta0, tmp)
                 seconds[v].append(got["seconds"])
                 outs[v].append(got["result"])
-                print(json.dumps({"norm": norm, "method": method, "variant": v, "repeat": r,
-                                  "seconds": round(got["seconds"], 4)}), flush=True)
+                print(
+                    json.dumps(
+                        {"norm": norm, "method": method, "variant": v, "repeat": r, "seconds": round(got["seconds"], 4)}
+                    ),
+                    flush=True,
+                )
         ref = np.asarray(seconds["reference"])
-        timing = {"seconds_per_input": {v: float(np.median(s)) / b for v, s in seconds.items()},
-                  # median over repeats of reference / variant time (paired by repeat)
-                  "speedup_vs_reference": {v: float(np.median(ref / np.asarray(s))) for v, s in seconds.items()},
-                  "speedup_range": {v: [float(np.min(ref / np.asarray(s))), float(np.max(ref / np.asarray(s)))]
-                                    for v, s in seconds.items()},
-                  "wall_seconds": seconds}
+        timing = {
+            "seconds_per_input": {v: float(np.median(s)) / b for v, s in seconds.items()},
+            # median over repeats of reference / variant time (paired by repeat)
+            "speedup_vs_reference": {v: float(np.median(ref / np.asarray(s))) for v, s in seconds.items()},
+            "speedup_range": {
+                v: [float(np.min(ref / np.asarray(s))), float(np.max(ref / np.asarray(s)))] for v, s in seconds.items()
+            },
+            "wall_seconds": seconds,
+        }
         return outs, timing
 
     results = {}
+    if args.emulate_avx2:  # how the workers see the CPU (the scoring here runs at the machine's own level)
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_sigma_opt as b; "
+                "print(json.dumps(b.cpu_info()))",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **AVX2_ENV},
+            cwd=ROOT,
+        )
+        cpu = json.loads(probe.stdout.strip().splitlines()[-1])
+    else:
+        cpu = cpu_info()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for norm in [n.strip() for n in args.norms.split(",") if n.strip()]:
@@ -247,33 +397,66 @@ def main(argv=None) -> dict:
             torch.save(theta0, tmp / f"theta0-{norm}.pt")
             th, t_ancer = measure("ancer", norm, str(tmp / f"theta0-{norm}.pt"), tmp)
             results[norm] = {
-                "ddrs": {**t_ddrs, "mean_surrogate_start": score(sigma0, norm), "surrogate": quality(sig, norm),
-                         "mean_sigma": {k: float(torch.stack(v).mean()) for k, v in sig.items()}},
-                "ancer": {**t_ancer, "mean_proxy_radius_start": score(theta0, norm), "proxy_radius": quality(th, norm),
-                          "theta_at_least_start": {k: all(bool((r >= theta0 - 1e-7).all()) for r in v)
-                                                   for k, v in th.items()}},
+                "ddrs": {
+                    **t_ddrs,
+                    "cpu": cpu,
+                    "mean_surrogate_start": score(sigma0, norm),
+                    "surrogate": quality(sig, norm),
+                    "mean_sigma": {k: float(torch.stack(v).mean()) for k, v in sig.items()},
+                },
+                "ancer": {
+                    **t_ancer,
+                    "cpu": cpu,
+                    "mean_proxy_radius_start": score(theta0, norm),
+                    "proxy_radius": quality(th, norm),
+                    "theta_at_least_start": {
+                        k: all(bool((r >= theta0 - 1e-7).all()) for r in v) for k, v in th.items()
+                    },
+                },
             }
-            print(f"{norm}: " + json.dumps({k: results[norm][k]["speedup_vs_reference"] for k in ("ddrs", "ancer")}),
-                  flush=True)
+            print(
+                f"{norm}: " + json.dumps({k: results[norm][k]["speedup_vs_reference"] for k in ("ddrs", "ancer")}),
+                flush=True,
+            )
 
     report = {
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": args.threads, "torch": torch.__version__, "python": sys.version.split()[0],
-        "model": "digits_cnn", "model_source": source,
-        "precision_auto": str(optimize.resolve_precision("auto", device)),
-        "inputs": b, "input_dim": d, "batch": b, "samples": args.samples, "ddrs_iterations": args.ddrs_iterations,
-        "ancer_iterations": args.ancer_iterations, "runs_per_process": args.runs, "lr": args.lr, "kappa": args.kappa, "sigma0": args.sigma0,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "model": "digits_cnn",
+        "model_source": source,
+        "precision_auto": cpu["precision_auto"],
+        "cpu": cpu,
+        "inputs": b,
+        "input_dim": d,
+        "batch": b,
+        "samples": args.samples,
+        "ddrs_iterations": args.ddrs_iterations,
+        "ancer_iterations": args.ancer_iterations,
+        "runs_per_process": args.runs,
+        "lr": args.lr,
+        "kappa": args.kappa,
+        "sigma0": args.sigma0,
         "eval_samples": args.eval_samples,
-        "reference_packages": {"ddsmoothing-python": _version("ddsmoothing-python"), "ancer-python": _version("ancer-python")},
-        "repeats": args.repeats, "load_avg_start": load_start, "load_avg_end": _load(),
+        "reference_packages": {
+            "ddsmoothing-python": _version("ddsmoothing-python"),
+            "ancer-python": _version("ancer-python"),
+        },
+        "repeats": args.repeats,
+        "load_avg_start": load_start,
+        "load_avg_end": _load(),
         "total_seconds": round(time.perf_counter() - started, 1),
         "note": "one fresh process per variant and repeat, rotating order; seconds = the median of runs_per_process timed "
-                "runs after a 2-iteration warm-up; seconds per input = median / inputs; speedup = median over repeats of reference / variant "
-                "seconds; surrogates scored in float32 on one fixed noise draw, per input averaged over a variant's "
-                "repeats (ours is identical in every repeat; the reference draws other noise each time), "
-                "difference_vs_reference = mean paired per-input difference with its standard error; every "
-                "ANCER run starts from ours_plain's DDRS sigma; model parameters frozen for all (the reference "
-                "ANCER does not freeze them itself)",
+        "runs after a 2-iteration warm-up; seconds per input = median / inputs; speedup = median over repeats of reference / variant "
+        "seconds; surrogates scored in float32 on one fixed noise draw, per input averaged over a variant's "
+        "repeats (ours is identical in every repeat; the reference draws other noise each time), "
+        "difference_vs_reference = mean paired per-input difference with its standard error; every "
+        "ANCER run starts from ours_plain's DDRS sigma; model parameters frozen for all (the reference "
+        "ANCER does not freeze them itself)",
         "results": results,
     }
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"sigma_opt_{device.type}.json"

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models and configs that run in milliseconds."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -20,6 +20,7 @@ Usage::
     with SlurmCluster() as cluster:
         subprocess.run(["sinfo"], env=cluster.env())
 """
+
 from __future__ import annotations
 
 import os
@@ -74,7 +75,7 @@ def _etc_conflict() -> str | None:
     if not first.startswith(MARKER):
         return f"{conf} exists (a real Slurm setup?): the test cluster will not overwrite it"
     try:
-        pid = int(first[len(MARKER):].split()[0])
+        pid = int(first[len(MARKER) :].split()[0])
         os.kill(pid, 0)
     except (ValueError, IndexError, ProcessLookupError):
         return None  # left behind by a crashed run: ours to replace
@@ -129,8 +130,10 @@ class SlurmCluster:
             if owner is not None:
                 os.chown(r / name, owner.pw_uid, owner.pw_gid)
         self.munge_socket = r / "munge" / "munge.socket"
-        node = (f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} "
-                f"Gres=gpu:{self.gpus} State=UNKNOWN")
+        node = (
+            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} "
+            f"Gres=gpu:{self.gpus} State=UNKNOWN"
+        )
         lines = [
             f"{MARKER}{os.getpid()}",
             "ClusterName=smoothcert",
@@ -175,8 +178,15 @@ class SlurmCluster:
     def _spawn(self, name: str, argv: list[str], user: str | None = None) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
         kwargs = {"user": user, "group": pwd.getpwnam(user).pw_gid} if user else {}
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=self.env(), start_new_session=True, **kwargs)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env(),
+            start_new_session=True,
+            **kwargs,
+        )
         log.close()
 
     def _wait(self, what: str, check, timeout: float | None = None) -> None:
@@ -197,7 +207,7 @@ class SlurmCluster:
         proc = self._client("sinfo", "-h", "-N", "-n", self.host, "-o", "%T")
         return proc.stdout.strip().lower() if proc.returncode == 0 else ""
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         reason = unavailable()
         if reason:
             raise ClusterError(reason)
@@ -206,9 +216,20 @@ class SlurmCluster:
         try:
             self._write_config()
             m = self.root / "munge"
-            self._spawn("munged", [str(DAEMONS["munged"]), "--foreground", "--force", f"--socket={self.munge_socket}",
-                                   f"--key-file={MUNGE_KEY}", f"--pid-file={m / 'munged.pid'}",
-                                   f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}"], user="munge")
+            self._spawn(
+                "munged",
+                [
+                    str(DAEMONS["munged"]),
+                    "--foreground",
+                    "--force",
+                    f"--socket={self.munge_socket}",
+                    f"--key-file={MUNGE_KEY}",
+                    f"--pid-file={m / 'munged.pid'}",
+                    f"--log-file={m / 'munged.log'}",
+                    f"--seed-file={m / 'munged.seed'}",
+                ],
+                user="munge",
+            )
             self._wait("munged's socket", self.munge_socket.exists)
             self._spawn("slurmctld", [str(DAEMONS["slurmctld"]), "-D", "-i", "-f", str(self.conf)])
             self._wait("slurmctld", lambda: self._client("scontrol", "ping").stdout.count("UP") > 0)
@@ -269,7 +290,7 @@ class SlurmCluster:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -299,8 +320,17 @@ if __name__ == "__main__":  # a smoke check: python tests/slurm_cluster.py
         raise SystemExit(why)
     with SlurmCluster() as c:
         print(c._client("sinfo", "-N", "-o", "%N %T %G %c %m").stdout)
-        job = c._client("sbatch", "--parsable", "--gpus=1", "--mem=100", "--wrap",
-                        "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES", "-o", str(c.root / "job.out"), check=True)
+        job = c._client(
+            "sbatch",
+            "--parsable",
+            "--gpus=1",
+            "--mem=100",
+            "--wrap",
+            "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES",
+            "-o",
+            str(c.root / "job.out"),
+            check=True,
+        )
         jid = job.stdout.strip()
         for _ in range(60):
             if not c._client("squeue", "-h", "-j", jid).stdout.strip():

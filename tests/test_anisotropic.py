@@ -6,6 +6,7 @@ distance from x to the decision boundary in the θ-scaled ℓ2 metric is exactly
 |wᵀx + b| / ‖θ ⊙ w‖. Under ε ~ U[-θ, θ] the θ-scaled ℓ1 distance is |wᵀx + b| / ‖θ ⊙ w‖_∞.
 Each check is paired with a deliberately wrong variant that it must reject.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,8 @@ from scipy.special import gammaln
 from scipy.stats import norm
 from torch import nn
 
-from smoothcert import core, stats
-from smoothcert.noise import stream_seed
+from smoothcert.engine import core, stats
+from smoothcert.engine.noise import stream_seed
 
 
 class Linear(nn.Module):
@@ -47,9 +48,19 @@ def _inputs(w, theta, dist, scale_norm):
 def _certify(model, x, theta, n, norm_name, seed=0):
     seeds = lambda s: [stream_seed(seed, i, s) for i in range(len(x))]  # noqa: E731
     kind = stats.NOISE_OF_NORM[norm_name]
-    return core.certify_batch(model, torch.from_numpy(x), torch.as_tensor(theta, dtype=torch.float32), 2, 100, n,
-                              0.001, norm_name, seeds("select"), seeds("estimate"),
-                              core.Sampling(kind=kind, batch_size=100_000, chunk=10_000))
+    return core.certify_batch(
+        model,
+        torch.from_numpy(x),
+        torch.as_tensor(theta, dtype=torch.float32),
+        2,
+        100,
+        n,
+        0.001,
+        norm_name,
+        seeds("select"),
+        seeds("estimate"),
+        core.Sampling(kind=kind, batch_size=100_000, chunk=10_000),
+    )
 
 
 def test_l2_smoothed_probability_is_the_exact_one_per_dimension():
@@ -127,6 +138,7 @@ def test_l1_certified_cross_polytope_lies_within_the_exact_region(w):
 
 # --------------------------------------------------------------------------- volumes
 
+
 def _mc_log_volume(theta, gap, p, n=400_000, seed=0):
     """log volume of {‖δ ⊘ θ‖_p ≤ gap} by uniform sampling of its bounding box [-gap θ, gap θ]."""
     rng = np.random.default_rng(seed)
@@ -147,7 +159,9 @@ def test_region_log_volume_matches_monte_carlo(d, norm_name, p):
     # teeth: the other norm's formula, or an isotropic ball of radius min θ·gap, is far outside the tolerance
     other = "l1" if norm_name == "l2" else "l2"
     assert abs(float(stats.region_log_volume(theta, gap, other)) - mc) > 10 * max(5 * rel_sd, 0.01)
-    assert abs(float(stats.region_log_volume(np.full(d, theta.min()), gap, norm_name)) - mc) > 10 * max(5 * rel_sd, 0.01)
+    assert abs(float(stats.region_log_volume(np.full(d, theta.min()), gap, norm_name)) - mc) > 10 * max(
+        5 * rel_sd, 0.01
+    )
 
 
 def test_region_log_volume_matches_closed_forms():
@@ -163,6 +177,8 @@ def test_region_log_volume_matches_closed_forms():
     expected = np.log(4 / 3 * np.pi * np.prod(gap * theta, axis=1))
     np.testing.assert_allclose(stats.region_log_volume(theta, np.array([gap, gap]), "l2"), expected, rtol=1e-12)
     # cross-polytope with half-diagonals gap·θᵢ: 2^d ∏ gap θᵢ / d!
-    np.testing.assert_allclose(stats.region_log_volume(theta, gap, "l1"), np.log(8 * np.prod(gap * theta, axis=1) / 6), rtol=1e-12)
+    np.testing.assert_allclose(
+        stats.region_log_volume(theta, gap, "l1"), np.log(8 * np.prod(gap * theta, axis=1) / 6), rtol=1e-12
+    )
     # an empty region (abstain, gap ≤ 0) has log volume -inf
     assert np.all(stats.region_log_volume(theta, np.array([0.0, -0.3]), "l2") == -np.inf)

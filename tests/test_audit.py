@@ -1,4 +1,5 @@
-"""Soundness audit (small version of benchmarks/audit.py) and determinism across shards and batch sizes.
+"""Soundness audit (:mod:`smoothcert.audit`, small; full size: benchmarks/audit.py), and determinism across
+shards and batch sizes.
 
 * Classifiers with an exact answer: 1,000 certification trials per certificate type the config accepts
   (Cohen ℓ2 on images and clips, DDRS σ in ℓ2 and ℓ1, ANCER θ in ℓ2 and ℓ1, uniform ℓ1 isotropic, Smooth-Reduce
@@ -12,10 +13,10 @@
 * The certify CLI writes the same table, byte for byte apart from the wall-clock ``time`` column,
   for 1 or 3 shards and batch_size 500 or 4000.
 """
+
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 from pathlib import Path
 
@@ -24,12 +25,8 @@ import pytest
 import torch
 import yaml
 
+from smoothcert import audit
 from smoothcert.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("smoothcert_audit", REPO / "benchmarks" / "audit.py")
-audit = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(audit)
 
 TRIALS = 1000
 ALPHA = 0.1
@@ -46,14 +43,22 @@ def one_thread():
 
 def _assert_sound(result: dict) -> None:
     assert result["trials"] >= TRIALS or result["check"].startswith("attack")
-    assert result["pass"], (f"{result['check']}: {result['failures']} failures in {result['trials']} trials, "
-                            f"at most {result['allowed']} allowed at alpha = {result['alpha']}")
+    assert result["pass"], (
+        f"{result['check']}: {result['failures']} failures in {result['trials']} trials, "
+        f"at most {result['allowed']} allowed at alpha = {result['alpha']}"
+    )
 
 
 CHECKS = {  # check name → (audit function, keyword arguments)
-    "cohen_l2": ("cohen_l2", {}), "cohen_clip_l2": ("cohen_l2", {"shape": (3, 1, 4, 4)}), "ddrs_l2": ("ddrs_l2", {}),
-    "ancer_l2": ("ancer_l2", {}), "cohen_l1": ("cohen_l1", {}), "ddrs_l1": ("ddrs_l1", {}), "ancer_l1": ("ancer_l1", {}),
-    "smooth_reduce_mean": ("smooth_reduce_mean", {}), "smooth_reduce_mean_l1": ("smooth_reduce_mean_l1", {}),
+    "cohen_l2": ("cohen_l2", {}),
+    "cohen_clip_l2": ("cohen_l2", {"shape": (3, 1, 4, 4)}),
+    "ddrs_l2": ("ddrs_l2", {}),
+    "ancer_l2": ("ancer_l2", {}),
+    "cohen_l1": ("cohen_l1", {}),
+    "ddrs_l1": ("ddrs_l1", {}),
+    "ancer_l1": ("ancer_l1", {}),
+    "smooth_reduce_mean": ("smooth_reduce_mean", {}),
+    "smooth_reduce_mean_l1": ("smooth_reduce_mean_l1", {}),
     "smooth_reduce_uncorrelated_l2": ("smooth_reduce_uncorrelated_l2", {}),
     "smooth_reduce_uncorrelated_l1": ("smooth_reduce_uncorrelated_l1", {}),
     "smooth_reduce_clip_mean": ("smooth_reduce_mean", {"clip": True}),
@@ -106,6 +111,7 @@ def test_predict_wrong_class_rate_within_alpha(pa):
 
 # ---------------------------------------------------------------------------------------- trained model
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit")
@@ -115,8 +121,9 @@ def trained(tmp_path_factory):
 
 def test_attack_does_not_flip_inside_certified_radius(trained):
     _, _, model, x, y = trained
-    inside, outside = audit.attack(model, x[:60], y[:60], n0=100, n=1000, alpha=0.01, max_inputs=16, steps=15,
-                                   draws=32, eval_n=2000)
+    inside, outside = audit.attack(
+        model, x[:60], y[:60], n0=100, n=1000, alpha=0.01, max_inputs=16, steps=15, draws=32, eval_n=2000
+    )
     assert inside["trials"] >= 10, "too few certified inputs to attack"
     assert inside["delta_norm_max_over_radius"] <= 1.0 + 1e-5
     _assert_sound(inside)
@@ -136,8 +143,9 @@ def _without_time(path: Path) -> bytes:
     """The table's bytes with the ``time`` column (wall-clock seconds) cut out; every other byte kept."""
     lines = path.read_bytes().split(b"\n")
     drop = lines[0].split(b"\t").index(b"time")
-    return b"\n".join(b"\t".join(f for i, f in enumerate(line.split(b"\t")) if i != drop) if line else line
-                      for line in lines)
+    return b"\n".join(
+        b"\t".join(f for i, f in enumerate(line.split(b"\t")) if i != drop) if line else line for line in lines
+    )
 
 
 def test_certify_tables_identical_across_shards_and_batch_sizes(trained, tmp_path):
@@ -158,9 +166,24 @@ def test_certify_tables_identical_across_shards_and_batch_sizes(trained, tmp_pat
                 parts = []
                 for i in range(shards):
                     part = tmp_path / f"{method}-{shards}-{batch}" / f"{i}-of-{shards}.tsv"
-                    _cli("--config", conf, "certify", "--no-progress", "--model", model_id, "--checkpoint",
-                         folder / "model" / "model.pt", "--data", folder / "data", "--method", method,
-                         "--shard", f"{i}-of-{shards}", "--out", part)
+                    _cli(
+                        "--config",
+                        conf,
+                        "certify",
+                        "--no-progress",
+                        "--model",
+                        model_id,
+                        "--checkpoint",
+                        folder / "model" / "model.pt",
+                        "--data",
+                        folder / "data",
+                        "--method",
+                        method,
+                        "--shard",
+                        f"{i}-of-{shards}",
+                        "--out",
+                        part,
+                    )
                     parts.append(part)
                 merged = tmp_path / f"{method}-{shards}-{batch}.tsv"
                 _cli("gather", *parts, "--out", merged)

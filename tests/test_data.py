@@ -1,4 +1,5 @@
 """Datasets: the embedded split, the CIFAR-10 path on a local fixture, and clear errors."""
+
 import importlib.util
 import pickle
 from pathlib import Path
@@ -10,12 +11,19 @@ from PIL import Image
 
 from smoothcert import data
 from smoothcert.errors import SmoothcertError
-from smoothcert.models import build_model
+from smoothcert.training.models import build_model
 
 
 def _cfg(name, root, **kw):
-    return {"dataset": name, "root": str(root), "download": False, "verify_checksums": True, "test_fraction": 0.3,
-            "seed": 0, **kw}
+    return {
+        "dataset": name,
+        "root": str(root),
+        "download": False,
+        "verify_checksums": True,
+        "test_fraction": 0.3,
+        "seed": 0,
+        **kw,
+    }
 
 
 def test_digits_split_is_seeded_and_stratified(tmp_path):

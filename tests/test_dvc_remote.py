@@ -9,6 +9,7 @@ files as up to date (their mtimes after a pull are in no particular order, and t
 no ``.snakemake`` metadata), after which the report rebuilds with no train/certify job,
 identical to the original, and ``dvc repro`` reruns only the report stage.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -21,19 +22,22 @@ from test_workflow import BIN, copy_repo, run
 pytestmark = pytest.mark.slow
 
 GIT = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
-HEAVY_RULES = {"prepare_data", "train", "optimize_ddrs", "optimize_ancer", "certify", "gather", "memory_check",
-               "video"}
+HEAVY_RULES = {"prepare_data", "train", "optimize", "certify", "gather", "memory_check", "video"}
 
 
 def _ran(output: str) -> set[str]:
     """Rules Snakemake ran (or would run), from its ``rule NAME:`` / ``localrule NAME:`` lines."""
-    return {line.split()[1].rstrip(":") for line in output.splitlines()
-            if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":")}
+    return {
+        line.split()[1].rstrip(":")
+        for line in output.splitlines()
+        if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":")
+    }
 
 
 def _files(root: Path, *folders: str) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for f in folders for p in sorted((root / f).rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for f in folders for p in sorted((root / f).rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ the job again:
 * the same for training: another ``macer.lbd``, ``train.lr`` or seed trains from scratch and
   gives exactly the model and metrics of an uninterrupted training with the new config.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,13 +26,13 @@ import pytest
 import torch
 import yaml
 
-from smoothcert.pipeline import certify as certify_mod
-from smoothcert import core
 from smoothcert import data as data_mod
-from smoothcert.training import loop as train_mod
 from smoothcert.cli import main
 from smoothcert.config import ModelSpec
+from smoothcert.engine import core
 from smoothcert.io import FINGERPRINT_PREFIX, fingerprint, load_torch, resume_conflict, save_torch
+from smoothcert.pipeline import certify as certify_mod
+from smoothcert.training import loop as train_mod
 from smoothcert.training.loop import make_model, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +51,15 @@ def base_config() -> dict:
     cfg["data"].update(dataset="digits", root="raw", download=False)
     cfg["model"]["arch"] = "digits_cnn"
     cfg["test"].update(start=0, step=1, limit=LIMIT, shards=1)
-    cfg["models"] = [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.25],
-                      "methods": ["cohen", "ddrs", "smooth_reduce_max"]}]
+    cfg["models"] = [
+        {
+            "objective": "gaussian",
+            "sigma_mode": "fixed",
+            "norm": "l2",
+            "sigmas": [0.25],
+            "methods": ["cohen", "ddrs", "smooth_reduce_max"],
+        }
+    ]
     cfg["certify"].update(n0=20, n=200, alpha=0.001, batch_size=100, chunk=100)
     return cfg
 
@@ -100,12 +108,27 @@ def work(monkeypatch):
     return Work
 
 
-def run_certify(ws, tmp: Path, cfg: dict, out: Path, ckpt: Path | None = None, method: str = "cohen",
-                theta: Path | None = None) -> None:
+def run_certify(
+    ws, tmp: Path, cfg: dict, out: Path, ckpt: Path | None = None, method: str = "cohen", theta: Path | None = None
+) -> None:
     config = tmp / f"config-{abs(hash(yaml.safe_dump(cfg)))}.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    argv = ["--config", str(config), "certify", "--no-progress", "--model", MODEL, "--checkpoint",
-            str(ckpt or ws["ckpt"][0]), "--data", str(ws["data"]), "--method", method, "--out", str(out)]
+    argv = [
+        "--config",
+        str(config),
+        "certify",
+        "--no-progress",
+        "--model",
+        MODEL,
+        "--checkpoint",
+        str(ckpt or ws["ckpt"][0]),
+        "--data",
+        str(ws["data"]),
+        "--method",
+        method,
+        "--out",
+        str(out),
+    ]
     if theta is not None:
         argv += ["--theta", str(theta)]
     assert main(argv) == 0
@@ -134,12 +157,20 @@ def same_but_time(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 
 
 def save_theta(path: Path, value: float) -> Path:
-    torch.save({"idx": torch.arange(LIMIT), "theta": torch.full((LIMIT, 64), value),
-                "time": torch.zeros(LIMIT, dtype=torch.float64), "evals": torch.zeros(LIMIT, dtype=torch.int64)}, path)
+    torch.save(
+        {
+            "idx": torch.arange(LIMIT),
+            "theta": torch.full((LIMIT, 64), value),
+            "time": torch.zeros(LIMIT, dtype=torch.float64),
+            "evals": torch.zeros(LIMIT, dtype=torch.int64),
+        },
+        path,
+    )
     return path
 
 
 # ------------------------------------------------------------------ certification
+
 
 @pytest.mark.parametrize("change", [None, ("certify.batch_size", 20)], ids=["unchanged", "batch_size"])
 def test_resume_with_the_same_settings_keeps_the_rows(ws, tmp_path, work, capsys, change):
@@ -155,7 +186,7 @@ def test_resume_with_the_same_settings_keeps_the_rows(ws, tmp_path, work, capsys
     assert capsys.readouterr().err == ""
     assert work.inputs == LIMIT - KILL_AFTER, "rows written before the kill were certified again"
     table = pd.read_csv(out, sep="\t")
-    assert out.read_text().splitlines()[1:1 + KILL_AFTER] == kept, "kept rows (their time included) not verbatim"
+    assert out.read_text().splitlines()[1 : 1 + KILL_AFTER] == kept, "kept rows (their time included) not verbatim"
     assert same_but_time(table, ref)
     assert not Path(f"{out}.part").exists()
 
@@ -167,10 +198,10 @@ def test_resume_keeps_complete_rows_after_a_torn_line(ws, tmp_path, work, capsys
     out = tmp_path / "c.tsv"
     kept = killed_run(ws, tmp_path, work, cfg, out)
     with open(f"{out}.part", "a") as fh:
-        fh.write(ref.iloc[KILL_AFTER:KILL_AFTER + 1].to_csv(sep="\t", header=False, index=False)[:17])
+        fh.write(ref.iloc[KILL_AFTER : KILL_AFTER + 1].to_csv(sep="\t", header=False, index=False)[:17])
     run_certify(ws, tmp_path, cfg, out)
     assert capsys.readouterr().err == "" and work.inputs == LIMIT - KILL_AFTER
-    assert out.read_text().splitlines()[1:1 + KILL_AFTER] == kept
+    assert out.read_text().splitlines()[1 : 1 + KILL_AFTER] == kept
     assert same_but_time(pd.read_csv(out, sep="\t"), ref)
 
 
@@ -215,7 +246,9 @@ def test_resume_after_a_retrain_starts_over(ws, tmp_path, work, capsys):
     work.inputs = 0
     capsys.readouterr()
     run_certify(ws, tmp_path, cfg, out, ckpt=ckpt)
-    assert capsys.readouterr().err.splitlines() == [f"resume: {out}.part was certified with another checkpoint; starting over"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"resume: {out}.part was certified with another checkpoint; starting over"
+    ]
     assert work.inputs == LIMIT
     assert same_but_time(pd.read_csv(out, sep="\t"), ref)
 
@@ -230,7 +263,9 @@ def test_resume_with_another_theta_file_starts_over(ws, tmp_path, work, capsys):
     work.inputs = 0
     capsys.readouterr()
     run_certify(ws, tmp_path, cfg, out, method="ddrs", theta=theta)
-    assert capsys.readouterr().err.splitlines() == [f"resume: {out}.part was certified with another θ file; starting over"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"resume: {out}.part was certified with another θ file; starting over"
+    ]
     assert work.inputs == LIMIT
     assert same_but_time(pd.read_csv(out, sep="\t"), ref)
 
@@ -244,7 +279,8 @@ def test_resume_after_a_method_setting_change_starts_over(ws, tmp_path, work, ca
     capsys.readouterr()
     run_certify(ws, tmp_path, new, out, method="smooth_reduce_max")
     assert capsys.readouterr().err.splitlines() == [
-        f"resume: {out}.part was certified with other settings (smooth_reduce.stride: 1 → 2); starting over"]
+        f"resume: {out}.part was certified with other settings (smooth_reduce.stride: 1 → 2); starting over"
+    ]
     assert same_but_time(pd.read_csv(out, sep="\t"), ref)
 
 
@@ -258,8 +294,9 @@ def test_resume_after_another_test_selection_starts_over(ws, tmp_path, work, cap
     capsys.readouterr()
     run_certify(ws, tmp_path, new, out)
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"resume: {out}.part was certified with other test inputs and other settings "
-                   f"(test.start: 0 → 2); starting over"]
+    assert err == [
+        f"resume: {out}.part was certified with other test inputs and other settings (test.start: 0 → 2); starting over"
+    ]
     table = pd.read_csv(out, sep="\t")
     assert table["idx"].tolist() == list(range(2, 2 + LIMIT))
     assert same_but_time(table, ref)
@@ -271,11 +308,12 @@ def test_part_file_without_a_fingerprint_starts_over(ws, tmp_path, work, capsys)
     ref = reference(ws, tmp_path, cfg, "ref")
     out = tmp_path / "c.tsv"
     lines = (tmp_path / "reference" / "ref" / "certify.tsv").read_text().splitlines()
-    Path(f"{out}.part").write_text("\n".join(lines[:1 + KILL_AFTER]) + "\n")
+    Path(f"{out}.part").write_text("\n".join(lines[: 1 + KILL_AFTER]) + "\n")
     work.inputs = 0
     run_certify(ws, tmp_path, cfg, out)
     assert capsys.readouterr().err.splitlines() == [
-        f"resume: {out}.part has no fingerprint (written by an older version, or damaged); starting over"]
+        f"resume: {out}.part has no fingerprint (written by an older version, or damaged); starting over"
+    ]
     assert work.inputs == LIMIT and same_but_time(pd.read_csv(out, sep="\t"), ref)
 
 
@@ -310,8 +348,13 @@ def test_fingerprint_is_canonical():
     assert fingerprint(a=(1, 2), b={"y": 1, "x": np.float64(0.5)}) == fingerprint(b={"x": 0.5, "y": 1}, a=[1, 2])
     assert resume_conflict("p", None, fingerprint(a=1)).startswith("resume: p has no fingerprint")
     assert resume_conflict("p", fingerprint(a=1), fingerprint(a=1)) is None
-    many = resume_conflict("p", fingerprint(a={"b": 1, "c": 2, "d": 3, "e": 4}), fingerprint(a={"b": 0, "c": 0, "d": 0, "e": 0}))
-    assert many == "resume: p was written with other settings (a.b: 1 → 0, a.c: 2 → 0, a.d: 3 → 0, and 1 more); starting over"
+    many = resume_conflict(
+        "p", fingerprint(a={"b": 1, "c": 2, "d": 3, "e": 4}), fingerprint(a={"b": 0, "c": 0, "d": 0, "e": 0})
+    )
+    assert (
+        many
+        == "resume: p was written with other settings (a.b: 1 → 0, a.c: 2 → 0, a.d: 3 → 0, and 1 more); starting over"
+    )
 
 
 # ------------------------------------------------------------------ training
@@ -403,7 +446,8 @@ def test_training_from_scratch_without_a_fingerprint_or_past_the_epochs(train_da
     capsys.readouterr()
     resumed = train(cfg, SPEC, train_data, out, "cpu", progress=False)
     assert capsys.readouterr().err.splitlines() == [
-        f"resume: {out / 'checkpoint.pt'} has no fingerprint (written by an older version, or damaged); training from scratch"]
+        f"resume: {out / 'checkpoint.pt'} has no fingerprint (written by an older version, or damaged); training from scratch"
+    ]
     assert resumed[METRICS].equals(straight[METRICS]) and same_model(out, tmp_path / "straight")
     # a checkpoint of a longer run (train.epochs lowered since): train the configured epochs from scratch
     one = changed(cfg, "train.epochs", 1)
@@ -411,11 +455,13 @@ def test_training_from_scratch_without_a_fingerprint_or_past_the_epochs(train_da
     capsys.readouterr()
     again = train(one, SPEC, train_data, out, "cpu", progress=False)
     assert capsys.readouterr().err.splitlines() == [
-        f"resume: {out / 'checkpoint.pt'} is at epoch 2, past train.epochs = 1; training from scratch"]
+        f"resume: {out / 'checkpoint.pt'} is at epoch 2, past train.epochs = 1; training from scratch"
+    ]
     assert again[METRICS].equals(short[METRICS]) and same_model(out, tmp_path / "short")
 
 
 # ------------------------------------------------------------------ video
+
 
 def test_video_model_with_other_settings_is_trained_again_with_one_line(tmp_path, monkeypatch, capsys):
     from smoothcert.pipeline import clips
@@ -434,4 +480,5 @@ def test_video_model_with_other_settings_is_trained_again_with_one_line(tmp_path
     with pytest.raises(Killed):  # reached the retraining
         clips.run_video(cfg, 0.25, out, "cpu", progress=False)
     assert capsys.readouterr().err.splitlines() == [
-        f"resume: video model {out / 'model.pt'} was trained with other settings (epochs: 2 → 1); training again"]
+        f"resume: video model {out / 'model.pt'} was trained with other settings (epochs: 2 → 1); training again"
+    ]

@@ -1,4 +1,5 @@
 """MACER, SmoothAdv and the data-dependent σ updater on tiny models."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,18 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from smoothcert.models import build_model
-from smoothcert.training.objectives import (OBJECTIVES, SIGMA_UPDATERS, TrainContext, macer, macer_terms, smoothadv,
-                                   smoothadv_attack, smoothadv_epsilon, soft_smoothed_loss)
+from smoothcert.training.models import build_model
+from smoothcert.training.objectives import (
+    OBJECTIVES,
+    SIGMA_UPDATERS,
+    TrainContext,
+    macer,
+    macer_terms,
+    smoothadv,
+    smoothadv_attack,
+    smoothadv_epsilon,
+    soft_smoothed_loss,
+)
 
 KINDS = ("gaussian", "uniform")
 
@@ -170,7 +180,7 @@ def test_dd_updater_refines_sigma_without_touching_the_model(kind):
     model.train()
     x, y = torch.rand(8, 1, 8, 8), torch.arange(8)
     sigma = torch.tensor([0.001, 0.25, 0.25, 0.5, 0.5, 0.25, 0.1, 0.3])
-    cfg = {"data_dependent": {"steps": 3, "lr": 0.5, "samples": 4}, "ddrs": {"sigma_min": 0.01}}
+    cfg = {"data_dependent": {"steps": 3, "lr": 0.5, "samples": 4, "sigma_min": 0.01}}
     before = [p.detach().clone() for p in model.parameters()]
     new = SIGMA_UPDATERS["dd"](model, x, y, sigma, kind, _ctx(cfg))
     again = SIGMA_UPDATERS["dd"](model, x, y, sigma, kind, _ctx(cfg))
@@ -180,5 +190,5 @@ def test_dd_updater_refines_sigma_without_touching_the_model(kind):
     assert model.training
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    cfg0 = {"data_dependent": {"steps": 0, "lr": 0.5, "samples": 4}}
+    cfg0 = {"data_dependent": {"steps": 0, "lr": 0.5, "samples": 4, "sigma_min": 0.01}}
     assert torch.equal(SIGMA_UPDATERS["dd"](model, x, y, sigma, kind, _ctx(cfg0)), sigma.clamp_min(0.01))

@@ -13,6 +13,7 @@ appears and subtracts them when the storage is freed (a finalizer on the storage
 which survives while any view of it lives), so ``peak`` is the exact high-water
 mark of the torch memory created inside the block, independent of the allocator.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -26,8 +27,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from smoothcert import core
-from smoothcert.noise import stream_seed
+from smoothcert.engine import core
+from smoothcert.engine.noise import stream_seed
 
 SHAPE = (1, 8, 8)
 ROW_BYTES = 4 * int(np.prod(SHAPE))
@@ -53,7 +54,9 @@ class LiveTorchBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
@@ -95,7 +98,9 @@ def _peak(n: int, batch_size: int, chunk: int, b: int = 2, scale=0.5) -> LiveTor
     x, seeds = _inputs(b)
     model = PixelVote()
     with LiveTorchBytes() as mem:
-        counts = core.count_classes(model, x, scale, n, model.k, seeds, core.Sampling(batch_size=batch_size, chunk=chunk))
+        counts = core.count_classes(
+            model, x, scale, n, model.k, seeds, core.Sampling(batch_size=batch_size, chunk=chunk)
+        )
     assert (counts.sum(1) == n).all()
     return mem
 
@@ -103,7 +108,8 @@ def _peak(n: int, batch_size: int, chunk: int, b: int = 2, scale=0.5) -> LiveTor
 def test_peak_memory_does_not_grow_with_n():
     small = _peak(10_000, batch_size=256, chunk=256)
     large = _peak(100_000, batch_size=256, chunk=256)
-    assert large.peak == small.peak
+    # equal up to when the counting threads release a pass's logits (one small buffer, order-dependent)
+    assert abs(large.peak - small.peak) <= 16 * 1024
     # An O(n) engine would hold 100,000 rows (25.6 MB here); this one holds about two batches.
     assert large.peak <= 3 * 256 * ROW_BYTES + 64 * 1024
     assert large.largest <= 2 * 256 * ROW_BYTES
@@ -137,11 +143,14 @@ def test_peak_memory_with_per_dimension_scale_is_bounded():
     theta = torch.rand(3, *SHAPE) + 0.1
     small = _peak(5_000, batch_size=256, chunk=100, b=3, scale=theta)
     large = _peak(50_000, batch_size=256, chunk=100, b=3, scale=theta)
-    assert large.peak == small.peak
+    # equal up to when the counting threads release a pass's logits (one small buffer, order-dependent)
+    assert abs(large.peak - small.peak) <= 16 * 1024
 
 
-@pytest.mark.parametrize("b,n,batch_size,chunk", [(5, 1000, 400, 300), (3, 100, 1000, 100), (1, 2500, 1000, 1000),
-                                                   (7, 64, 100, 64), (2, 1000, 128, 1000)])
+@pytest.mark.parametrize(
+    "b,n,batch_size,chunk",
+    [(5, 1000, 400, 300), (3, 100, 1000, 100), (1, 2500, 1000, 1000), (7, 64, 100, 64), (2, 1000, 128, 1000)],
+)
 def test_every_forward_pass_is_full_but_the_last(b, n, batch_size, chunk):
     x, seeds = _inputs(b)
     model = PixelVote()
@@ -171,23 +180,44 @@ class Progress:
 
 
 @settings(max_examples=25, deadline=None)
-@given(b=st.integers(1, 40), n=st.integers(1, 300), chunk=st.integers(1, 400), batch_a=st.integers(1, 1500),
-       batch_b=st.integers(1, 1500), kind=st.sampled_from(["gaussian", "uniform"]),
-       scale=st.sampled_from(["scalar", "per_input", "per_dim"]))
+@given(
+    b=st.integers(1, 40),
+    n=st.integers(1, 300),
+    chunk=st.integers(1, 400),
+    batch_a=st.integers(1, 1500),
+    batch_b=st.integers(1, 1500),
+    kind=st.sampled_from(["gaussian", "uniform"]),
+    scale=st.sampled_from(["scalar", "per_input", "per_dim"]),
+)
 def test_counts_do_not_depend_on_batch_size_or_grouping(b, n, chunk, batch_a, batch_b, kind, scale):
     x, seeds = _inputs(b, seed=n)
     gen = torch.Generator().manual_seed(b)
-    sigma = {"scalar": 0.3, "per_input": torch.rand(b, generator=gen) + 0.1,
-             "per_dim": torch.rand(b, *SHAPE, generator=gen) + 0.1}[scale]
+    sigma = {
+        "scalar": 0.3,
+        "per_input": torch.rand(b, generator=gen) + 0.1,
+        "per_dim": torch.rand(b, *SHAPE, generator=gen) + 0.1,
+    }[scale]
     model = PixelVote()
     progress = Progress()
-    a = core.count_classes(model, x, sigma, n, model.k, seeds,
-                           core.Sampling(kind=kind, batch_size=batch_a, chunk=chunk), progress)
-    c = core.count_classes(model, x, sigma, n, model.k, seeds, core.Sampling(kind=kind, batch_size=batch_b, chunk=chunk))
+    a = core.count_classes(
+        model, x, sigma, n, model.k, seeds, core.Sampling(kind=kind, batch_size=batch_a, chunk=chunk), progress
+    )
+    c = core.count_classes(
+        model, x, sigma, n, model.k, seeds, core.Sampling(kind=kind, batch_size=batch_b, chunk=chunk)
+    )
     split = b // 2
-    parts = [core.count_classes(model, x[lo:hi], sigma if scale == "scalar" else sigma[lo:hi], n, model.k, seeds[lo:hi],
-                                core.Sampling(kind=kind, batch_size=batch_b, chunk=chunk))
-             for lo, hi in ((0, split), (split, b))]
+    parts = [
+        core.count_classes(
+            model,
+            x[lo:hi],
+            sigma if scale == "scalar" else sigma[lo:hi],
+            n,
+            model.k,
+            seeds[lo:hi],
+            core.Sampling(kind=kind, batch_size=batch_b, chunk=chunk),
+        )
+        for lo, hi in ((0, split), (split, b))
+    ]
     assert np.array_equal(a, c)
     assert np.array_equal(a, np.concatenate(parts))
     assert (a.sum(1) == n).all()
@@ -197,7 +227,7 @@ def test_counts_do_not_depend_on_batch_size_or_grouping(b, n, chunk, batch_a, ba
 @pytest.mark.parametrize("b,n,batch_size", [(3, 250, 170), (40, 30, 900)])  # few / many inputs per forward pass
 def test_counts_match_input_by_input_reference(b, n, batch_size):
     """The engine's noise for input i is its generator's chunks, in order: check against a direct loop."""
-    from smoothcert import noise
+    from smoothcert.engine import noise
 
     chunk = 100
     x, seeds = _inputs(b)

@@ -1,4 +1,5 @@
 """Report metrics on hand-computed tables; the whole report and compare-paper from fixture TSVs."""
+
 import json
 import shutil
 from pathlib import Path
@@ -9,9 +10,9 @@ import pytest
 import torch
 import yaml
 
+from smoothcert.cli import main
 from smoothcert.reporting import paper
 from smoothcert.reporting import tables as rep
-from smoothcert.cli import main
 
 FIX = Path(__file__).parent / "fixtures" / "report"
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _toy():
     # correct r=0.8; correct r=0.3; wrong r=0.9; abstain
-    return pd.DataFrame({"idx": [0, 1, 2, 3], "label": [3, 2, 0, 5], "predict": [3, 2, 1, -1],
-                         "radius": [0.8, 0.3, 0.9, 0.0], "correct": [1, 1, 0, 0],
-                         "proxy_radius": [1.2, 0.3, 1.0, 0.0], "log_volume": [-10.0, -30.0, -5.0, -np.inf]})
+    return pd.DataFrame(
+        {
+            "idx": [0, 1, 2, 3],
+            "label": [3, 2, 0, 5],
+            "predict": [3, 2, 1, -1],
+            "radius": [0.8, 0.3, 0.9, 0.0],
+            "correct": [1, 1, 0, 0],
+            "proxy_radius": [1.2, 0.3, 1.0, 0.0],
+            "log_volume": [-10.0, -30.0, -5.0, -np.inf],
+        }
+    )
 
 
 def test_certified_accuracy_acr_abstention():
@@ -44,8 +53,14 @@ def test_app_d_lower_bound():
 
 
 def test_best_mask_directions_and_ties():
-    df = pd.DataFrame({"norm": ["l2", "l2", "l2", "l1"], "acc@0.5": [0.4, 0.6, 0.6, 0.1],
-                       "abstain": [0.1, 0.3, 0.2, 0.9], "time": [1.0, 0.1, 2.0, 0.5]})
+    df = pd.DataFrame(
+        {
+            "norm": ["l2", "l2", "l2", "l1"],
+            "acc@0.5": [0.4, 0.6, 0.6, 0.1],
+            "abstain": [0.1, 0.3, 0.2, 0.9],
+            "time": [1.0, 0.1, 2.0, 0.5],
+        }
+    )
     m = rep.best_mask(df)
     assert m["acc@0.5"].tolist() == [False, True, True, False]  # l1 has one row: nothing to rank
     assert m["abstain"].tolist() == [True, False, False, False]
@@ -63,11 +78,12 @@ def test_proxy_accuracy_is_never_ranked_as_a_certificate():
 
 def test_fill_imported_and_parse():
     from smoothcert.pipeline.certify import COLUMNS
-    from smoothcert.commands.report import parse_import
+    from smoothcert.reporting.importers import fill_imported, parse_import
 
-    df = pd.DataFrame({"idx": [0], "label": [1], "predict": [1], "radius": [0.5], "correct": [1],
-                       "time": ["0:01:02.500000"]})
-    out = rep.fill_imported(df, "pub", COLUMNS, sigma=0.25)
+    df = pd.DataFrame(
+        {"idx": [0], "label": [1], "predict": [1], "radius": [0.5], "correct": [1], "time": ["0:01:02.500000"]}
+    )
+    out = fill_imported(df, "pub", COLUMNS, sigma=0.25)
     assert set(COLUMNS) <= set(out.columns)
     assert out.loc[0, "time"] == pytest.approx(62.5)
     assert out.loc[0, "method"] == "pub" and out.loc[0, "norm"] == "l2" and out.loc[0, "proxy_radius"] == 0.5
@@ -102,33 +118,69 @@ def _layout(tmp: Path) -> Path:
             shutil.copy(FIX / f"{method}_final.tsv", d / "final.tsv")
     c = pd.read_csv(FIX / "cohen.tsv", sep="\t")
     (res / L1 / "cohen").mkdir(parents=True)
-    c.assign(norm="l1", sigma=0.5, radius=c["radius"] * 0.5).to_csv(res / L1 / "cohen" / "certify.tsv", sep="\t",
-                                                                     index=False)
+    c.assign(norm="l1", sigma=0.5, radius=c["radius"] * 0.5).to_csv(
+        res / L1 / "cohen" / "certify.tsv", sep="\t", index=False
+    )
     (res / MACER / "cohen").mkdir(parents=True)
     c.assign(radius=c["radius"] * 1.2).to_csv(res / MACER / "cohen" / "certify.tsv", sep="\t", index=False)
     gen = torch.Generator().manual_seed(0)
     (res / L2 / "ancer" / "theta").mkdir()
-    torch.save({"idx": torch.arange(24), "theta": 0.2 + 0.3 * torch.rand(24, 64, generator=gen)},
-               res / L2 / "ancer" / "theta" / "0-of-1.pt")
+    torch.save(
+        {"idx": torch.arange(24), "theta": 0.2 + 0.3 * torch.rand(24, 64, generator=gen)},
+        res / L2 / "ancer" / "theta" / "0-of-1.pt",
+    )
     (tmp / "data").mkdir()
-    torch.save({"x": torch.rand(30, 1, 8, 8, generator=gen), "y": torch.randint(0, 10, (30,), generator=gen)},
-               tmp / "data" / "test.pt")
+    torch.save(
+        {"x": torch.rand(30, 1, 8, 8, generator=gen), "y": torch.randint(0, 10, (30,), generator=gen)},
+        tmp / "data" / "test.pt",
+    )
     for mid in (L2, L1, MACER):
         (tmp / "models" / mid).mkdir(parents=True)
-        pd.DataFrame({"epoch": [1, 2], "lr": [0.05, 0.05], "train_loss": [1.5, 0.9], "train_acc": [0.5, 0.7],
-                      "test_clean_acc": [0.6, 0.8], "test_noisy_acc": [0.5, 0.7], "time": [1.0, 1.5]}
-                     ).to_csv(tmp / "models" / mid / "metrics.tsv", sep="\t", index=False)
+        pd.DataFrame(
+            {
+                "epoch": [1, 2],
+                "lr": [0.05, 0.05],
+                "train_loss": [1.5, 0.9],
+                "train_acc": [0.5, 0.7],
+                "test_clean_acc": [0.6, 0.8],
+                "test_noisy_acc": [0.5, 0.7],
+                "time": [1.0, 1.5],
+            }
+        ).to_csv(tmp / "models" / mid / "metrics.tsv", sep="\t", index=False)
     return tmp
 
 
 def _args(tmp: Path, *extra):
-    return ["report", "--config", str(tmp / "params.yaml"), "--results", str(tmp / "results"),
-            "--out", str(tmp / "report"), *extra]
+    return [
+        "report",
+        "--config",
+        str(tmp / "params.yaml"),
+        "--results",
+        str(tmp / "results"),
+        "--out",
+        str(tmp / "report"),
+        *extra,
+    ]
 
 
-OUTPUTS = ["summary.csv", "summary.md", "memory.csv", "memory.md", "training.csv", "training.md", "objectives.csv",
-           "metrics.json", "curves.csv", "curves_proxy.csv", "certified_accuracy.png", "certified_accuracy_proxy.png",
-           "log_volume.png", "memory_effect.png", "ancer_theta.png", "training.png"]
+OUTPUTS = [
+    "summary.csv",
+    "summary.md",
+    "memory.csv",
+    "memory.md",
+    "training.csv",
+    "training.md",
+    "objectives.csv",
+    "metrics.json",
+    "curves.csv",
+    "curves_proxy.csv",
+    "certified_accuracy.png",
+    "certified_accuracy_proxy.png",
+    "log_volume.png",
+    "memory_effect.png",
+    "ancer_theta.png",
+    "training.png",
+]
 
 
 def test_whole_report_from_fixtures(tmp_path):
@@ -237,8 +289,10 @@ def test_compare_paper(tmp_path):
     text = out.read_text()
     assert "not run" in text and "0.760 (+0.010)" in text
     assert (tmp_path / "paper_comparison.csv").exists()
-    assert main(["compare-paper", "--summary", str(FIX / "summary_cifar10.csv"), "--out", str(out),
-                 "--method", "ancer"]) == 2
+    assert (
+        main(["compare-paper", "--summary", str(FIX / "summary_cifar10.csv"), "--out", str(out), "--method", "ancer"])
+        == 2
+    )
 
 
 def test_cifar10_paper_config_is_valid():

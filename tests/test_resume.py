@@ -13,6 +13,7 @@
 
 Training's resume from its last epoch checkpoint is covered in tests/test_train.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def comparable(path: Path) -> bytes:
     lines = path.read_bytes().split(b"\n")
     header = lines[0].split(b"\t")
     keep = [i for i, name in enumerate(header) if name.decode() not in TIMING_COLUMNS]
-    return b"\n".join(b"\t".join(f for i, f in enumerate(line.split(b"\t")) if i in keep) if line else line
-                      for line in lines)
+    return b"\n".join(
+        b"\t".join(f for i, f in enumerate(line.split(b"\t")) if i in keep) if line else line for line in lines
+    )
 
 
 def assert_same_tables(reference: Path, other: Path, pattern: str = "certify.tsv") -> list[Path]:
@@ -112,8 +114,15 @@ def test_shard_writer_resumes_in_a_new_process_without_the_header_twice(tmp_path
     assert len(lines) == 5
 
 
-@pytest.mark.parametrize("first_line", ["", "idx\tvalue\tname", FINGERPRINT_PREFIX + '{"kind": "unit", "n":',
-                                        FINGERPRINT_PREFIX + '{"kind": "unit", "n": 2, "version": 1}'])
+@pytest.mark.parametrize(
+    "first_line",
+    [
+        "",
+        "idx\tvalue\tname",
+        FINGERPRINT_PREFIX + '{"kind": "unit", "n":',
+        FINGERPRINT_PREFIX + '{"kind": "unit", "n": 2, "version": 1}',
+    ],
+)
 def test_shard_writer_starts_over_without_its_fingerprint(tmp_path, capsys, first_line):
     """A part file whose first line is not this writer's fingerprint (missing: an older version's file;
     torn; another fingerprint) is started over, with one line on stderr; its rows are not resumed."""
@@ -126,7 +135,7 @@ def test_shard_writer_starts_over_without_its_fingerprint(tmp_path, capsys, firs
     assert part.read_text() == STAMP + "\nidx\tvalue\tname\n"
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"resume: {part} ") and err[0].endswith("; starting over")
-    if "n\": 2" in first_line:
+    if 'n": 2' in first_line:
         assert err[0] == f"resume: {part} was written with other settings (n: 2 → 1); starting over"
     else:
         assert "has no fingerprint" in err[0]
@@ -144,9 +153,12 @@ def test_shard_writer_resumes_under_its_fingerprint_silently(tmp_path, capsys):
 # ------------------------------------------------------------------ kill and resume, end to end
 # Slow enough to catch certification mid-shard: more draws per input and one input per
 # noise batch (batch_size == chunk), so a row lands in the .part file every few tenths of a second.
-SLOW = {"test": {"limit": 24, "shards": 2}, "certify": {"n": 2000, "chunk": 500, "batch_size": 500},
-        # one experiment, so that the only unfinished work at the kill is the certify shard itself
-        "models": [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.25], "methods": ["cohen"]}]}
+SLOW = {
+    "test": {"limit": 24, "shards": 2},
+    "certify": {"n": 2000, "chunk": 500, "batch_size": 500},
+    # one experiment, so that the only unfinished work at the kill is the certify shard itself
+    "models": [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.25], "methods": ["cohen"]}],
+}
 ROWS_PER_SHARD = 12
 MIN_ROWS = 2  # kill once the second shard has at least this many rows
 
@@ -174,8 +186,17 @@ def _data_rows(part: Path) -> int:
 
 
 def _smk(slow: Path) -> list[str]:
-    return [str(BIN / "snakemake"), "certify_all", "--configfile", str(MINI), str(slow),
-            "--cores", "2", "--resources", "gpu=1"]
+    return [
+        str(BIN / "snakemake"),
+        "certify_all",
+        "--configfile",
+        str(MINI),
+        str(slow),
+        "--cores",
+        "2",
+        "--resources",
+        "gpu=1",
+    ]
 
 
 @pytest.mark.slow
@@ -187,8 +208,9 @@ def test_killed_certification_resumes_without_recomputing(tmp_path):
 
     # The uninterrupted reference runs at the same time as the interrupted one (both are mostly
     # process start-up; 2 cores are enough), to keep the test short.
-    ref_proc = subprocess.Popen(_smk(slow), cwd=ref, env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+    ref_proc = subprocess.Popen(
+        _smk(slow), cwd=ref, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         shards = root / "results" / "digits" / "gaussian-fixed-l2-0.25" / "cohen" / "shards"
         part = _interrupt(root, slow, shards)
@@ -205,8 +227,14 @@ def test_killed_certification_resumes_without_recomputing(tmp_path):
         run([str(BIN / "snakemake"), "--unlock", "--configfile", str(MINI), str(slow), "--cores", "1"], root)
         rerun = run(_smk(slow), root, timeout=900)
         out = rerun.stdout + rerun.stderr
-        ran = sorted({line.split()[-1].rstrip(":") for line in out.splitlines()
-                      if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":")} - {"certify_all"})
+        ran = sorted(
+            {
+                line.split()[-1].rstrip(":")
+                for line in out.splitlines()
+                if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":")
+            }
+            - {"certify_all"}
+        )
         assert ran == ["certify", "gather"], f"the rerun should only finish the killed shard and gather, ran {ran}"
         assert out.count("rule certify:") == 1, "only the killed shard is certified again"
         for path, mtime in finished.items():
@@ -238,14 +266,17 @@ def _interrupt(root: Path, slow: Path, shards: Path) -> Path:
     Returns the killed shard's ``.part`` file."""
     log = root.parent / "interrupted.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(_smk(slow), cwd=root, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            _smk(slow), cwd=root, env=_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                pytest.fail("the pipeline finished before certification could be interrupted:\n"
-                            + log.read_text(errors="replace")[-3000:])
+                pytest.fail(
+                    "the pipeline finished before certification could be interrupted:\n"
+                    + log.read_text(errors="replace")[-3000:]
+                )
             done = list(shards.glob("*.tsv")) if shards.is_dir() else []
             for part in sorted(shards.glob("*.tsv.part")) if done else []:
                 if _data_rows(part) >= MIN_ROWS:

@@ -1,4 +1,5 @@
 """Process-level behaviour of the CLI: lazy command imports, allocator settings, output file modes."""
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,11 @@ def test_gather_starts_without_torch(tmp_path):
     """Table-only jobs (one per experiment) skip torch's ~2 s import."""
     for i in range(2):
         (tmp_path / f"s{i}.tsv").write_text(f"idx\tv\n{i}\t{i / 2}\n")
-    code = ("import sys; from smoothcert import cli; "
-            f"rc = cli.main(['gather', r'{tmp_path / 's1.tsv'}', r'{tmp_path / 's0.tsv'}', '--out', r'{tmp_path / 'all.tsv'}']); "
-            "print(rc, 'torch' in sys.modules)")
+    code = (
+        "import sys; from smoothcert import cli; "
+        f"rc = cli.main(['gather', r'{tmp_path / 's1.tsv'}', r'{tmp_path / 's0.tsv'}', '--out', r'{tmp_path / 'all.tsv'}']); "
+        "print(rc, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0", "False"]
     assert (tmp_path / "all.tsv").read_text().splitlines()[1:] == ["0\t0.0", "1\t0.5"]

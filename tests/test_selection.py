@@ -14,19 +14,21 @@ with `seeds_estimate = seeds_select` in certify_batch, or the selection counts a
 counts, every test below fails (batched: over-claim rates 0.27 and 0.60 against an allowed 0.12;
 the Cohen-compatible tie: 0.18 against 0.13).
 """
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import binom, norm
 from torch import nn
 
-from smoothcert import Smooth, core
-from smoothcert.noise import stream_seed
+from smoothcert import Smooth
+from smoothcert.engine import core
+from smoothcert.engine.noise import stream_seed
 
-K = 10          # tied classes
-TRIALS = 2000   # independent inputs, one seed each
-ALPHA = 0.1     # large, so that a sound certifier's failures are frequent enough to measure
-DELTA = 1e-3    # a sound certifier fails a check with probability ≤ DELTA
+K = 10  # tied classes
+TRIALS = 2000  # independent inputs, one seed each
+ALPHA = 0.1  # large, so that a sound certifier's failures are frequent enough to measure
+DELTA = 1e-3  # a sound certifier fails a check with probability ≤ DELTA
 
 
 class TiedBuckets(nn.Module):
@@ -54,8 +56,9 @@ def test_batched_certify_does_not_reuse_selection_draws(n0, n):
     x = torch.zeros(TRIALS, 1, 2, 2)
     sel = [stream_seed(7, i, "select") for i in range(TRIALS)]
     est = [stream_seed(7, i, "estimate") for i in range(TRIALS)]
-    out = core.certify_batch(model, x, sigma, K, n0, n, ALPHA, "l2", sel, est,
-                             core.Sampling(batch_size=50_000, chunk=100))
+    out = core.certify_batch(
+        model, x, sigma, K, n0, n, ALPHA, "l2", sel, est, core.Sampling(batch_size=50_000, chunk=100)
+    )
     # every class has p = 1/K, so p̲A > 1/K is an over-claim whichever class was guessed
     over = int((out["pA_lower"] > 1.0 / K).sum())
     assert over <= _allowed(TRIALS), f"p̲A over-claimed in {over}/{TRIALS} trials (allowed {_allowed(TRIALS)})"
@@ -72,6 +75,7 @@ def test_smooth_certify_does_not_reuse_selection_draws():
     sigma, trials = 0.5, 1000
     model = TiedBuckets(sigma, k=2)
     smooth = Smooth(model, 2, sigma, seed=3)
-    answered = sum(smooth.certify(torch.zeros(1, 2, 2), 100, 100, ALPHA, 200)[0] != Smooth.ABSTAIN
-                   for _ in range(trials))
+    answered = sum(
+        smooth.certify(torch.zeros(1, 2, 2), 100, 100, ALPHA, 200)[0] != Smooth.ABSTAIN for _ in range(trials)
+    )
     assert answered <= _allowed(trials), f"certified a tie in {answered}/{trials} trials (allowed {_allowed(trials)})"

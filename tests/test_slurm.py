@@ -13,6 +13,7 @@ Checks that
 Skipped (with the reason) when not root, when slurm-wlm/munge or the executor plugin are
 missing, or when the daemons do not come up. tests/slurm_cluster.py starts and stops them.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,7 +32,7 @@ ONE = Path(__file__).parent / "data" / "cohen_only.yaml"  # one experiment keeps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-GPU_RULES = {"train", "certify", "optimize_ddrs", "optimize_ancer", "video"}
+GPU_RULES = {"train", "certify", "optimize", "video"}
 TARGET = "certify_all"
 # Records which Slurm job/step saw which CUDA_VISIBLE_DEVICES. It runs in the batch script
 # (Snakemake's --precommand) and, through BASH_ENV, in the bash that runs the rule's command
@@ -46,13 +47,32 @@ fi
 
 def _slurm_command(target: str) -> list[str]:
     return [
-        str(BIN / "snakemake"), target, "--profile", "workflow/profiles/slurm", "--configfile", str(MINI), str(ONE),
+        str(BIN / "snakemake"),
+        target,
+        "--profile",
+        "workflow/profiles/slurm",
+        "--configfile",
+        str(MINI),
+        str(ONE),
         # This cluster: no accounts and no accounting database (so squeue, not sacct, for status).
-        "--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-        "--jobs", "4", "--retries", "0", "--precommand", "sh gpu_probe.sh",
+        "--slurm-no-account",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--jobs",
+        "4",
+        "--retries",
+        "0",
+        "--precommand",
+        "sh gpu_probe.sh",
         # Fit the one small node (the profile's memory is for real GPU nodes).
-        "--default-resources", "slurm_partition=debug", "mem_mb=500", "runtime=10",
-        "--set-resources", *(f"{rule}:mem_mb=1000" for rule in sorted(GPU_RULES)),
+        "--default-resources",
+        "slurm_partition=debug",
+        "mem_mb=500",
+        "runtime=10",
+        "--set-resources",
+        *(f"{rule}:mem_mb=1000" for rule in sorted(GPU_RULES)),
     ]
 
 
@@ -83,14 +103,19 @@ def test_mini_pipeline_on_slurm_requests_gpus_and_matches_local(cluster, tmp_pat
     env = cluster.env({**_env(), "BASH_ENV": str(root / "gpu_probe.sh"), "PROBE_DIR": str(probe_dir)})
 
     # The local reference runs alongside (the Slurm run mostly waits on job start-up and polling).
-    ref = subprocess.Popen([str(BIN / "snakemake"), TARGET, "--configfile", str(MINI), str(ONE), "--cores", "2",
-                            "--resources", "gpu=1"], cwd=local, env=_env(), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    ref = subprocess.Popen(
+        [str(BIN / "snakemake"), TARGET, "--configfile", str(MINI), str(ONE), "--cores", "2", "--resources", "gpu=1"],
+        cwd=local,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(_slurm_command(TARGET), cwd=root, env=env, capture_output=True,
-                              text=True, timeout=1200)
-        assert proc.returncode == 0, (f"snakemake on Slurm failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}\n"
-                                      f"{cluster.logs()}")
+        proc = subprocess.run(_slurm_command(TARGET), cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, (
+            f"snakemake on Slurm failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}\n{cluster.logs()}"
+        )
         assert ref.wait(timeout=900) == 0, "the local reference run failed"
     finally:
         if ref.poll() is None:
@@ -134,7 +159,8 @@ def test_slurm_profile_dry_run_needs_no_cluster(tmp_path):
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.skip("snakemake-executor-plugin-slurm is not installed")
     root = copy_repo(tmp_path / "repo")
-    out = run([str(BIN / "snakemake"), "-n", "--profile", "workflow/profiles/slurm", "--configfile", str(MINI)],
-              root).stdout
+    out = run(
+        [str(BIN / "snakemake"), "-n", "--profile", "workflow/profiles/slurm", "--configfile", str(MINI)], root
+    ).stdout
     for rule in ("train", "certify", "gather", "report"):
         assert f"rule {rule}:" in out or f"\n{rule} " in out or f" {rule}\n" in out, out[-2000:]

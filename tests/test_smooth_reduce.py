@@ -1,8 +1,10 @@
 """Smooth-Reduce: patch geometry, reductions, the exact resize norm, and soundness of both variants."""
+
 from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +13,10 @@ import yaml
 from scipy.stats import norm
 from torch import nn
 
-from smoothcert import core
-from smoothcert.methods import smooth_reduce as sr
+from smoothcert.engine import core, patches
+from smoothcert.engine.noise import stream_seed
 from smoothcert.errors import SmoothcertError
-from smoothcert.noise import stream_seed
+from smoothcert.methods import smooth_reduce as sr
 
 
 class PatchLinear(nn.Module):
@@ -30,8 +32,11 @@ class PatchLinear(nn.Module):
         return torch.stack([torch.zeros_like(s), s], 1)
 
 
+SR_PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["smooth_reduce"]
+
+
 def cfg_for(**sr_settings):
-    return {"seed": 0, "smooth_reduce": {**sr.DEFAULTS, **sr_settings}, "video": {"window": 2}}
+    return {"seed": 0, "smooth_reduce": {**SR_PARAMS, **sr_settings}, "video": {"window": 2}}
 
 
 SAMPLING = core.Sampling(batch_size=4000, chunk=1000)
@@ -39,83 +44,96 @@ SAMPLING = core.Sampling(batch_size=4000, chunk=1000)
 
 def certify(target, x, sigma, n=2000, alpha=0.001):
     seeds = list(range(len(x)))
-    out = core.certify_batch(target.classifier, target.to_space(x), sigma, 2, 100, n, alpha, "l2",
-                             [stream_seed(1, i, "select") for i in seeds], [stream_seed(1, i, "estimate") for i in seeds],
-                             SAMPLING)
+    out = core.certify_batch(
+        target.classifier,
+        target.to_space(x),
+        sigma,
+        2,
+        100,
+        n,
+        alpha,
+        "l2",
+        [stream_seed(1, i, "select") for i in seeds],
+        [stream_seed(1, i, "estimate") for i in seeds],
+        SAMPLING,
+    )
     radius = np.where(out["predict"] >= 0, sigma * out["gap"] * target.radius_factor, 0.0)
     return out["predict"], radius, out["pA_lower"]
 
 
 # ---------------------------------------------------------------- geometry
 
+
 def test_grid_positions_and_coverage_by_hand():
-    pos = sr.patch_positions(4, 2, 1)
+    pos = patches.patch_positions(4, 2, 1)
     assert pos.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [2, 0], [2, 1], [2, 2]]
-    assert sr.coverage(4, pos, 2).tolist() == [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
-    assert sr.coverage(4, sr.patch_positions(4, 2, 2), 2).tolist() == [[1] * 4] * 4
+    assert patches.coverage(4, pos, 2).tolist() == [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
+    assert patches.coverage(4, patches.patch_positions(4, 2, 2), 2).tolist() == [[1] * 4] * 4
     # stride 3 on 7 with patch 3: starts 0, 3 and the last start 4, so every pixel is covered
-    pos = sr.patch_positions(7, 3, 3)
+    pos = patches.patch_positions(7, 3, 3)
     rows = torch.tensor([1, 1, 1, 1, 2, 2, 1])
     assert sorted({p[0] for p in pos.tolist()}) == [0, 3, 4]
-    assert torch.equal(sr.coverage(7, pos, 3), rows[:, None] * rows[None, :])
+    assert torch.equal(patches.coverage(7, pos, 3), rows[:, None] * rows[None, :])
     # default digits setting: 10x10 resize, 8x8 patches, stride 1 -> 9 patches, centre covered by all
-    cov = sr.coverage(10, sr.patch_positions(10, 8, 1), 8)
+    cov = patches.coverage(10, patches.patch_positions(10, 8, 1), 8)
     assert cov.max() == 9 and cov.min() == 1 and cov.sum() == 9 * 64
 
 
 def test_random_positions_are_distinct_seeded_and_in_range():
-    a = sr.patch_positions(10, 8, positions="random", num_random=5, seed=3)
-    b = sr.patch_positions(10, 8, positions="random", num_random=5, seed=3)
+    a = patches.patch_positions(10, 8, positions="random", num_random=5, seed=3)
+    b = patches.patch_positions(10, 8, positions="random", num_random=5, seed=3)
     assert torch.equal(a, b) and len({tuple(p) for p in a.tolist()}) == 5
     assert a.min() >= 0 and a.max() <= 2
-    assert len(sr.patch_positions(10, 8, positions="random", num_random=9, seed=0)) == 9
+    assert len(patches.patch_positions(10, 8, positions="random", num_random=9, seed=0)) == 9
     with pytest.raises(SmoothcertError, match="num_random"):
-        sr.patch_positions(10, 8, positions="random", num_random=10)
+        patches.patch_positions(10, 8, positions="random", num_random=10)
 
 
 def test_extract_patches_is_batched_slicing():
     x = torch.randn(3, 2, 6, 5)
     pos = torch.tensor([[0, 0], [1, 2], [2, 1]])
-    out = sr.extract_patches(x, pos, 3)
+    out = patches.extract_patches(x, pos, 3)
     assert out.shape == (9, 2, 3, 3)
     for b in range(3):
         for k, (i, j) in enumerate(pos.tolist()):
-            assert torch.equal(out[b * 3 + k], x[b, :, i:i + 3, j:j + 3])
+            assert torch.equal(out[b * 3 + k], x[b, :, i : i + 3, j : j + 3])
 
 
 def test_resize_matrix_is_separable_and_norm_is_exact():
     h, w, size = 5, 7, 6
     x = torch.randn(4, 1, h, w, dtype=torch.float64)
-    mh, mw = sr.resize_matrix(h, size), sr.resize_matrix(w, size)
-    assert torch.allclose(sr.resize_to(x, size)[:, 0], mh @ x[:, 0] @ mw.T)
+    mh, mw = patches.resize_matrix(h, size), patches.resize_matrix(w, size)
+    assert torch.allclose(patches.resize_to(x, size)[:, 0], mh @ x[:, 0] @ mw.T)
     eye = torch.eye(h * w, dtype=torch.float64).view(-1, 1, h, w)
-    full = sr.resize_to(eye, size).reshape(h * w, -1).T
+    full = patches.resize_to(eye, size).reshape(h * w, -1).T
     assert torch.allclose(full, torch.kron(mh, mw))
-    assert sr.resize_norm(h, w, size) == pytest.approx(float(torch.linalg.matrix_norm(full, ord=2)), rel=1e-12)
-    assert sr.resize_norm(8, 8, 8) == 1.0 and sr.resize_norm(8, 8, 10) > 1.0
+    assert patches.resize_norm(h, w, size) == pytest.approx(float(torch.linalg.matrix_norm(full, ord=2)), rel=1e-12)
+    assert patches.resize_norm(8, 8, 8) == 1.0 and patches.resize_norm(8, 8, 10) > 1.0
 
 
 # ---------------------------------------------------------------- reductions
 
+
 def test_max_and_mean_reductions_by_hand():
     logits = torch.tensor([[[1.0, 5.0], [4.0, 0.0], [3.0, 1.0]]])
-    assert sr.reduce_logits(logits, "max").tolist() == [[4.0, 5.0]]
-    assert torch.allclose(sr.reduce_logits(logits, "mean"), torch.tensor([[8 / 3, 2.0]]))
+    assert patches.reduce_logits(logits, "max").tolist() == [[4.0, 5.0]]
+    assert torch.allclose(patches.reduce_logits(logits, "mean"), torch.tensor([[8 / 3, 2.0]]))
 
     class Corner(nn.Module):  # logits of a 2x2 patch: (its top-left pixel, its bottom-right pixel)
         def forward(self, p):
             return torch.stack([p[:, 0, 0, 0], p[:, 0, 1, 1]], 1)
 
     x = torch.tensor([[[[1.0, 0.0, 4.0], [2.0, 5.0, 0.0], [3.0, 1.0, 3.0]]]])
-    pos = sr.patch_positions(3, 2, 1)  # patches at (0,0) (0,1) (1,0) (1,1): logits (1,5) (0,0) (2,1) (5,3)
-    max_model = sr.PatchReduce(Corner(), 3, 2, pos, "max")
-    mean_model = sr.PatchReduce(Corner(), 3, 2, pos, "mean")
+    pos = patches.patch_positions(3, 2, 1)  # patches at (0,0) (0,1) (1,0) (1,1): logits (1,5) (0,0) (2,1) (5,3)
+    max_model = patches.PatchReduce(Corner(), 3, 2, pos, "max")
+    mean_model = patches.PatchReduce(Corner(), 3, 2, pos, "mean")
     assert max_model(x).tolist() == [[5.0, 5.0]]
     assert mean_model(x).tolist() == [[2.0, 2.25]]
     assert mean_model(x).argmax(1).item() == 1
 
 
 # ---------------------------------------------------------------- soundness, correlated
+
 
 def _linear_setup(seed):
     gen = torch.Generator().manual_seed(seed)
@@ -178,7 +196,7 @@ def test_correlated_max_survives_attack_inside_radius():
 
     for i in range(2):
         base.b = float(-s0[i] + 0.3 * scale)  # p_A well below 1, so the radius is tight enough to matter
-        pred, radius, p_lower = certify(target, x[i:i + 1], sigma)
+        pred, radius, p_lower = certify(target, x[i : i + 1], sigma)
         assert pred[0] == 1 and radius[0] > 0
         delta = _pgd(f, x[i], 0.95 * radius[0], sigma, scale, gen)
         before, after = p_a(x[i]), p_a(x[i] + delta)
@@ -190,9 +208,10 @@ def test_correlated_max_survives_attack_inside_radius():
 
 # ---------------------------------------------------------------- uncorrelated
 
+
 def test_uncorrelated_radius_factor_by_hand():
     base = PatchLinear(torch.randn(1, 2, 2), 0.1)
-    cfg = {"seed": 0, "smooth_reduce": {"resize": 4, "patch": 2, "stride": 1, "variant": "uncorrelated"}}
+    cfg = cfg_for(resize=4, patch=2, stride=1, variant="uncorrelated")
     t = sr.wrap(base, cfg, "smooth_reduce_max", (1, 4, 4), norm="l2")
     assert t.radius_factor == pytest.approx(0.5)  # identity resize, centre pixels in 4 patches: 1/√4
     assert sr.wrap(base, cfg, "smooth_reduce_max", (1, 4, 4), norm="l1").radius_factor == pytest.approx(0.25)  # 1/4
@@ -200,8 +219,8 @@ def test_uncorrelated_radius_factor_by_hand():
     x = torch.rand(5, 1, 4, 4)
     z = t.to_space(x)
     assert z.shape == (5, 9, 2, 2)
-    pos = sr.patch_positions(4, 2, 1)
-    assert torch.equal(t.classifier(z), sr.PatchReduce(base, 4, 2, pos, "max")(x))  # same map without noise
+    pos = patches.patch_positions(4, 2, 1)
+    assert torch.equal(t.classifier(z), patches.PatchReduce(base, 4, 2, pos, "max")(x))  # same map without noise
     cfg["smooth_reduce"]["stride"] = 2
     for norm_name in ("l2", "l1"):  # disjoint patches, identity resize: A is a permutation
         assert sr.wrap(base, cfg, "smooth_reduce_mean", (1, 4, 4), norm=norm_name).radius_factor == pytest.approx(1.0)
@@ -211,12 +230,12 @@ def test_uncorrelated_factor_bounds_the_stacking_operator():
     """‖A‖₂ ≤ 1/radius_factor (ℓ2) and ‖A‖₁→₁ = 1/radius_factor (ℓ1) for the exact matrix A of x ↦ stacked patches."""
     base = PatchLinear(torch.randn(1, 8, 8), 0.0)
     t = sr.wrap(base, cfg_for(variant="uncorrelated"), "smooth_reduce_mean", (1, 8, 8), norm="l2")
-    maxcov, norm_s = 9, sr.resize_norm(8, 8, 10)
+    maxcov, norm_s = 9, patches.resize_norm(8, 8, 10)
     assert t.radius_factor == pytest.approx(1 / (3 * norm_s))
-    a = sr.patch_operator(1, 8, 8, 10, sr.patch_positions(10, 8, 1), 8)
+    a = patches.patch_operator(1, 8, 8, 10, patches.patch_positions(10, 8, 1), 8)
     assert torch.allclose(a @ torch.ones(64, dtype=torch.float64), torch.ones(9 * 64, dtype=torch.float64))
     assert float(torch.linalg.matrix_norm(a, ord=2)) <= 1 / t.radius_factor + 1e-9
-    assert maxcov == int(sr.coverage(10, sr.patch_positions(10, 8, 1), 8).max())
+    assert maxcov == int(patches.coverage(10, patches.patch_positions(10, 8, 1), 8).max())
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     assert torch.allclose(t.to_space(x).flatten(1), x.flatten(1) @ a.T)
     t1 = sr.wrap(base, cfg_for(variant="uncorrelated"), "smooth_reduce_mean", (1, 8, 8), norm="l1")
@@ -225,36 +244,49 @@ def test_uncorrelated_factor_bounds_the_stacking_operator():
 
 def test_default_geometry_factors():
     """Default 8 → 10 resize, 9 patches of 8×8: ‖A‖₁→₁ = 15.21, four times the ℓ2 bound √9·‖S‖₂ = 3.77."""
-    pos = sr.patch_positions(10, 8, 1)
-    assert sr.stacking_norm("l1", 8, 8, 10, pos, 8) == pytest.approx(15.21, rel=1e-12)
-    assert sr.stacking_norm("l2", 8, 8, 10, pos, 8) == pytest.approx(3 * sr.resize_norm(8, 8, 10))
-    assert sr.stacking_norm("l2", 8, 8, 10, pos, 8) == pytest.approx(3.7676, abs=1e-4)
+    pos = patches.patch_positions(10, 8, 1)
+    assert patches.stacking_norm("l1", 8, 8, 10, pos, 8) == pytest.approx(15.21, rel=1e-12)
+    assert patches.stacking_norm("l2", 8, 8, 10, pos, 8) == pytest.approx(3 * patches.resize_norm(8, 8, 10))
+    assert patches.stacking_norm("l2", 8, 8, 10, pos, 8) == pytest.approx(3.7676, abs=1e-4)
     for norm_name in ("l1", "l2"):
-        assert sr.radius_factor(norm_name, "correlated", 8, 8, 10, pos, 8) == 1.0
+        assert patches.radius_factor(norm_name, "correlated", 8, 8, 10, pos, 8) == 1.0
 
 
-@pytest.mark.parametrize("channels,h,w,size,patch,stride,positions", [
-    (1, 8, 8, 10, 8, 1, "grid"),      # the default geometry
-    (2, 5, 7, 6, 3, 2, "grid"),       # non-square input, stride 2 (last start appended), two channels
-    (1, 9, 6, 7, 4, 1, "random"),     # random positions, downsizing one side
-    (1, 6, 6, 6, 3, 2, "grid"),       # identity resize
-    (1, 12, 12, 7, 4, 3, "grid"),     # downsizing, stride 3
-])
+@pytest.mark.parametrize(
+    "channels,h,w,size,patch,stride,positions",
+    [
+        (1, 8, 8, 10, 8, 1, "grid"),  # the default geometry
+        (2, 5, 7, 6, 3, 2, "grid"),  # non-square input, stride 2 (last start appended), two channels
+        (1, 9, 6, 7, 4, 1, "random"),  # random positions, downsizing one side
+        (1, 6, 6, 6, 3, 2, "grid"),  # identity resize
+        (1, 12, 12, 7, 4, 3, "grid"),  # downsizing, stride 3
+    ],
+)
 def test_l1_factor_is_the_exact_column_sum_of_the_dense_operator(channels, h, w, size, patch, stride, positions):
     """(|S_h|ᵀ · cov · |S_w|) equals the absolute column sums of the dense matrix of x ↦ extract_patches(resize_to(x))."""
-    pos = sr.patch_positions(size, patch, stride, positions, num_random=5, seed=11)
-    a = sr.patch_operator(channels, h, w, size, pos, patch)
+    pos = patches.patch_positions(size, patch, stride, positions, num_random=5, seed=11)
+    a = patches.patch_operator(channels, h, w, size, pos, patch)
     dense = a.abs().sum(0).view(channels, h, w)
-    cols = sr.l1_column_sums(h, w, size, pos, patch)
+    cols = patches.l1_column_sums(h, w, size, pos, patch)
     for c in range(channels):
         assert torch.allclose(dense[c], cols, rtol=1e-12, atol=1e-12)
-    assert sr.stacking_norm("l1", h, w, size, pos, patch) == pytest.approx(float(dense.max()), rel=1e-12)
-    assert float(torch.linalg.matrix_norm(a, ord=2)) <= sr.stacking_norm("l2", h, w, size, pos, patch) + 1e-9
-    cfg = {"seed": 0, "smooth_reduce": {"resize": size, "patch": patch, "stride": stride, "positions": positions,
-                                        "num_random": 5, "variant": "uncorrelated"}}
+    assert patches.stacking_norm("l1", h, w, size, pos, patch) == pytest.approx(float(dense.max()), rel=1e-12)
+    assert float(torch.linalg.matrix_norm(a, ord=2)) <= patches.stacking_norm("l2", h, w, size, pos, patch) + 1e-9
+    cfg = {
+        "seed": 0,
+        "smooth_reduce": {
+            "resize": size,
+            "patch": patch,
+            "stride": stride,
+            "positions": positions,
+            "num_random": 5,
+            "variant": "uncorrelated",
+        },
+    }
     # the wrapper's own positions (drawn from its seed) against the dense operator of those positions
-    t = sr.wrap(PatchLinear(torch.ones(channels * patch * patch), 0.0), cfg, "smooth_reduce_max", (channels, h, w),
-                norm="l1")
+    t = sr.wrap(
+        PatchLinear(torch.ones(channels * patch * patch), 0.0), cfg, "smooth_reduce_max", (channels, h, w), norm="l1"
+    )
     x = torch.rand(1, channels, h, w, dtype=torch.float64)
     z = t.to_space(x).flatten(1)
     eye = torch.eye(channels * h * w, dtype=torch.float64).view(-1, channels, h, w)
@@ -300,20 +332,42 @@ def test_uncorrelated_l1_certificate_survives_the_worst_perturbation_in_its_radi
     against the wrapped classifier, and a perturbation of 1.5× the radius does flip (the check is sharp).
     """
     sigma, tau = 0.25, 0.3
-    cfg = {**cfg_for(variant="uncorrelated"),
-           "models": [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l1", "sigmas": [sigma],
-                       "methods": ["smooth_reduce_max"]}]}
+    cfg = {
+        **cfg_for(variant="uncorrelated"),
+        "models": [
+            {
+                "objective": "gaussian",
+                "sigma_mode": "fixed",
+                "norm": "l1",
+                "sigmas": [sigma],
+                "methods": ["smooth_reduce_max"],
+            }
+        ],
+    }
     target = sr.wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", (1, 8, 8))  # the norm from cfg['models']
-    assert target.radius_factor == sr.wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", (1, 8, 8),
-                                           norm="l1").radius_factor
+    assert (
+        target.radius_factor
+        == sr.wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", (1, 8, 8), norm="l1").radius_factor
+    )
     x = torch.full((1, 1, 8, 8), tau + sigma)
     sampling = core.Sampling(kind="uniform", batch_size=4000, chunk=1000)
-    out = core.certify_batch(target.classifier, target.to_space(x), sigma, 2, 100, 2000, 0.001, "l1",
-                             [stream_seed(2, 0, "select")], [stream_seed(2, 0, "estimate")], sampling)
+    out = core.certify_batch(
+        target.classifier,
+        target.to_space(x),
+        sigma,
+        2,
+        100,
+        2000,
+        0.001,
+        "l1",
+        [stream_seed(2, 0, "select")],
+        [stream_seed(2, 0, "estimate")],
+        sampling,
+    )
     assert out["predict"][0] == 0
     radius = sigma * float(out["gap"][0]) * target.radius_factor
 
-    a = sr.patch_operator(1, 8, 8, 10, sr.patch_positions(10, 8, 1), 8)  # (576, 64), the map x ↦ z
+    a = patches.patch_operator(1, 8, 8, 10, patches.patch_positions(10, 8, 1), 8)  # (576, 64), the map x ↦ z
     assert (a >= 0).all()
     z = target.to_space(x).double().flatten()
     assert torch.allclose(z, a @ x.double().flatten())
@@ -328,8 +382,15 @@ def test_uncorrelated_l1_certificate_survives_the_worst_perturbation_in_its_radi
     assert p_beyond < 0.5  # not vacuous: 1.5× the radius is enough to flip it
     moved = x.clone().flatten()
     moved[j] -= 1.5 * radius
-    counts = core.count_classes(target.classifier, target.to_space(moved.view(1, 1, 8, 8)), sigma, 20000, 2,
-                                [stream_seed(3, 0, "attack")], sampling)
+    counts = core.count_classes(
+        target.classifier,
+        target.to_space(moved.view(1, 1, 8, 8)),
+        sigma,
+        20000,
+        2,
+        [stream_seed(3, 0, "attack")],
+        sampling,
+    )
     assert abs(counts[0, 0] / 20000 - p_beyond) < 4 * np.sqrt(0.25 / 20000)  # the closed form is the classifier's
 
 
@@ -343,8 +404,18 @@ def test_correlated_l1_adds_uniform_noise_once_before_resizing():
             seen.append(p.clone())
             return torch.stack([p.flatten(1).sum(1), torch.zeros(len(p))], 1)
 
-    cfg = {**cfg_for(), "models": [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l1", "sigmas": [0.5],
-                                    "methods": ["smooth_reduce_mean"]}]}
+    cfg = {
+        **cfg_for(),
+        "models": [
+            {
+                "objective": "gaussian",
+                "sigma_mode": "fixed",
+                "norm": "l1",
+                "sigmas": [0.5],
+                "methods": ["smooth_reduce_mean"],
+            }
+        ],
+    }
     target = sr.wrap(Spy(), cfg, "smooth_reduce_mean", (1, 8, 8))
     assert target.radius_factor == 1.0
     x = torch.rand(1, 1, 8, 8)
@@ -356,24 +427,37 @@ def test_correlated_l1_adds_uniform_noise_once_before_resizing():
     assert noisy.shape == (300, 1, 8, 8)  # draws in input space: resizing comes after the noise
     eps = noisy - x
     assert eps.abs().max() <= 0.5 + 1e-6 and eps.std() > 0.25  # U[-σ, σ]: std σ/√3 ≈ 0.29
-    patches = torch.cat(seen)
-    pos = sr.patch_positions(10, 8, 1)
-    assert torch.equal(patches, sr.extract_patches(sr.resize_to(noisy, 10), pos, 8))
+    seen_patches = torch.cat(seen)
+    pos = patches.patch_positions(10, 8, 1)
+    assert torch.equal(seen_patches, patches.extract_patches(patches.resize_to(noisy, 10), pos, 8))
 
 
 def test_norm_of_the_certificate_picks_the_factor():
     base = PatchLinear(torch.randn(1, 8, 8), 0.0)
-    pos = sr.patch_positions(10, 8, 1)
-    f1 = sr.radius_factor("l1", "uncorrelated", 8, 8, 10, pos, 8)
-    f2 = sr.radius_factor("l2", "uncorrelated", 8, 8, 10, pos, 8)
+    pos = patches.patch_positions(10, 8, 1)
+    f1 = patches.radius_factor("l1", "uncorrelated", 8, 8, 10, pos, 8)
+    f2 = patches.radius_factor("l2", "uncorrelated", 8, 8, 10, pos, 8)
 
     def entry(norm_name, methods=("smooth_reduce_max",)):
-        return {"objective": "gaussian", "sigma_mode": "fixed", "norm": norm_name, "sigmas": [0.5], "methods": list(methods)}
+        return {
+            "objective": "gaussian",
+            "sigma_mode": "fixed",
+            "norm": norm_name,
+            "sigmas": [0.5],
+            "methods": list(methods),
+        }
 
     cfg = cfg_for(variant="uncorrelated")
-    for models, want in [([entry("l1")], f1), ([entry("l2")], f2), ([entry("l1", ["cohen"]), entry("l2")], f2),
-                         ([entry("l1"), entry("l2")], min(f1, f2)), ([], min(f1, f2))]:
-        assert sr.wrap(base, {**cfg, "models": models}, "smooth_reduce_max", (1, 8, 8)).radius_factor == pytest.approx(want)
+    for models, want in [
+        ([entry("l1")], f1),
+        ([entry("l2")], f2),
+        ([entry("l1", ["cohen"]), entry("l2")], f2),
+        ([entry("l1"), entry("l2")], min(f1, f2)),
+        ([], min(f1, f2)),
+    ]:
+        assert sr.wrap(base, {**cfg, "models": models}, "smooth_reduce_max", (1, 8, 8)).radius_factor == pytest.approx(
+            want
+        )
     both = {**cfg, "models": [entry("l1"), entry("l2")]}
     assert sr.wrap(base, both, "smooth_reduce_max", (1, 8, 8), norm="l2").radius_factor == pytest.approx(f2)
     with pytest.raises(SmoothcertError, match="linf") as err:
@@ -382,6 +466,7 @@ def test_norm_of_the_certificate_picks_the_factor():
 
 
 # ---------------------------------------------------------------- clips
+
 
 class FrameMean(nn.Module):
     """A clip model with the frame_stem contract: linear stem, tanh head, temporal mean."""
@@ -418,19 +503,19 @@ class Opaque(nn.Module):
 def test_clip_fast_path_equals_sub_clip_classification(reduce):
     model = FrameMean(6)
     x = torch.rand(5, 4, 1, 6, 6)
-    pos = sr.patch_positions(8, 6, 1)
-    fast = sr.ClipPatchReduce(model, 8, 6, pos, 2, reduce, max_frames=100)(x)
-    slow = sr.ClipPatchReduce(Opaque(model), 8, 6, pos, 2, reduce)(x)
+    pos = patches.patch_positions(8, 6, 1)
+    fast = patches.ClipPatchReduce(model, 8, 6, pos, 2, reduce, max_frames=100)(x)
+    slow = patches.ClipPatchReduce(Opaque(model), 8, 6, pos, 2, reduce)(x)
     assert torch.allclose(fast, slow, atol=1e-5)
-    sub = sr.clip_patches(x, 8, pos, 6, 2)  # (N, windows, P, window, C, 6, 6)
+    sub = patches.clip_patches(x, 8, pos, 6, 2)  # (N, windows, P, window, C, 6, 6)
     assert sub.shape == (5, 3, 9, 2, 1, 6, 6)
     per = model(sub.reshape(-1, 2, 1, 6, 6)).view(5, 27, -1)
-    assert torch.allclose(slow, sr.reduce_logits(per, reduce), atol=1e-6)
+    assert torch.allclose(slow, patches.reduce_logits(per, reduce), atol=1e-6)
 
 
 def test_clip_wrap_correlated_and_uncorrelated():
     model = FrameMean(6)
-    cfg = {"seed": 0, "smooth_reduce": {**sr.DEFAULTS, "resize": 8, "patch": 8}, "video": {"window": 2}}
+    cfg = {"seed": 0, "smooth_reduce": {**SR_PARAMS, "resize": 8, "patch": 8}, "video": {"window": 2}}
     t = sr.wrap(model, cfg, "smooth_reduce_mean", (3, 1, 6, 6))  # margin 0: one patch, resize identity
     assert t.radius_factor == 1.0 and t.evals_per_draw == 2
     cfg["smooth_reduce"]["variant"] = "uncorrelated"
@@ -442,29 +527,35 @@ def test_clip_wrap_correlated_and_uncorrelated():
     assert torch.allclose(u.classifier(u.to_space(x)), t.classifier(x), atol=1e-6)
     cfg["smooth_reduce"].update(resize=10, variant="uncorrelated")  # margin 2 -> 8x8 resize, 9 patches of 6
     u = sr.wrap(model, cfg, "smooth_reduce_max", (3, 1, 6, 6), norm="l2")
-    cov = int(sr.coverage(8, sr.patch_positions(8, 6, 1), 6).max())
-    assert u.radius_factor == pytest.approx(1 / (np.sqrt(2 * cov) * sr.resize_norm(6, 6, 8)))
+    cov = int(patches.coverage(8, patches.patch_positions(8, 6, 1), 6).max())
+    assert u.radius_factor == pytest.approx(1 / (np.sqrt(2 * cov) * patches.resize_norm(6, 6, 8)))
     u1 = sr.wrap(model, cfg, "smooth_reduce_max", (3, 1, 6, 6), norm="l1")
-    cols = sr.l1_column_sums(6, 6, 8, sr.patch_positions(8, 6, 1), 6)
+    cols = patches.l1_column_sums(6, 6, 8, patches.patch_positions(8, 6, 1), 6)
     assert u1.radius_factor == pytest.approx(1 / (2 * float(cols.max())))
 
 
-@pytest.mark.parametrize("frames,window,side,margin,stride", [(4, 2, 3, 2, 1), (5, 3, 3, 1, 1), (4, 4, 4, 2, 2),
-                                                              (3, 1, 3, 0, 1)])
+@pytest.mark.parametrize(
+    "frames,window,side,margin,stride", [(4, 2, 3, 2, 1), (5, 3, 3, 1, 1), (4, 4, 4, 2, 2), (3, 1, 3, 0, 1)]
+)
 def test_clip_factors_match_the_dense_space_time_operator(frames, window, side, margin, stride):
     """Clips: the ℓ1 factor is 1/(max absolute column sum) and the ℓ2 factor at most 1/‖A‖₂ of the dense matrix A of
     x ↦ stacked (window, patch) sub-clips, built from the identity basis of a tiny clip (frames × 1 × side²)."""
     model = FrameMean(side)
-    cfg = {"seed": 0, "smooth_reduce": {**sr.DEFAULTS, "resize": 8 + margin, "patch": 8, "stride": stride,
-                                        "variant": "uncorrelated"}, "video": {"window": window}}
+    cfg = {
+        "seed": 0,
+        "smooth_reduce": {**SR_PARAMS, "resize": 8 + margin, "patch": 8, "stride": stride, "variant": "uncorrelated"},
+        "video": {"window": window},
+    }
     shape = (frames, 1, side, side)
     t1 = sr.wrap(model, cfg, "smooth_reduce_mean", shape, norm="l1")
     t2 = sr.wrap(model, cfg, "smooth_reduce_mean", shape, norm="l2")
     d = frames * side * side
     a = t1.to_space(torch.eye(d, dtype=torch.float64).view(d, *shape)).reshape(d, -1).T  # (rows, d)
-    tcov = sr.temporal_coverage_counts(frames, window)
-    assert tcov.tolist() == [sum(1 for s0 in range(frames - window + 1) if s0 <= f < s0 + window) for f in range(frames)]
-    assert int(tcov.max()) == sr.temporal_coverage(frames, window)
+    tcov = patches.temporal_coverage_counts(frames, window)
+    assert tcov.tolist() == [
+        sum(1 for s0 in range(frames - window + 1) if s0 <= f < s0 + window) for f in range(frames)
+    ]
+    assert int(tcov.max()) == patches.temporal_coverage(frames, window)
     assert a.shape[0] == t1.evals_per_draw * window * side * side  # (windows × patches) sub-clips of window frames
     assert 1 / t1.radius_factor == pytest.approx(float(a.abs().sum(0).max()), rel=1e-12)
     assert float(torch.linalg.matrix_norm(a, ord=2)) <= 1 / t2.radius_factor + 1e-9
@@ -475,17 +566,21 @@ def test_clip_factors_match_the_dense_space_time_operator(frames, window, side, 
 
 # ---------------------------------------------------------------- pipeline
 
+
 @pytest.mark.parametrize("variant", ["correlated", "uncorrelated"])
 def test_certify_shard_runs_smooth_reduce_on_the_digits_model(variant, params, tmp_path):
     """The registered wrapper plugs into certify_shard: rows, radius factor and cost columns."""
-    from smoothcert.pipeline.certify import certify_shard
     from smoothcert.config import ModelSpec
-    from smoothcert.models import build_model
+    from smoothcert.pipeline.certify import certify_shard
+    from smoothcert.training.models import build_model
 
     torch.manual_seed(0)
     model = build_model("digits_cnn", 1, 10, 8, [0.3], [0.4]).eval()
-    cfg = {**params, "smooth_reduce": {**params["smooth_reduce"], "variant": variant},
-           "certify": {**params["certify"], "n0": 20, "n": 100, "batch_size": 200, "chunk": 100}}
+    cfg = {
+        **params,
+        "smooth_reduce": {**params["smooth_reduce"], "variant": variant},
+        "certify": {**params["certify"], "n0": 20, "n": 100, "batch_size": 200, "chunk": 100},
+    }
     spec = ModelSpec("gaussian", "fixed", "l2", 0.25, ("smooth_reduce_max",))
     x, y, idx = torch.rand(3, 1, 8, 8), torch.tensor([1, 2, 3]), np.array([4, 5, 6])
     factor = sr.wrap(model, cfg, "smooth_reduce_max", (1, 8, 8)).radius_factor
@@ -493,22 +588,26 @@ def test_certify_shard_runs_smooth_reduce_on_the_digits_model(variant, params, t
     assert df["idx"].tolist() == [4, 5, 6] and (df["evals"] == 120 * 9).all()
     ok = df["predict"] >= 0
     assert np.allclose(df["radius"][ok], 0.25 * df["gap"][ok] * factor)
-    assert factor == (1.0 if variant == "correlated" else pytest.approx(1 / (3 * sr.resize_norm(8, 8, 10))))
+    assert factor == (1.0 if variant == "correlated" else pytest.approx(1 / (3 * patches.resize_norm(8, 8, 10))))
 
 
 # ---------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("settings,shape,method,message", [
-    ({"patch": 12}, (1, 8, 8), "smooth_reduce_max", "patch = 12 must be <= resize"),
-    ({"variant": "both"}, (1, 8, 8), "smooth_reduce_max", "variant"),
-    ({"positions": "random", "num_random": 10}, (1, 8, 8), "smooth_reduce_max", "num_random"),
-    ({"stride": 0}, (1, 8, 8), "smooth_reduce_max", "stride"),
-    ({}, (1, 8, 8), "smooth_reduce_median", "smooth_reduce_median"),
-    ({}, (8, 8), "smooth_reduce_max", "inputs must be"),
-    ({}, (3, 1, 6, 6), "smooth_reduce_max", "video.window = 4"),
-])
+
+@pytest.mark.parametrize(
+    "settings,shape,method,message",
+    [
+        ({"patch": 12}, (1, 8, 8), "smooth_reduce_max", "patch = 12 must be <= resize"),
+        ({"variant": "both"}, (1, 8, 8), "smooth_reduce_max", "variant"),
+        ({"positions": "random", "num_random": 10}, (1, 8, 8), "smooth_reduce_max", "num_random"),
+        ({"stride": 0}, (1, 8, 8), "smooth_reduce_max", "stride"),
+        ({}, (1, 8, 8), "smooth_reduce_median", "smooth_reduce_median"),
+        ({}, (8, 8), "smooth_reduce_max", "inputs must be"),
+        ({}, (3, 1, 6, 6), "smooth_reduce_max", "video.window = 4"),
+    ],
+)
 def test_bad_settings_fail_in_one_line(settings, shape, method, message):
-    cfg = {"seed": 0, "smooth_reduce": {**sr.DEFAULTS, **settings}, "video": {"window": 4}}
+    cfg = {"seed": 0, "smooth_reduce": {**SR_PARAMS, **settings}, "video": {"window": 4}}
     with pytest.raises(SmoothcertError, match=message) as err:
         sr.wrap(PatchLinear(torch.ones(64), 0.0), cfg, method, shape)
     assert "\n" not in str(err.value)
@@ -516,11 +615,14 @@ def test_bad_settings_fail_in_one_line(settings, shape, method, message):
 
 # ---------------------------------------------------------------- proven combinations (config validation)
 
+
 def _all_combinations(params, variant):
     cfg = {**params, "smooth_reduce": {**params["smooth_reduce"], "variant": variant}}
     methods = ["cohen", "ddrs", "ancer", "smooth_reduce_max", "smooth_reduce_mean"]
-    cfg["models"] = [{"objective": "gaussian", "sigma_mode": "fixed", "norm": norm_name, "sigmas": [0.5],
-                      "methods": methods} for norm_name in ("l2", "l1")]
+    cfg["models"] = [
+        {"objective": "gaussian", "sigma_mode": "fixed", "norm": norm_name, "sigmas": [0.5], "methods": methods}
+        for norm_name in ("l2", "l1")
+    ]
     cfg["video"] = {**params["video"], "methods": ["cohen", "smooth_reduce_max", "smooth_reduce_mean"]}
     return cfg
 
@@ -534,10 +636,7 @@ def test_validation_accepts_every_proven_combination(params, variant):
     cfg = _all_combinations(params, variant)
     assert config.validate(cfg, "test") is cfg
     assert config.experiments(cfg)  # and it enumerates them
-    del cfg["video"]["methods"]  # the video defaults are checked too
-    config.validate(cfg, "test")
-    assert list(config.VIDEO_METHODS) == clips.DEFAULTS["methods"] and config.VIDEO_NORM == clips.NORM
-    assert config.SMOOTH_REDUCE_VARIANT == sr.DEFAULTS["variant"]
+    assert set(cfg["video"]["methods"]) <= set(clips.clip_methods()) and config.VIDEO_NORM == clips.NORM
 
 
 def test_validation_refuses_an_unproven_combination_in_one_line(params, monkeypatch, tmp_path):
@@ -546,13 +645,15 @@ def test_validation_refuses_an_unproven_combination_in_one_line(params, monkeypa
     from smoothcert import config
     from smoothcert.cli import main
 
-    monkeypatch.setitem(config.CERTIFICATES, "smooth_reduce_max", {"correlated": ("l2", "l1"), "uncorrelated": ("l2",)})
+    monkeypatch.setitem(sr.PROVEN, "uncorrelated", ("l2",))
     cfg = _all_combinations(params, "uncorrelated")
     with pytest.raises(SmoothcertError) as err:
         config.validate(cfg, "test")
     msg = str(err.value)
     assert "\n" not in msg
-    assert "models.1.methods has smooth_reduce_max with models.1.norm = l1 and smooth_reduce.variant = uncorrelated" in msg
+    assert (
+        "models.1.methods has smooth_reduce_max with models.1.norm = l1 and smooth_reduce.variant = uncorrelated" in msg
+    )
     assert config.validate(_all_combinations(params, "correlated"), "test")  # the correlated variant keeps its proof
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -563,9 +664,13 @@ def test_validation_refuses_an_unproven_combination_in_one_line(params, monkeypa
     with pytest.raises(SmoothcertError, match="no proven certificate in norm 'l1'"):
         sr.wrap(PatchLinear(torch.ones(64), 0.0), cfg, "smooth_reduce_max", (1, 8, 8))
     # clips are certified in ℓ2: without an ℓ2 proof the video methods are refused
-    monkeypatch.setitem(config.CERTIFICATES, "smooth_reduce_mean", {"correlated": ("l2", "l1"), "uncorrelated": ("l1",)})
-    cfg["models"] = [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.5], "methods": ["cohen"]}]
-    with pytest.raises(SmoothcertError, match="video.methods has smooth_reduce_mean, certified in l2 and "
-                                              "smooth_reduce.variant = uncorrelated") as err:
+    monkeypatch.setitem(sr.PROVEN, "uncorrelated", ("l1",))
+    cfg["models"] = [
+        {"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.5], "methods": ["cohen"]}
+    ]
+    with pytest.raises(
+        SmoothcertError,
+        match="video.methods has smooth_reduce_max, certified in l2 and smooth_reduce.variant = uncorrelated",
+    ) as err:
         config.validate(cfg, "test")
     assert "\n" not in str(err.value)

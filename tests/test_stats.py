@@ -1,9 +1,10 @@
 """Closed-form checks of the statistics: Clopper-Pearson, radii, App. D bound, volumes."""
+
 import numpy as np
 import pytest
 from scipy.stats import binom, norm
 
-from smoothcert import stats
+from smoothcert.engine import stats
 
 
 def test_clopper_pearson_all_successes_closed_form():

@@ -1,4 +1,5 @@
 """Training end to end on a trimmed digits set: every objective × σ mode, resume, the σ buffer."""
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,8 @@ import yaml
 from smoothcert import data as data_mod
 from smoothcert.config import ModelSpec
 from smoothcert.io import load_torch, save_torch
-from smoothcert.training.objectives import SIGMA_UPDATERS, TrainContext
 from smoothcert.training.loop import make_model, train
+from smoothcert.training.objectives import SIGMA_UPDATERS, TrainContext
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,8 +124,8 @@ def test_resume_equals_uninterrupted_training(cfg, digits_dir, tmp_path):
 
 def test_load_model_uses_channels_last_unless_configured_off(cfg, tmp_path):
     """Channels-last changes the memory layout, not the function: same logits up to float rounding."""
-    from smoothcert.models import prepare_for_inference
     from smoothcert.training.loop import load_model
+    from smoothcert.training.models import prepare_for_inference
 
     model = make_model(cfg).eval()
     save_torch(tmp_path / "model.pt", {"arch": cfg["model"]["arch"], "state_dict": model.state_dict()})

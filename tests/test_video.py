@@ -1,4 +1,5 @@
 """Moving digits: the clip data, the frame-wise model, and the video stage end to end on a tiny setting."""
+
 from __future__ import annotations
 
 import copy
@@ -11,10 +12,10 @@ import torch
 import yaml
 
 from smoothcert import data as data_mod
-from smoothcert.pipeline.certify import COLUMNS
 from smoothcert.cli import main
 from smoothcert.errors import SmoothcertError
 from smoothcert.io import load_torch
+from smoothcert.pipeline.certify import COLUMNS
 from smoothcert.pipeline.clips import FrameNet, make_moving_digits, run_video, settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,8 +88,23 @@ def test_video_stage_end_to_end_and_cli(cfg, tmp_path):
     cli_out = tmp_path / "cli"
     threads = torch.get_num_threads()
     try:
-        assert main(["--config", str(config), "video", "--sigma", "0.25", "--out", str(cli_out), "--threads", "1",
-                     "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "--config",
+                    str(config),
+                    "video",
+                    "--sigma",
+                    "0.25",
+                    "--out",
+                    str(cli_out),
+                    "--threads",
+                    "1",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     for method, df in tables.items():
@@ -112,13 +128,21 @@ def test_bad_video_settings_fail_in_one_line(cfg):
 def test_uncorrelated_clip_radius_uses_the_l2_factor_of_the_clip_operator(cfg, tmp_path):
     """Clips are certified in ℓ2 whatever norms the image models use: certify_video hands the wrapper its own norm,
     so the radius is σ·Φ⁻¹(p̲A) / (√(max tcov · max cov)·‖S‖₂), not divided by the ℓ1 factor of the image models."""
+    from smoothcert.engine import patches
     from smoothcert.methods import smooth_reduce as sr
     from smoothcert.pipeline.clips import certify_video
 
     cfg = copy.deepcopy(cfg)
     cfg["smooth_reduce"]["variant"] = "uncorrelated"
-    cfg["models"] = [{"objective": "gaussian", "sigma_mode": "fixed", "norm": "l1", "sigmas": [0.5],
-                      "methods": ["smooth_reduce_max"]}]
+    cfg["models"] = [
+        {
+            "objective": "gaussian",
+            "sigma_mode": "fixed",
+            "norm": "l1",
+            "sigmas": [0.5],
+            "methods": ["smooth_reduce_max"],
+        }
+    ]
     torch.manual_seed(0)
     model = FrameNet(12).eval()
     data = make_moving_digits(cfg, cfg["seed"])
@@ -126,8 +150,10 @@ def test_uncorrelated_clip_radius_uses_the_l2_factor_of_the_clip_operator(cfg, t
     shape = (4, 1, 12, 12)
     l2 = sr.wrap(model, cfg, "smooth_reduce_max", shape, norm="l2").radius_factor
     l1 = sr.wrap(model, cfg, "smooth_reduce_max", shape, norm="l1").radius_factor
-    pos = sr.patch_positions(14, 12, 1)  # canvas 12, margin resize − patch = 2
-    assert l2 == pytest.approx(1 / (np.sqrt(2 * int(sr.coverage(14, pos, 12).max())) * sr.resize_norm(12, 12, 14)))
+    pos = patches.patch_positions(14, 12, 1)  # canvas 12, margin resize − patch = 2
+    assert l2 == pytest.approx(
+        1 / (np.sqrt(2 * int(patches.coverage(14, pos, 12).max())) * patches.resize_norm(12, 12, 14))
+    )
     assert l1 < 0.5 * l2
     ok = df["predict"] >= 0
     assert ok.any() and (df["norm"] == "l2").all()

@@ -1,4 +1,5 @@
 """End to end: the Snakemake workflow (and DVC on top of it) on a tiny config, in a copy of the repository."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ def _env():
 
 def copy_repo(dest: Path, merged_params: bool = False) -> Path:
     """Copy the tracked and unignored files of the repository into ``dest``."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for f in filter(None, files):
         src = REPO / f
         if src.is_file():
@@ -79,8 +85,13 @@ def test_html_report_builds(pipeline):
 def test_bad_config_is_one_line_error(pipeline, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("certify:\n  alpha: 1.5\n")
-    proc = subprocess.run([str(BIN / "snakemake"), "-n", "--configfile", str(MINI), str(bad), "--cores", "1"],
-                          cwd=pipeline, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "--configfile", str(MINI), str(bad), "--cores", "1"],
+        cwd=pipeline,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "certify.alpha = 1.5" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -94,7 +105,10 @@ def test_dvc_repro_gives_the_same_tables(pipeline, tmp_path):
     tables = sorted((pipeline / "results").rglob("certify.tsv"))
     assert tables
     for table in tables:
-        ours, theirs = (pd.read_csv(p, sep="\t").drop(columns=["time", "opt_time"]) for p in (table, root / table.relative_to(pipeline)))
+        ours, theirs = (
+            pd.read_csv(p, sep="\t").drop(columns=["time", "opt_time"])
+            for p in (table, root / table.relative_to(pipeline))
+        )
         pd.testing.assert_frame_equal(ours, theirs, check_exact=True)  # wall time aside, identical
     shown = run([str(BIN / "dvc"), "metrics", "show", "--json"], root).stdout
     assert "metrics/metrics.json" in shown

@@ -4,6 +4,7 @@ Subcommands live in ``smoothcert.commands.<name>`` and are found automatically:
 each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args)``.
 A :class:`SmoothcertError` (bad input) prints one line and exits with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,22 @@ def _chosen(argv: list[str], names: list[str]) -> list[str]:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with ``argv``, only the subcommand it names is loaded (all when it names none)."""
-    parser = _Parser(prog="smoothcert", description="smoothcert: certified robustness by randomized smoothing, one subcommand per pipeline stage",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(
+        prog="smoothcert",
+        description="smoothcert: certified robustness by randomized smoothing, one subcommand per pipeline stage",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--config", default="params.yaml", help="the pipeline configuration (validated before use)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_Parser)
     names = _names()
     for mod in names if argv is None else _chosen(argv, names):
         module = importlib.import_module(f"smoothcert.commands.{mod}")
-        p = sub.add_parser(mod.replace("_", "-"), help=module.HELP, description=module.HELP,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(
+            mod.replace("_", "-"),
+            help=module.HELP,
+            description=module.HELP,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         module.add_arguments(p)
         p.set_defaults(func=module.run)
     return parser

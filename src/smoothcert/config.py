@@ -4,6 +4,7 @@ The Snakefile imports this module, so the experiment grid is defined once, here.
 Validation uses ``jsonschema`` against ``workflow/schemas/config.schema.yaml``;
 an error names the key, the bad value and what is allowed, in one line.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,28 +19,25 @@ from smoothcert.errors import SmoothcertError, require
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 NOISE_OF_NORM = {"l2": "gaussian", "l1": "uniform"}
-DATA_DEPENDENT_METHODS = ("ddrs", "ancer")
-
-# The certificates with a proof (docs/soundness.md, "Certificates by method, norm and variant"): method →
-# Smooth-Reduce variant (None for the others) → the norms whose radius is proven, for images and clips
-# alike. validate() refuses any other method × norm × variant, and smooth_reduce.radius_factor too.
-SMOOTH_REDUCE_VARIANT = "correlated"  # the default of smooth_reduce.variant (smooth_reduce.DEFAULTS)
-VIDEO_NORM = "l2"  # clips are certified with Gaussian noise only (video.certify_video)
-VIDEO_METHODS = ("cohen", "smooth_reduce_max", "smooth_reduce_mean")  # the default of video.methods (video.DEFAULTS)
-_BOTH = ("l2", "l1")
-CERTIFICATES: dict[str, dict[str | None, tuple[str, ...]]] = {
-    "cohen": {None: _BOTH},
-    "ddrs": {None: _BOTH},
-    "ancer": {None: _BOTH},
-    "smooth_reduce_max": {"correlated": _BOTH, "uncorrelated": _BOTH},
-    "smooth_reduce_mean": {"correlated": _BOTH, "uncorrelated": _BOTH},
-}
+VIDEO_NORM = "l2"  # clips are certified with Gaussian noise only (pipeline.clips)
+# Sections read only when something configured uses them (then every key of theirs is required):
+# a training objective's own section, and what a σ mode adds (dd: the per-sample σ ascent's section).
+OBJECTIVE_SECTIONS = {"gaussian": (), "macer": ("macer",), "smoothadv": ("smoothadv",)}
+SIGMA_MODE_SECTIONS = {"fixed": (), "dd": ("data_dependent",)}
 
 
-def certified_norms(method: str, variant: str | None = None) -> tuple[str, ...]:
-    """Norms with a proven certificate for ``method`` (Smooth-Reduce: with ``variant``); () if none."""
-    by_variant = CERTIFICATES.get(method, {})
-    return by_variant.get(variant if method.startswith("smooth_reduce") else None, ())
+def schema() -> dict:
+    """The JSON schema of params.yaml: workflow/schemas/config.schema.yaml, with the method enum and each
+    method's section taken from the registry (:mod:`smoothcert.methods`)."""
+    from smoothcert import methods
+
+    out = yaml.safe_load(SCHEMA.read_text())
+    registry = methods.registry()
+    out["definitions"]["method"] = {"enum": list(registry)}
+    out["definitions"]["clip_method"] = {"enum": [m.name for m in registry.values() if m.clips]}
+    for section, fragment in methods.sections().items():
+        out["properties"][section] = fragment
+    return out
 
 
 def _describe(error) -> str:
@@ -71,8 +69,7 @@ def validate(cfg: Any, source: str = "params.yaml") -> dict:
     """Validate ``cfg`` against the JSON schema; raise a one-line :class:`SmoothcertError`."""
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         best = jsonschema.exceptions.best_match(errors)
@@ -83,9 +80,9 @@ def validate(cfg: Any, source: str = "params.yaml") -> dict:
     return cfg
 
 
-MAX_INT = 2**63 - 1       # every integer must fit int64 (torch, numpy)
-MAX_SEED = 2**32 - 1      # seeds are mixed into per-epoch torch seeds (seed * 1000 + epoch)
-MAX_DRAWS = 10**9         # certify.n0 / certify.n: more draws per input than any run can make
+MAX_INT = 2**63 - 1  # every integer must fit int64 (torch, numpy)
+MAX_SEED = 2**32 - 1  # seeds are mixed into per-epoch torch seeds (seed * 1000 + epoch)
+MAX_DRAWS = 10**9  # certify.n0 / certify.n: more draws per input than any run can make
 
 
 def _numbers(obj, path: str = ""):
@@ -106,25 +103,50 @@ def _check_root(cfg: dict, source: str) -> None:
     if not cfg["data"]["download"]:
         return  # read only: an absolute path to an existing copy (e.g. /datasets/imagenet) is fine
     parts = Path(root).parts
-    require(not Path(root).is_absolute() and not root.startswith("~") and ".." not in parts and "\\" not in root,
-            f"{source}: data.root = {root!r} is not allowed with download: true; downloads go to a relative "
-            f"path inside the project (no leading / or ~, no ..), or set download: false to read an existing copy")
+    require(
+        not Path(root).is_absolute() and not root.startswith("~") and ".." not in parts and "\\" not in root,
+        f"{source}: data.root = {root!r} is not allowed with download: true; downloads go to a relative "
+        f"path inside the project (no leading / or ~, no ..), or set download: false to read an existing copy",
+    )
 
 
 def _check_certificates(cfg: dict, source: str) -> None:
-    """Every method × norm × Smooth-Reduce variant the config runs has a proven certificate (:data:`CERTIFICATES`)."""
-    variant = (cfg.get("smooth_reduce") or {}).get("variant", SMOOTH_REDUCE_VARIANT)
-    runs = [(f"models.{i}", method, entry["norm"]) for i, entry in enumerate(cfg["models"]) for method in entry["methods"]]
-    # the video command runs whether or not video.enabled is set; without video.methods, video.DEFAULTS' methods
-    runs += [("video", method, VIDEO_NORM) for method in (cfg.get("video") or {}).get("methods", VIDEO_METHODS)]
-    for where, method, norm in runs:
-        sr = method.startswith("smooth_reduce")
-        allowed = certified_norms(method, variant)
-        keys = (f"{where}.methods has {method} with {where}.norm = {norm}" if where != "video"
-                else f"video.methods has {method}, certified in {norm}")
-        require(norm in allowed,
-                f"{source}: {keys}" + (f" and smooth_reduce.variant = {variant}" if sr else "")
-                + f": no proven certificate for this combination (docs/soundness.md); proven norms: {list(allowed)}")
+    """Every method × norm (× the method's variant key) the config runs has a proven certificate
+    (``Method.certified_norms``), and every section a configured method or model reads is present."""
+    from smoothcert import methods
+
+    runs = [
+        (f"models.{i}", method, entry["norm"]) for i, entry in enumerate(cfg["models"]) for method in entry["methods"]
+    ]
+    if cfg.get("video") is not None:
+        runs += [("video", method, VIDEO_NORM) for method in cfg["video"].get("methods", [])]
+    for where, name, norm in runs:
+        method = methods.get(name)
+        section = cfg.get(method.section) if method.section else None
+        require(
+            method.section is None or section is not None,
+            f"{source}: {where}.methods has {name}, which needs the {method.section} section",
+        )
+        allowed = method.certified_norms(section)
+        keys = (
+            f"{where}.methods has {name} with {where}.norm = {norm}"
+            if where != "video"
+            else f"video.methods has {name}, certified in {norm}"
+        )
+        variant = f" and {method.section}.{method.variant} = {section[method.variant]}" if method.variant else ""
+        require(
+            norm in allowed,
+            f"{source}: {keys}{variant}: no proven certificate for this combination "
+            f"(docs/soundness.md); proven norms: {list(allowed)}",
+        )
+    for i, entry in enumerate(cfg["models"]):
+        needs = OBJECTIVE_SECTIONS[entry["objective"]] + SIGMA_MODE_SECTIONS[entry["sigma_mode"]]
+        for name in needs:
+            require(
+                cfg.get(name) is not None,
+                f"{source}: models.{i} (objective {entry['objective']}, sigma_mode "
+                f"{entry['sigma_mode']}) needs the {name} section",
+            )
 
 
 def _check_semantics(cfg: dict, source: str) -> None:
@@ -133,8 +155,18 @@ def _check_semantics(cfg: dict, source: str) -> None:
         require(abs(value) <= MAX_INT or isinstance(value, float), f"{source}: {key} = {value} does not fit in 64 bits")
     require(cfg["seed"] <= MAX_SEED, f"{source}: seed = {cfg['seed']} is not allowed; expected 0 <= seed <= {MAX_SEED}")
     for key in ("n0", "n"):
-        require(cfg["certify"][key] <= MAX_DRAWS,
-                f"{source}: certify.{key} = {cfg['certify'][key]} is not allowed; expected at most {MAX_DRAWS:.0e} draws")
+        require(
+            cfg["certify"][key] <= MAX_DRAWS,
+            f"{source}: certify.{key} = {cfg['certify'][key]} is not allowed; expected at most {MAX_DRAWS:.0e} draws",
+        )
+    cc = cfg["certify"]
+    if cc["mode"] == "sequential":
+        sq = cc["sequential"]
+        require(
+            sq["n_min"] % cc["chunk"] == 0 and sq["n_max"] % cc["chunk"] == 0 and sq["n_min"] <= sq["n_max"],
+            f"{source}: certify.sequential.n_min = {sq['n_min']} and n_max = {sq['n_max']} must be multiples of "
+            f"certify.chunk = {cc['chunk']}, with n_min <= n_max",
+        )
     _check_root(cfg, source)
     _check_certificates(cfg, source)
     ids = [m.id for m in model_specs(cfg)]
@@ -144,7 +176,9 @@ def _check_semantics(cfg: dict, source: str) -> None:
     require(cfg["model"]["arch"] is not None, f"{source}: model.arch must be set")
     if cfg["data"]["dataset"] == "imagenet":
         root = Path(cfg["data"]["root"])
-        require(root.is_dir(), f"{source}: data.root = {str(root)!r} does not exist; imagenet needs train/ and val/ there")
+        require(
+            root.is_dir(), f"{source}: data.root = {str(root)!r} does not exist; imagenet needs train/ and val/ there"
+        )
     info(cfg["data"]["dataset"])
 
 
@@ -196,8 +230,11 @@ class ModelSpec:
 
 def model_specs(cfg: dict) -> list[ModelSpec]:
     """Every base model the config asks for, in config order."""
-    return [ModelSpec(e["objective"], e["sigma_mode"], e["norm"], float(s), tuple(e["methods"]))
-            for e in cfg["models"] for s in e["sigmas"]]
+    return [
+        ModelSpec(e["objective"], e["sigma_mode"], e["norm"], float(s), tuple(e["methods"]))
+        for e in cfg["models"]
+        for s in e["sigmas"]
+    ]
 
 
 def model_spec(cfg: dict, model_id: str) -> ModelSpec:

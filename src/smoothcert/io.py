@@ -9,6 +9,7 @@ Resumable state (a shard's ``.part`` rows, training's ``checkpoint.pt``) carries
 when the fingerprint is the one it would write itself, else it starts over and says
 why in one line on stderr (:func:`resume_conflict`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,9 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -126,19 +128,25 @@ def load_torch(path: str | os.PathLike, what: str = "file") -> Any:
         text = str(exc)
         found = re.search(r"GLOBAL ([\w.]+)", text)
         if found:  # a pickle that names a callable or class: it would run code when unpickled
-            reason = (f"it names {found.group(1)}, which would run code or build objects other than tensors; "
-                      f"refused (loaded with weights_only=True)")
+            reason = (
+                f"it names {found.group(1)}, which would run code or build objects other than tensors; "
+                f"refused (loaded with weights_only=True)"
+            )
         elif path.stat().st_size == 0:
             reason = "the file is empty"
         else:
             boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
-            lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
+            lines = [
+                line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(boilerplate)
+            ]
             detail = lines[0] if lines else type(exc).__name__
             reason = f"truncated, corrupt or not a torch file ({detail[:160]})"
         raise SmoothcertError(f"cannot load {what} {path}: {reason}") from exc
 
 
-def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = (), what: str = "table") -> pd.DataFrame:
+def read_table(
+    path: str | os.PathLike, required: list[str] | tuple[str, ...] = (), what: str = "table"
+) -> pd.DataFrame:
     """Read a TSV and check that ``required`` columns are present."""
     path = Path(path)
     require(path.is_file(), f"{what} not found: {path}")
@@ -156,8 +164,14 @@ def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = 
 FINGERPRINT_VERSION = 1
 _HASH = "sha256:"
 # How a changed content hash is named in the resume message (other hashed parts: "another <name>").
-_HASH_LABELS = {"checkpoint": "another checkpoint", "weights": "another model", "theta": "another θ file",
-                "inputs": "other test inputs", "train_data": "other training data", "test_data": "other test data"}
+_HASH_LABELS = {
+    "checkpoint": "another checkpoint",
+    "weights": "another model",
+    "theta": "another θ file",
+    "inputs": "other test inputs",
+    "train_data": "other training data",
+    "test_data": "other test data",
+}
 
 
 def _plain(obj: Any) -> Any:
@@ -257,8 +271,10 @@ def describe_changes(old: dict, new: dict) -> str:
         fa, fb = _flat(a, key), _flat(b, key)
         for name in sorted(set(fa) | set(fb)):
             if fa.get(name, "(unset)") != fb.get(name, "(unset)"):
-                settings.append(f"{name}: {json.dumps(fa.get(name, '(unset)'), ensure_ascii=False)} → "
-                                f"{json.dumps(fb.get(name, '(unset)'), ensure_ascii=False)}")
+                settings.append(
+                    f"{name}: {json.dumps(fa.get(name, '(unset)'), ensure_ascii=False)} → "
+                    f"{json.dumps(fb.get(name, '(unset)'), ensure_ascii=False)}"
+                )
     words = hashes
     if settings:
         more = f", and {len(settings) - 3} more" if len(settings) > 3 else ""
@@ -266,8 +282,9 @@ def describe_changes(old: dict, new: dict) -> str:
     return " and ".join(words)
 
 
-def resume_conflict(path: str | os.PathLike, stored: Any, wanted: dict, verb: str = "written",
-                    action: str = "starting over") -> str | None:
+def resume_conflict(
+    path: str | os.PathLike, stored: Any, wanted: dict, verb: str = "written", action: str = "starting over"
+) -> str | None:
     """None if state ``path`` stamped with fingerprint ``stored`` may be resumed by a job whose
     fingerprint is ``wanted``; else the one-line reason, e.g. ``resume: x.tsv.part was certified
     with another checkpoint; starting over``. A missing or unreadable ``stored`` never matches."""
@@ -300,8 +317,9 @@ class ShardWriter:
     ``finish`` sorts by ``key`` and atomically renames onto ``path``.
     """
 
-    def __init__(self, path: str | os.PathLike, columns: list[str], key: str = "idx", *, fingerprint: dict,
-                 verb: str = "written"):
+    def __init__(
+        self, path: str | os.PathLike, columns: list[str], key: str = "idx", *, fingerprint: dict, verb: str = "written"
+    ):
         self.path = Path(path)
         self.part = self.path.with_name(self.path.name + ".part")
         self.columns = list(columns)
@@ -321,7 +339,10 @@ class ShardWriter:
             raise SmoothcertError(f"cannot resume from {self.part}: not a text table; delete it to start over") from exc
 
     def _head(self) -> list[str]:
-        return [FINGERPRINT_PREFIX + json.dumps(self.fingerprint, sort_keys=True, ensure_ascii=True), "\t".join(self.columns)]
+        return [
+            FINGERPRINT_PREFIX + json.dumps(self.fingerprint, sort_keys=True, ensure_ascii=True),
+            "\t".join(self.columns),
+        ]
 
     def _start(self) -> None:
         self._rewrite(self._head())
@@ -340,7 +361,7 @@ class ShardWriter:
         stored = None
         if complete and complete[0].startswith(FINGERPRINT_PREFIX):
             with contextlib.suppress(ValueError):
-                stored = json.loads(complete[0][len(FINGERPRINT_PREFIX):])
+                stored = json.loads(complete[0][len(FINGERPRINT_PREFIX) :])
         why = resume_conflict(self.part, stored, self.fingerprint, self.verb)
         if why is None and (len(complete) < 2 or complete[1].split("\t") != self.columns):
             why = f"resume: {self.part} has other columns; starting over"

@@ -7,6 +7,7 @@ glibc's mmap and trim thresholds keeps them in the process: measured 1.3–1.5×
 certification and σ optimization (benchmarks/README.md). Only speed and resident memory
 (which stays near its peak, bounded by the batch size) change; computed values do not.
 """
+
 from __future__ import annotations
 
 import ctypes

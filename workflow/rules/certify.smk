@@ -2,12 +2,6 @@
 # so a killed job resumes where it stopped. A gather step merges shards in index order.
 
 
-def theta_input(w):
-    if METHODS[w.method].per_input_sigma:
-        return f"{RESULTS}/{w.model}/{w.method}/theta/{w.shard}.pt"
-    return []
-
-
 rule certify:
     input:
         model=f"{MODELS}/{{model}}/model.pt",
@@ -16,11 +10,12 @@ rule certify:
     output:
         f"{RESULTS}/{{model}}/{{method}}/shards/{{shard}}.tsv",
     params:
-        certify=config["certify"],
-        channels_last=config["channels_last"],  # a rerun trigger: the model's layout
-        test=config["test"],
-        smooth_reduce=lambda w: config.get("smooth_reduce") if w.method.startswith("smooth_reduce") else None,
+        smk=SMK,
+        data=lambda w, input: parent(input.data[0]),
+        triggers=lambda w: trigger_params(config, "certify", method=w.method),
         theta=lambda w, input: f"--theta {input.theta}" if input.theta else "",
+    conda:
+        ENV
     log:
         f"logs/certify/{DATASET}/{{model}}/{{method}}/{{shard}}.log",
     threads: 1
@@ -29,8 +24,8 @@ rule certify:
         mem_mb=4000,
         runtime=600,
     shell:
-        "{SMK} certify --model {wildcards.model} --method {wildcards.method} --checkpoint {input.model} "
-        "--data {DATA} --shard {wildcards.shard} {params.theta} --out {output} --threads {threads} "
+        "{params.smk} certify --model {wildcards.model} --method {wildcards.method} --checkpoint {input.model} "
+        "--data {params.data} --shard {wildcards.shard} {params.theta} --out {output} --threads {threads} "
         "--no-progress > {log} 2>&1"
 
 
@@ -39,10 +34,15 @@ rule gather:
         expand(f"{RESULTS}/{{{{model}}}}/{{{{method}}}}/shards/{{shard}}.tsv", shard=SHARDS),
     output:
         f"{RESULTS}/{{model}}/{{method}}/certify.tsv",
+    params:
+        smk=SMK,
+        triggers=trigger_params(config, "gather"),
+    conda:
+        ENV
     log:
         f"logs/gather/{DATASET}/{{model}}/{{method}}.log",
     shell:
-        "{SMK} gather {input} --out {output} > {log} 2>&1"
+        "{params.smk} gather {input} --out {output} > {log} 2>&1"
 
 
 rule certify_all:

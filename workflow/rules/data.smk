@@ -6,12 +6,16 @@ rule prepare_data:
         train=f"{DATA}/train.pt",
         test=f"{DATA}/test.pt",
     params:
-        data=config["data"],
+        smk=SMK,
+        data=lambda w, output: parent(output.train),
+        triggers=trigger_params(config, "prepare_data"),
+    conda:
+        ENV
     log:
         f"logs/prepare_data/{DATASET}.log",
     threads: 1
     shell:
-        "{SMK} prepare-data --out {DATA} > {log} 2>&1"
+        "{params.smk} prepare-data --out {params.data} > {log} 2>&1"
 
 
 rule data_all:

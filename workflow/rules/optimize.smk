@@ -1,46 +1,33 @@
-# Per-input smoothing parameters, one job per shard: DDRS σ, then ANCER θ from it.
+# Per-input smoothing parameters, one job per (model, method, shard) for every method with per-input σ / θ
+# (the registry's per_input_sigma); a method with init_from starts from that method's θ of the same shard.
+
+SEARCHED = [m.name for m in METHODS.values() if m.per_input_sigma]
 
 
-rule optimize_ddrs:
+rule optimize:
     input:
         model=f"{MODELS}/{{model}}/model.pt",
         data=rules.prepare_data.output,
+        init=init_input,
     output:
-        f"{RESULTS}/{{model}}/ddrs/theta/{{shard}}.pt",
+        f"{RESULTS}/{{model}}/{{method}}/theta/{{shard}}.pt",
+    wildcard_constraints:
+        method="|".join(SEARCHED),
     params:
-        ddrs=config.get("ddrs"),
-        channels_last=config["channels_last"],  # a rerun trigger: the model's layout
-        test=config["test"],
+        smk=SMK,
+        data=lambda w, input: parent(input.data[0]),
+        triggers=lambda w: trigger_params(config, "optimize", method=w.method),
+        init=lambda w, input: f"--init {input.init}" if input.init else "",
+    conda:
+        ENV
     log:
-        f"logs/optimize/{DATASET}/{{model}}/ddrs/{{shard}}.log",
+        f"logs/optimize/{DATASET}/{{model}}/{{method}}/{{shard}}.log",
     threads: 1
     resources:
         gpu=1,
         mem_mb=4000,
         runtime=600,
     shell:
-        "{SMK} optimize-sigma --model {wildcards.model} --method ddrs --checkpoint {input.model} --data {DATA} "
-        "--shard {wildcards.shard} --out {output} --threads {threads} --no-progress > {log} 2>&1"
-
-
-rule optimize_ancer:
-    input:
-        model=f"{MODELS}/{{model}}/model.pt",
-        data=rules.prepare_data.output,
-        init=f"{RESULTS}/{{model}}/ddrs/theta/{{shard}}.pt",
-    output:
-        f"{RESULTS}/{{model}}/ancer/theta/{{shard}}.pt",
-    params:
-        ancer=config.get("ancer"),
-        channels_last=config["channels_last"],  # a rerun trigger: the model's layout
-        test=config["test"],
-    log:
-        f"logs/optimize/{DATASET}/{{model}}/ancer/{{shard}}.log",
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=600,
-    shell:
-        "{SMK} optimize-sigma --model {wildcards.model} --method ancer --checkpoint {input.model} --data {DATA} "
-        "--shard {wildcards.shard} --init {input.init} --out {output} --threads {threads} --no-progress > {log} 2>&1"
+        "{params.smk} optimize-sigma --model {wildcards.model} --method {wildcards.method} --checkpoint {input.model} "
+        "--data {params.data} --shard {wildcards.shard} {params.init} --out {output} --threads {threads} --no-progress "
+        "> {log} 2>&1"

@@ -20,12 +20,20 @@ rule report:
                      category="Plots"),
         volume=report(f"{REPORT}/log_volume.png", caption="../report/log_volume.rst", category="Plots"),
         memory_plot=report(f"{REPORT}/memory_effect.png", caption="../report/memory_effect.rst", category="Plots"),
-        theta=report(f"{REPORT}/ancer_theta.png", caption="../report/ancer_theta.rst", category="Plots"),
+        theta=[report(f"{REPORT}/{name}", caption="../report/theta.rst", category="Plots") for name in theta_figures()],
         training_plot=report(f"{REPORT}/training.png", caption="../report/training_plot.rst", category="Plots"),
     params:
-        report=config["report"],
+        smk=SMK,
+        data=lambda w: DATA,
+        models=lambda w: MODELS,
+        results=lambda w: RESULTS,
+        report=lambda w: REPORT,
+        metrics=lambda w: METRICS,
+        triggers=trigger_params(config, "report"),
         video=lambda w, input: f"--video {RESULTS}/video" if input.video else "",
+    conda:
+        ENV
     log:
         "logs/report.log",
     shell:
-        "{SMK} report --results {RESULTS} --models {MODELS} --data {DATA} {params.video} --out {REPORT} --metrics {METRICS} > {log} 2>&1"
+        "{params.smk} report --results {params.results} --models {params.models} --data {params.data} {params.video} --out {params.report} --metrics {params.metrics} > {log} 2>&1"

@@ -3,14 +3,17 @@
 
 rule train:
     input:
-        rules.prepare_data.output,
+        data=rules.prepare_data.output,
     output:
         model=f"{MODELS}/{{model}}/model.pt",
         metrics=f"{MODELS}/{{model}}/metrics.tsv",
     params:
-        train=config["train"],
-        arch=config["model"]["arch"],
-        extra=lambda w: {k: config.get(k) for k in ("macer", "smoothadv", "data_dependent", "ddrs")},
+        smk=SMK,
+        data=lambda w, input: parent(input.data[0]),
+        out=lambda w, output: parent(output.model),
+        triggers=lambda w: trigger_params(config, "train", model=w.model),
+    conda:
+        ENV
     log:
         f"logs/train/{DATASET}/{{model}}.log",
     threads: 2
@@ -19,7 +22,7 @@ rule train:
         mem_mb=4000,
         runtime=600,
     shell:
-        "{SMK} train --model {wildcards.model} --data {DATA} --out {MODELS}/{wildcards.model} "
+        "{params.smk} train --model {wildcards.model} --data {params.data} --out {params.out} "
         "--threads {threads} --no-progress > {log} 2>&1"
 
 

@@ -14,8 +14,11 @@ rule video:
         [f"{RESULTS}/video/sigma-{{sigma}}/{m}/certify.tsv" for m in VIDEO.get("methods", [])],
         model=f"{RESULTS}/video/sigma-{{sigma}}/model.pt",
     params:
-        video=VIDEO,
-        certify=config["certify"],
+        smk=SMK,
+        out=lambda w, output: parent(output.model),
+        triggers=trigger_params(config, "video"),
+    conda:
+        ENV
     log:
         f"logs/video/{DATASET}/sigma-{{sigma}}.log",
     threads: 2
@@ -24,5 +27,5 @@ rule video:
         mem_mb=4000,
         runtime=600,
     shell:
-        "{SMK} video --sigma {wildcards.sigma} --out {RESULTS}/video/sigma-{wildcards.sigma} "
+        "{params.smk} video --sigma {wildcards.sigma} --out {params.out} "
         "--threads {threads} --no-progress > {log} 2>&1"

@@ -1,4 +1,5 @@
 """Arguments and setup shared by the subcommands."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,11 @@ from smoothcert import config as config_mod
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=argparse.SUPPRESS,
-                   help="the pipeline configuration, validated before use (default: params.yaml; may also precede the command)")
+    p.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="the pipeline configuration, validated before use (default: params.yaml; may also precede the command)",
+    )
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

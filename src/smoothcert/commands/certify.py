@@ -1,11 +1,20 @@
 """The certification stage (one shard)."""
+
 import numpy as np
 
 from smoothcert import config as config_mod
-from smoothcert.pipeline.certify import certify_shard, load_theta
-from smoothcert.commands._common import add_config, add_model_inputs, add_progress, add_shard, add_threads, setup, shard_inputs
+from smoothcert import methods
+from smoothcert.commands._common import (
+    add_config,
+    add_model_inputs,
+    add_progress,
+    add_shard,
+    add_threads,
+    setup,
+    shard_inputs,
+)
 from smoothcert.errors import require
-from smoothcert.methods import METHODS, get as get_method
+from smoothcert.pipeline.certify import certify_shard, load_theta
 from smoothcert.training.loop import load_model
 
 HELP = "certify one shard of the test set with one method; rows are written as they finish (resumable)"
@@ -17,7 +26,12 @@ def add_arguments(p):
     add_progress(p)
     add_shard(p)
     add_model_inputs(p)
-    p.add_argument("--method", required=True, choices=sorted(METHODS), help="certification method")
+    p.add_argument(
+        "--method",
+        required=True,
+        choices=methods.names(),
+        help="; ".join(f"{m.name}: {m.summary}" for m in methods.registry().values()),
+    )
     p.add_argument("--theta", default=None, help="θ shard file from optimize-sigma (per-input methods)")
     p.add_argument("--out", required=True, help="shard TSV to write")
 
@@ -25,13 +39,25 @@ def add_arguments(p):
 def run(args):
     cfg, device = setup(args)
     spec = config_mod.model_spec(cfg, args.model)
-    method = get_method(args.method)
+    method = methods.get(args.method)
     x, y, idx = shard_inputs(cfg, args)
     theta = None
     if method.per_input_sigma:
         require(args.theta is not None, f"method {args.method} needs --theta (from optimize-sigma)")
         theta = load_theta(args.theta, idx, int(np.prod(x.shape[1:])))
     model = load_model(cfg, args.checkpoint, device)
-    certify_shard(cfg, spec, args.method, model, x[idx], y[idx], idx, args.out, device, theta=theta,
-                  progress=not args.no_progress, checkpoint=args.checkpoint,
-                  theta_file=args.theta if theta is not None else None)
+    certify_shard(
+        cfg,
+        spec,
+        args.method,
+        model,
+        x[idx],
+        y[idx],
+        idx,
+        args.out,
+        device,
+        theta=theta,
+        progress=not args.no_progress,
+        checkpoint=args.checkpoint,
+        theta_file=args.theta if theta is not None else None,
+    )

@@ -1,4 +1,5 @@
 """The download / preparation stage."""
+
 import json
 
 from smoothcert import data

@@ -1,4 +1,5 @@
 """The training stage."""
+
 from smoothcert import config as config_mod
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
 from smoothcert.io import check_writable

@@ -1,4 +1,5 @@
 """Check a config against the schema and list the experiments it defines."""
+
 from smoothcert import config as config_mod
 from smoothcert.commands._common import add_config
 

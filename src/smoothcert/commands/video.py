@@ -1,4 +1,5 @@
 """The moving-digits video stage (Smooth-Reduce on clips)."""
+
 import json
 import math
 
@@ -7,7 +8,9 @@ from smoothcert.errors import require
 from smoothcert.io import check_writable
 from smoothcert.pipeline.clips import run_video
 
-HELP = "moving-digits clips: train a frame-wise model at one σ, certify every video.methods into OUT/<method>/certify.tsv"
+HELP = (
+    "moving-digits clips: train a frame-wise model at one σ, certify every video.methods into OUT/<method>/certify.tsv"
+)
 
 
 def add_arguments(p):

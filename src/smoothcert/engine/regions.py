@@ -29,6 +29,7 @@ shrink more, never less; a relative safety margin covers rounding.
 Vectorized screens (centre distance vs. largest semi-axes, in each norm) rule
 out most pairs before the dual is evaluated.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,20 +40,21 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from smoothcert import stats
+from smoothcert.engine import stats
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.io import atomic_path
 
 ACTIONS = ("none", "inside", "shrunk", "abstained")
-_SAFETY = 1e-9     # relative margin applied to every computed gap (covers rounding)
-_ROUND = 1e-12     # relative floating error allowance inside the dual bounds
-_CHUNK = 64        # pairs solved together in the branch-and-bound refinement
-_BLOCK = 256       # regions screened together, in ascending order of the screen-0 bound
+_SAFETY = 1e-9  # relative margin applied to every computed gap (covers rounding)
+_ROUND = 1e-12  # relative floating error allowance inside the dual bounds
+_CHUNK = 64  # pairs solved together in the branch-and-bound refinement
+_BLOCK = 256  # regions screened together, in ascending order of the screen-0 bound
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Geometry (vectorized over recorded regions k)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _check_norm(norm: str) -> None:
     require(norm in stats.NORMS, f"unknown norm {norm!r}; allowed: {list(stats.NORMS)}")
@@ -64,8 +66,16 @@ def region_gauge(points: np.ndarray, centers: np.ndarray, thetas: np.ndarray, no
     return np.sqrt(np.einsum("...j,...j->...", u, u)) if norm == "l2" else u.sum(-1)
 
 
-def distance_lower_bound(x: np.ndarray, theta_x: np.ndarray, centers: np.ndarray, thetas: np.ndarray,
-                         gaps: np.ndarray, norm: str, exact: bool = True, newton_iter: int = 100) -> np.ndarray:
+def distance_lower_bound(
+    x: np.ndarray,
+    theta_x: np.ndarray,
+    centers: np.ndarray,
+    thetas: np.ndarray,
+    gaps: np.ndarray,
+    norm: str,
+    exact: bool = True,
+    newton_iter: int = 100,
+) -> np.ndarray:
     """Lower bound on d_k = min {‖(z − x) ⊘ θₓ‖_p : z ∈ R_k} for each region k (0 when x ∈ R_k).
 
     Exact up to rounding (tight), and never above d_k: Rₓ with any gap < bound is disjoint from R_k.
@@ -91,9 +101,9 @@ def distance_lower_bound(x: np.ndarray, theta_x: np.ndarray, centers: np.ndarray
         return out
     delta = np.abs(x - centers)
     if norm == "l1":
-        cap = delta / thetas                        # R_j: reduction available on axis j
-        excess = cap.sum(1) - gaps                  # E: how far outside R_k (in its gauge)
-        ratio = thetas / theta_x                    # κ_j: cost per unit reduction
+        cap = delta / thetas  # R_j: reduction available on axis j
+        excess = cap.sum(1) - gaps  # E: how far outside R_k (in its gauge)
+        ratio = thetas / theta_x  # κ_j: cost per unit reduction
         rows = np.flatnonzero(excess > 0)
         if len(rows):
             order = np.argsort(ratio[rows], axis=1, kind="stable")
@@ -106,19 +116,20 @@ def distance_lower_bound(x: np.ndarray, theta_x: np.ndarray, centers: np.ndarray
             err = _ROUND * mu * (2 * cap[rows].sum(1) + gaps[rows])
             out[rows] = np.maximum(0.0, value - err)
         return out
-    vd = delta ** 2 / thetas ** 2                   # v_j Δ_j²  (v = θ_k⁻²)
-    ratio = (theta_x / thetas) ** 2                 # r_j = v_j / w_j  (w = θₓ⁻²)
-    g2 = gaps ** 2
+    vd = delta**2 / thetas**2  # v_j Δ_j²  (v = θ_k⁻²)
+    ratio = (theta_x / thetas) ** 2  # r_j = v_j / w_j  (w = θₓ⁻²)
+    g2 = gaps**2
     rho2 = vd.sum(1)
     point = np.flatnonzero((gaps <= 0) & (rho2 > 0))  # R_k = {c_k}: the distance is ‖(x − c_k) ⊘ θₓ‖₂
-    out[point] = np.sqrt((delta[point] ** 2 / theta_x ** 2).sum(1)) * (1.0 - _ROUND)
+    out[point] = np.sqrt((delta[point] ** 2 / theta_x**2).sum(1)) * (1.0 - _ROUND)
     rows = np.flatnonzero((rho2 > g2) & (gaps > 0))  # x outside R_k (q'(0) > 0)
     if len(rows):
         vd, ratio, g2, rho2 = vd[rows], ratio[rows], g2[rows], rho2[rows]
         # λ̂: the exact multiplier when θₓ and θ_k are isotropic, with r replaced by its vΔ²-weighted mean
         lam0 = (np.sqrt(rho2 / g2) - 1.0) * rho2 / (vd * ratio).sum(1)
         if exact:
-            def slope(lam):       # q'(λ); reported as 0 once |q'| ≤ 1e-12 g² (relative stop, then dp = 0)
+
+            def slope(lam):  # q'(λ); reported as 0 once |q'| ≤ 1e-12 g² (relative stop, then dp = 0)
                 value = (vd / (1.0 + lam[:, None] * ratio) ** 2).sum(1) - g2
                 return np.where(np.abs(value) <= 1e-12 * g2, 0.0, value)
 
@@ -127,15 +138,15 @@ def distance_lower_bound(x: np.ndarray, theta_x: np.ndarray, centers: np.ndarray
 
             start = np.where(slope(lam0) >= 0, lam0, 0.0)  # left of the root: Newton then rises monotonically
             lam = start
-            if len(rows) == 1:    # scipy's vectorized Newton needs two or more starts
+            if len(rows) == 1:  # scipy's vectorized Newton needs two or more starts
                 start, vd, ratio, g2 = (np.repeat(a, 2, 0) for a in (start, vd, ratio, g2))
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 try:
-                    lam = optimize.newton(slope, start, fprime=curvature, maxiter=newton_iter, tol=1e-300)[:len(rows)]
+                    lam = optimize.newton(slope, start, fprime=curvature, maxiter=newton_iter, tol=1e-300)[: len(rows)]
                 except RuntimeError:  # none converged: keep the (valid, looser) starting multipliers
                     pass
-            vd, ratio, g2 = vd[:len(rows)], ratio[:len(rows)], g2[:len(rows)]
+            vd, ratio, g2 = vd[: len(rows)], ratio[: len(rows)], g2[: len(rows)]
             lam = np.where(np.isfinite(lam) & (lam > 0), lam, 0.0)
         else:
             lam = lam0
@@ -148,7 +159,7 @@ def distance_lower_bound(x: np.ndarray, theta_x: np.ndarray, centers: np.ndarray
 def may_intersect(c1, theta1, g1, c2, theta2, g2, norm: str) -> bool:
     """Conservative intersection test of two closed regions: False only if they are provably disjoint."""
     c1, theta1, c2, theta2 = (np.asarray(a, dtype=float) for a in (c1, theta1, c2, theta2))
-    if g1 <= 0:                  # R1 is the point c1
+    if g1 <= 0:  # R1 is the point c1
         return bool(region_gauge(c1, c2, theta2, norm) <= g2 * (1.0 + _SAFETY) + 0.0)
     bound = distance_lower_bound(c1, theta1, c2[None], theta2[None], [max(g2, 0.0)], norm)[0]
     return not bound > g1
@@ -174,6 +185,7 @@ def _inscribed(gauge: np.ndarray, gap: np.ndarray) -> np.ndarray:
 # The memory
 # ---------------------------------------------------------------------------------------------------------------
 
+
 class Memory:
     """Recorded certified regions, grown one input at a time (in idx order).
 
@@ -192,23 +204,29 @@ class Memory:
         self._label = np.zeros(cap, dtype=np.int64)
         self._theta = np.ones((cap, self.d))
         self._gap = np.zeros(cap)
-        self._extent = np.zeros(cap)           # max_j θ_kj g_k: R_k ⊆ {‖z − c_k‖_p ≤ extent}
-        self._sqnorm = np.zeros(cap)           # ‖c_k‖²
-        self.last_theta = np.ones(self.d)      # θ of the region answered by the last process() call
+        self._extent = np.zeros(cap)  # max_j θ_kj g_k: R_k ⊆ {‖z − c_k‖_p ≤ extent}
+        self._sqnorm = np.zeros(cap)  # ‖c_k‖²
+        self.last_theta = np.ones(self.d)  # θ of the region answered by the last process() call
 
     def __len__(self) -> int:
         return self.n
 
-    idx = property(lambda self: self._idx[:self.n])
-    center = property(lambda self: self._center[:self.n])
-    label = property(lambda self: self._label[:self.n])
-    theta = property(lambda self: self._theta[:self.n])
-    gap = property(lambda self: self._gap[:self.n])
+    idx = property(lambda self: self._idx[: self.n])
+    center = property(lambda self: self._center[: self.n])
+    label = property(lambda self: self._label[: self.n])
+    theta = property(lambda self: self._theta[: self.n])
+    gap = property(lambda self: self._gap[: self.n])
 
     def arrays(self) -> dict:
         """Copies of the recorded regions: ``idx, center, label, theta, gap`` and the scalar ``norm``."""
-        return {"idx": self.idx.copy(), "center": self.center.copy(), "label": self.label.copy(),
-                "theta": self.theta.copy(), "gap": self.gap.copy(), "norm": np.str_(self.norm)}
+        return {
+            "idx": self.idx.copy(),
+            "center": self.center.copy(),
+            "label": self.label.copy(),
+            "theta": self.theta.copy(),
+            "gap": self.gap.copy(),
+            "norm": np.str_(self.norm),
+        }
 
     def _record(self, idx: int, center: np.ndarray, label: int, theta: np.ndarray, gap: float) -> None:
         if self.n == len(self._idx):
@@ -229,15 +247,18 @@ class Memory:
     def _check_input(self, center, theta, gap):
         center = np.asarray(center, dtype=float).reshape(-1)
         theta = np.asarray(theta, dtype=float).reshape(-1)
-        require(center.shape == (self.d,) and theta.shape == (self.d,),
-                f"memory input has {center.size} coordinates and {theta.size} θ values, expected {self.d}")
+        require(
+            center.shape == (self.d,) and theta.shape == (self.d,),
+            f"memory input has {center.size} coordinates and {theta.size} θ values, expected {self.d}",
+        )
         require(np.isfinite(center).all(), "memory input centre holds NaN or inf")
         require(np.isfinite(theta).all() and (theta > 0).all(), "memory input θ holds NaN, inf or non-positive values")
         require(np.isfinite(gap) and gap >= 0, f"memory input gap {gap} is not a finite non-negative number")
         return center, theta, float(gap)
 
-    def process(self, idx: int, center, label: int, theta, gap: float,
-                candidates: np.ndarray | None = None) -> tuple[int, float, str]:
+    def process(
+        self, idx: int, center, label: int, theta, gap: float, candidates: np.ndarray | None = None
+    ) -> tuple[int, float, str]:
         """Decide the memory classifier's answer for one input and record it; return (label, gap, action).
 
         ``label`` is the per-input certified prediction (−1: abstained, passed through unrecorded unless
@@ -260,10 +281,10 @@ class Memory:
             # ‖(z − x) ⊘ θₓ‖_p ≥ ‖z − x‖_p / max θₓ. ℓ2: ‖x − c_k‖₂ from ‖x‖² + ‖c_k‖² − 2 xᵀc_k (BLAS),
             # lowered by a bound on its rounding error, so it never overestimates the distance.
             whole = candidates is None
-            centers = self._center[:self.n] if whole else self._center[rows]
+            centers = self._center[: self.n] if whole else self._center[rows]
             if self.norm == "l2":
                 xx = float(center @ center)
-                sqn = self._sqnorm[:self.n] if whole else self._sqnorm[rows]
+                sqn = self._sqnorm[: self.n] if whole else self._sqnorm[rows]
                 sq = sqn + xx - 2.0 * (centers @ center)
                 sq -= 4.0 * (self.d + 2) * np.finfo(float).eps * (sqn + xx)
                 dist = np.sqrt(np.maximum(sq, 0.0))
@@ -281,21 +302,24 @@ class Memory:
             # 1. inside a recorded region of another class (only possible where dist <= extent)
             near = other[near_mask]
             if len(near):
-                g_in = _inscribed(region_gauge(center, self._center[near], self._theta[near], self.norm),
-                                  self._gap[near])
+                g_in = _inscribed(
+                    region_gauge(center, self._center[near], self._theta[near], self.norm), self._gap[near]
+                )
                 if (g_in > 0).any():
                     log_size = np.log(np.maximum(g_in, 1e-300)) + np.log(self._theta[near]).mean(1)
                     size = np.where(g_in > 0, log_size, -np.inf)
-                    best = int(np.argmax(size))            # largest answered region (first on ties)
+                    best = int(np.argmax(size))  # largest answered region (first on ties)
                     k = near[best]
                     self.last_theta = self._theta[k].copy()
                     self._record(idx, center, int(self._label[k]), self.last_theta, float(g_in[best]))
                     return int(self._label[k]), float(g_in[best]), "inside"
-            if label < 0:      # abstained input outside every other-class region: nothing to certify
+            if label < 0:  # abstained input outside every other-class region: nothing to certify
                 return label, 0.0, "none"
-            if gap <= 0:       # a point region: only its own centre may not touch another class
-                if (region_gauge(center, self._center[near], self._theta[near], self.norm)
-                        <= self._gap[near] * (1.0 + _SAFETY)).any():
+            if gap <= 0:  # a point region: only its own centre may not touch another class
+                if (
+                    region_gauge(center, self._center[near], self._theta[near], self.norm)
+                    <= self._gap[near] * (1.0 + _SAFETY)
+                ).any():
                     return -1, 0.0, "abstained"
                 self._record(idx, center, label, theta, 0.0)
                 return label, 0.0, "none"
@@ -328,31 +352,32 @@ class Memory:
         cand, lb0 = cand[order], lb0[order]
         best, start = gap, 0
         while start < len(cand) and lb0[start] < best:
-            stop = start + int(np.searchsorted(lb0[start:start + _BLOCK], best, side="left"))
+            stop = start + int(np.searchsorted(lb0[start : start + _BLOCK], best, side="left"))
             best = self._refine(center, theta, cand[start:stop], best)
             start = stop
         return best
 
     def _refine(self, center, theta, cand, best) -> float:
         scaled = np.abs(center - self._center[cand]) / theta
-        reach = np.sqrt((scaled ** 2).sum(1)) if self.norm == "l2" else scaled.sum(1)
+        reach = np.sqrt((scaled**2).sum(1)) if self.norm == "l2" else scaled.sum(1)
         half = self._gap[cand] * (self._theta[cand] / theta).max(1)
         cand = cand[reach - half - _SAFETY * (reach + half) < best]
         if not len(cand):
             return best
         args = (center, theta)
-        if self.norm == "l1":      # the exact bound is one vectorized pass already
+        if self.norm == "l1":  # the exact bound is one vectorized pass already
             bound = distance_lower_bound(*args, self._center[cand], self._theta[cand], self._gap[cand], "l1")
             return min(best, float(bound.min()) * (1.0 - _SAFETY))
-        lb = distance_lower_bound(*args, self._center[cand], self._theta[cand], self._gap[cand], "l2",
-                                  exact=False) * (1.0 - _SAFETY)
+        lb = distance_lower_bound(*args, self._center[cand], self._theta[cand], self._gap[cand], "l2", exact=False) * (
+            1.0 - _SAFETY
+        )
         keep = lb < best
         cand, lb = cand[keep], lb[keep]
         order = np.argsort(lb, kind="stable")
         cand, lb = cand[order], lb[order]
         start, chunk = 0, 8
         while start < len(cand) and lb[start] < best:
-            stop = start + int(np.searchsorted(lb[start:start + chunk], best, side="left"))
+            stop = start + int(np.searchsorted(lb[start : start + chunk], best, side="left"))
             batch = cand[start:stop]
             bound = distance_lower_bound(*args, self._center[batch], self._theta[batch], self._gap[batch], "l2")
             best = min(best, float(bound.min()) * (1.0 - _SAFETY))
@@ -364,11 +389,12 @@ class Memory:
 # Whole tables
 # ---------------------------------------------------------------------------------------------------------------
 
-_PAIR_BLOCK_ELEMENTS = 1 << 22   # distance-matrix entries per block of the first pass (32 MB of float64)
+_PAIR_BLOCK_ELEMENTS = 1 << 22  # distance-matrix entries per block of the first pass (32 MB of float64)
 
 
-def candidate_pairs(centers: np.ndarray, thetas: np.ndarray, gaps: np.ndarray, labels: np.ndarray,
-                    norm: str) -> tuple[np.ndarray, np.ndarray]:
+def candidate_pairs(
+    centers: np.ndarray, thetas: np.ndarray, gaps: np.ndarray, labels: np.ndarray, norm: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The vectorized first pass: for every input i, the earlier inputs j < i whose regions may matter to it.
 
     Returns CSR arrays (``indptr`` (n + 1,), ``indices``): the j of input i are
@@ -400,10 +426,11 @@ def candidate_pairs(centers: np.ndarray, thetas: np.ndarray, gaps: np.ndarray, l
     tol = 1e-9 * scale + 8.0 * (d + 4) * np.finfo(float).eps * scale
     one = np.ones((n, 1))
     half = lambda a: -0.5 * a[:, None]  # noqa: E731
-    tests = [(np.hstack([c, ext[:, None], half(sqn - ext ** 2), one]),
-              np.hstack([c, ext[:, None], one, half(sqn - ext ** 2)]))]
+    tests = [
+        (np.hstack([c, ext[:, None], half(sqn - ext**2), one]), np.hstack([c, ext[:, None], one, half(sqn - ext**2)]))
+    ]
     if norm == "l1":
-        span = float((c.max(0) - c.min(0)).max()) * (1.0 + 1e-9)    # ≥ ‖c_i − c_j‖∞
+        span = float((c.max(0) - c.min(0)).max()) * (1.0 + 1e-9)  # ≥ ‖c_i − c_j‖∞
         tests.append((np.hstack([c, half(sqn - span * ext), one]), np.hstack([c, one, half(sqn - span * ext)])))
     rows_i, rows_j = [], []
     block = max(1, _PAIR_BLOCK_ELEMENTS // n)
@@ -421,7 +448,7 @@ def candidate_pairs(centers: np.ndarray, thetas: np.ndarray, gaps: np.ndarray, l
     ii, jj = np.concatenate(rows_i), np.concatenate(rows_j)
     if norm == "l1" and len(ii):  # exact ℓ1 distances for the survivors, in chunks
         step = max(1, _PAIR_BLOCK_ELEMENTS // d)
-        l1 = np.concatenate([np.abs(c[ii[a:a + step]] - c[jj[a:a + step]]).sum(1) for a in range(0, len(ii), step)])
+        l1 = np.concatenate([np.abs(c[ii[a : a + step]] - c[jj[a : a + step]]).sum(1) for a in range(0, len(ii), step)])
         reach = ext[ii] + ext[jj]
         sel = l1 * (1.0 - 4.0 * d * np.finfo(float).eps) - reach <= 1e-9 * (l1 + reach)
         ii, jj = ii[sel], jj[sel]
@@ -429,8 +456,9 @@ def candidate_pairs(centers: np.ndarray, thetas: np.ndarray, gaps: np.ndarray, l
     return indptr, jj.astype(np.int64)
 
 
-def run_memory(table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, norm: str,
-               answer_abstained: bool = False) -> tuple[pd.DataFrame, dict]:
+def run_memory(
+    table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, norm: str, answer_abstained: bool = False
+) -> tuple[pd.DataFrame, dict]:
     """Run the memory over a certificate table (rows aligned with ``centers`` and ``thetas``, (n, d)).
 
     Returns the table sorted by idx with ``memory`` (none|inside|shrunk|abstained), ``gap_original``,
@@ -443,13 +471,17 @@ def run_memory(table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, nor
     number of close pairs of different classes rather than with n².
     """
     _check_norm(norm)
-    require({"idx", "label", "predict", "gap"} <= set(table.columns),
-            "certificate table needs columns idx, label, predict and gap")
+    require(
+        {"idx", "label", "predict", "gap"} <= set(table.columns),
+        "certificate table needs columns idx, label, predict and gap",
+    )
     centers = np.asarray(centers, dtype=float)
     thetas = np.asarray(thetas, dtype=float)
     n = len(table)
-    require(centers.ndim == 2 and centers.shape[0] == n and thetas.shape == centers.shape,
-            f"memory needs centres and θ of shape (rows, d) = ({n}, d); got {centers.shape} and {thetas.shape}")
+    require(
+        centers.ndim == 2 and centers.shape[0] == n and thetas.shape == centers.shape,
+        f"memory needs centres and θ of shape (rows, d) = ({n}, d); got {centers.shape} and {thetas.shape}",
+    )
     require(not table["idx"].duplicated().any(), "certificate table lists an input (idx) more than once")
     order = np.argsort(table["idx"].to_numpy(), kind="stable")
     out = table.iloc[order].reset_index(drop=True).copy()
@@ -466,9 +498,10 @@ def run_memory(table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, nor
     position = np.full(n, -1, dtype=np.int64)
     idx_col = out["idx"].to_numpy()
     for i in range(n):
-        cand = position[earlier[indptr[i]:indptr[i + 1]]]
-        new_pred[i], new_gap[i], action[i] = mem.process(int(idx_col[i]), centers[i], int(predict[i]), thetas[i],
-                                                         start_gaps[i], candidates=cand[cand >= 0])
+        cand = position[earlier[indptr[i] : indptr[i + 1]]]
+        new_pred[i], new_gap[i], action[i] = mem.process(
+            int(idx_col[i]), centers[i], int(predict[i]), thetas[i], start_gaps[i], candidates=cand[cand >= 0]
+        )
         if action[i] == "inside":
             thetas[i] = mem.last_theta
         elif new_pred[i] >= 0 and action[i] != "abstained":

@@ -9,37 +9,48 @@ sound for the data-dependent classifier only after the memory step.
 The shard's ``.part`` file is stamped with :func:`shard_fingerprint`, everything a row
 depends on; a rerun resumes its rows only if that is unchanged, else starts the shard over.
 """
+
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from smoothcert import core, stats
+from smoothcert import methods
 from smoothcert.config import ModelSpec
+from smoothcert.engine import core, stats
+from smoothcert.engine.noise import stream_seed
 from smoothcert.errors import require
 from smoothcert.io import ShardWriter, fingerprint, load_torch, sha256_file, sha256_tensors
-from smoothcert.methods import get as get_method, load_wrapper
-from smoothcert.noise import stream_seed
 
-COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "method", "norm", "sigma", "pA_lower", "count",
-           "n0", "n", "alpha", "gap", "proxy_radius", "log_volume", "sigma_min", "sigma_gmean", "sigma_max",
-           "evals", "opt_time", "opt_evals"]
-
-
-@dataclass
-class Certified:
-    """The classifier actually smoothed, in the space its radius holds in."""
-
-    classifier: torch.nn.Module
-    to_space: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
-    radius_factor: float = 1.0
-    evals_per_draw: int = 1
+COLUMNS = [
+    "idx",
+    "label",
+    "predict",
+    "radius",
+    "correct",
+    "time",
+    "method",
+    "norm",
+    "sigma",
+    "pA_lower",
+    "count",
+    "n0",
+    "n",
+    "alpha",
+    "gap",
+    "proxy_radius",
+    "log_volume",
+    "sigma_min",
+    "sigma_gmean",
+    "sigma_max",
+    "evals",
+    "opt_time",
+    "opt_evals",
+]
 
 
 def shard_indices(indices: np.ndarray, shard: int, shards: int) -> np.ndarray:
@@ -55,14 +66,21 @@ def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray,
     for key in ("idx", "theta", "time", "evals"):
         require(key not in blob or isinstance(blob[key], torch.Tensor), f"theta file {path}: {key} is not a tensor")
     t_idx, theta = blob["idx"].reshape(-1).numpy(), blob["theta"].double().numpy()
-    require(theta.ndim == 2 and theta.shape == (n, dim),
-            f"theta file {path} has θ of shape {tuple(theta.shape)}, expected ({n}, {dim}) for this shard's inputs")
-    require(np.array_equal(t_idx, idx), f"theta file {path} is for test inputs {t_idx[:3].tolist()}..., "
-                                        f"this shard certifies {idx[:3].tolist()}... (another shard or config?)")
+    require(
+        theta.ndim == 2 and theta.shape == (n, dim),
+        f"theta file {path} has θ of shape {tuple(theta.shape)}, expected ({n}, {dim}) for this shard's inputs",
+    )
+    require(
+        np.array_equal(t_idx, idx),
+        f"theta file {path} is for test inputs {t_idx[:3].tolist()}..., "
+        f"this shard certifies {idx[:3].tolist()}... (another shard or config?)",
+    )
     require(np.isfinite(theta).all() and (theta > 0).all(), f"theta file {path} holds NaN, inf or non-positive values")
     for key in ("time", "evals"):
-        require(key not in blob or tuple(blob[key].shape) == (n,),
-                f"theta file {path}: {key} has shape {tuple(blob[key].shape) if key in blob else ()}, expected ({n},)")
+        require(
+            key not in blob or tuple(blob[key].shape) == (n,),
+            f"theta file {path}: {key} has shape {tuple(blob[key].shape) if key in blob else ()}, expected ({n},)",
+        )
     t = blob["time"].double().numpy() if "time" in blob else np.zeros(n)
     e = blob["evals"].long().numpy() if "evals" in blob else np.zeros(n, dtype=np.int64)
     return theta, t, e
@@ -73,9 +91,18 @@ def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray,
 NOT_FINGERPRINTED = {"certify": ("batch_size",), "data": ("root", "download", "verify_checksums")}
 
 
-def shard_fingerprint(cfg: dict, spec: ModelSpec, method_name: str, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray,
-                      model: torch.nn.Module | None = None, checkpoint: str | Path | None = None, theta=None,
-                      theta_file: str | Path | None = None) -> dict:
+def shard_fingerprint(
+    cfg: dict,
+    spec: ModelSpec,
+    method_name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: np.ndarray,
+    model: torch.nn.Module | None = None,
+    checkpoint: str | Path | None = None,
+    theta=None,
+    theta_file: str | Path | None = None,
+) -> dict:
     """:func:`smoothcert.io.fingerprint` of everything a certificate row of this shard depends on.
 
     The base classifier (sha256 of the ``checkpoint`` file's bytes, or of ``model``'s state dict
@@ -88,7 +115,7 @@ def shard_fingerprint(cfg: dict, spec: ModelSpec, method_name: str, x: torch.Ten
     or the number of shards: rows are identical for any of those.
     """
     require(model is not None or checkpoint is not None, "shard_fingerprint needs the model or its checkpoint")
-    method = get_method(method_name)
+    method = methods.get(method_name)
     parts = {
         "method": method_name,
         "spec": {"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm, "sigma": spec.sigma},
@@ -107,19 +134,28 @@ def shard_fingerprint(cfg: dict, spec: ModelSpec, method_name: str, x: torch.Ten
         parts["theta"] = sha256_file(theta_file)
     elif theta is not None:
         parts["theta"] = sha256_tensors(list(theta))
-    if method.wrapper is not None:  # Smooth-Reduce, the only wrapper: its patch grid, variant, and clip windows
-        from smoothcert.methods import smooth_reduce
-
-        parts["smooth_reduce"] = smooth_reduce.settings(cfg)
-        if x.ndim == 5:
-            parts["video"] = {"window": smooth_reduce.clip_geometry(cfg, int(x.shape[1]), int(x.shape[3]),
-                                                                    int(x.shape[4]))["window"]}
+    if method.section is not None and not method.per_input_sigma:  # a search's settings are in θ's hash
+        parts[method.section] = cfg[method.section]
+    if method.wrap is not None and x.ndim == 5:  # a wrapper cuts clips into windows
+        parts["video"] = {"window": cfg["video"]["window"]}
     return fingerprint(**parts)
 
 
-def certify_shard(cfg: dict, spec: ModelSpec, method_name: str, model: torch.nn.Module, x: torch.Tensor,
-                  y: torch.Tensor, idx: np.ndarray, out_path: str | Path, device, theta=None, progress: bool = True,
-                  checkpoint: str | Path | None = None, theta_file: str | Path | None = None):
+def certify_shard(
+    cfg: dict,
+    spec: ModelSpec,
+    method_name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: np.ndarray,
+    out_path: str | Path,
+    device,
+    theta=None,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    theta_file: str | Path | None = None,
+):
     """Certify inputs ``x`` (test indices ``idx``) and write ``out_path``; skip rows already written.
 
     ``theta``: for per-input methods, the (θ, opt_time, opt_evals) triple from :func:`load_theta`.
@@ -127,46 +163,102 @@ def certify_shard(cfg: dict, spec: ModelSpec, method_name: str, model: torch.nn.
     stamp the ``.part`` file (:func:`shard_fingerprint`); without them the model's state dict and
     the θ arrays are hashed. Rows of a ``.part`` file with another fingerprint are not resumed.
     """
-    stamp = shard_fingerprint(cfg, spec, method_name, x, y, idx, model=model, checkpoint=checkpoint, theta=theta,
-                              theta_file=theta_file)
+    stamp = shard_fingerprint(
+        cfg, spec, method_name, x, y, idx, model=model, checkpoint=checkpoint, theta=theta, theta_file=theta_file
+    )
     theta, opt_time, opt_evals = theta if theta is not None else (None, np.zeros(len(idx)), np.zeros(len(idx), int))
-    method = get_method(method_name)
+    method = methods.get(method_name)
     cc = cfg["certify"]
     with torch.no_grad():
         num_classes = int(model(x[:1].to(device)).shape[1]) if len(x) else 0
-    wrapper = load_wrapper(method)
-    target = wrapper(model, cfg, method_name, tuple(x.shape[1:]), norm=spec.norm) if wrapper else Certified(model)
+    wrap = methods.function(method.wrap)
+    target = wrap(model, cfg, method_name, tuple(x.shape[1:]), norm=spec.norm) if wrap else core.Certified(model)
     stamp["radius_factor"] = repr(float(target.radius_factor))  # the certificate's space, as the code computes it
     writer = ShardWriter(out_path, COLUMNS, fingerprint=stamp, verb="certified")
     todo = [i for i in range(len(idx)) if int(idx[i]) not in writer.done]
     # batch_size counts base-classifier rows: a patch classifier evaluates evals_per_draw rows per draw
     rows_per_batch = max(1, cc["batch_size"] // target.evals_per_draw)
-    sampling = core.Sampling(kind=spec.noise, batch_size=rows_per_batch, chunk=cc["chunk"], device=device, amp=cc["amp"])
-    group = max(1, rows_per_batch // min(cc["chunk"], cc["n"]))
+    sampling = core.Sampling(
+        kind=spec.noise, batch_size=rows_per_batch, chunk=cc["chunk"], device=device, amp=cc["amp"]
+    )
+    plan = sequential_plan(cc) if cc["mode"] == "sequential" else None
+    group = cc["sequential"]["in_flight"] if plan else max(1, rows_per_batch // min(cc["chunk"], cc["n"]))
     d_input = int(np.prod(x.shape[1:]))  # regions are reported in the original input space
-    bar = tqdm(total=len(idx), initial=len(idx) - len(todo), desc=f"certify {spec.id} {method_name}", disable=not progress)
+    bar = tqdm(
+        total=len(idx), initial=len(idx) - len(todo), desc=f"certify {spec.id} {method_name}", disable=not progress
+    )
     for g in range(0, len(todo), group):
-        pos = todo[g:g + group]
+        pos = todo[g : g + group]
         t0 = time.time()
         xs = target.to_space(x[pos].to(device))
         th = theta[pos] if theta is not None else np.full((len(pos), d_input), spec.sigma)
         scale = torch.as_tensor(th, dtype=torch.float32) if theta is not None else spec.sigma
-        out = core.certify_batch(target.classifier, xs, scale, num_classes, cc["n0"], cc["n"], cc["alpha"], spec.norm,
-                                 [stream_seed(cfg["seed"], idx[p], "select") for p in pos],
-                                 [stream_seed(cfg["seed"], idx[p], "estimate") for p in pos], sampling)
+        seeds = (
+            [stream_seed(cfg["seed"], idx[p], "select") for p in pos],
+            [stream_seed(cfg["seed"], idx[p], "estimate") for p in pos],
+        )
+        if plan is None:
+            out = core.certify_batch(
+                target.classifier, xs, scale, num_classes, cc["n0"], cc["n"], cc["alpha"], spec.norm, *seeds, sampling
+            )
+            out["n"] = np.full(len(pos), cc["n"])
+        else:  # the draws a target radius needs depend on the ball's radius per unit gap: min θ × factor
+            out = core.certify_sequential_batch(
+                target.classifier,
+                xs,
+                scale,
+                num_classes,
+                cc["n0"],
+                cc["alpha"],
+                spec.norm,
+                *seeds,
+                sampling,
+                plan,
+                th.min(1) * target.radius_factor,
+            )
         elapsed = (time.time() - t0) / len(pos)
         new = rows(out, th, idx[pos], y[pos].numpy(), method_name, spec, cfg, target.radius_factor, elapsed)
-        for r, p in zip(new, pos):
-            r.update(evals=(cc["n0"] + cc["n"]) * target.evals_per_draw, opt_time=float(opt_time[p]),
-                     opt_evals=int(opt_evals[p]))
+        for r, p, n in zip(new, pos, out["n"]):
+            r.update(
+                n=int(n),
+                evals=(cc["n0"] + int(n)) * target.evals_per_draw,
+                opt_time=float(opt_time[p]),
+                opt_evals=int(opt_evals[p]),
+            )
         writer.append(new)
         bar.update(len(pos))
     bar.close()
     return writer.finish()
 
 
-def rows(out: dict, theta: np.ndarray, idx: np.ndarray, labels: np.ndarray, method: str, spec: ModelSpec, cfg: dict,
-         radius_factor: float, elapsed: float) -> list[dict]:
+def sequential_plan(cc: dict) -> core.SequentialPlan:
+    """The :class:`~smoothcert.engine.core.SequentialPlan` of ``certify.sequential``: checkpoints n_min·ratio^k
+    (whole chunks) up to n_max, and the confidence sequence named by ``bound``, valid over all of them."""
+    from smoothcert.engine import sequential
+
+    sq, chunk = cc["sequential"], cc["chunk"]
+    require(
+        sq["n_min"] % chunk == 0 and sq["n_max"] % chunk == 0 and sq["n_min"] <= sq["n_max"],
+        f"certify.sequential: n_min = {sq['n_min']} and n_max = {sq['n_max']} must be multiples of certify.chunk "
+        f"= {chunk}, with n_min <= n_max",
+    )
+    cks = tuple(int(k) * chunk for k in sequential.schedule(sq["n_min"] // chunk, sq["n_max"] // chunk, sq["ratio"]))
+    cs = sequential.UnionCP(cks) if sq["bound"] == "union_cp" else sequential.BetaMixture()
+    radii = tuple(float(r) for r in sq["radii"]) if sq["target"] == "decide" else None
+    return core.SequentialPlan(cks, cs, radii, float(sq["precision"]))
+
+
+def rows(
+    out: dict,
+    theta: np.ndarray,
+    idx: np.ndarray,
+    labels: np.ndarray,
+    method: str,
+    spec: ModelSpec,
+    cfg: dict,
+    radius_factor: float,
+    elapsed: float,
+) -> list[dict]:
     """Certificate rows from ``core.certify_batch`` output and the per-input θ (B, d)."""
     cc = cfg["certify"]
     theta_min, theta_max = theta.min(1), theta.max(1)
@@ -178,12 +270,28 @@ def rows(out: dict, theta: np.ndarray, idx: np.ndarray, labels: np.ndarray, meth
     logvol = stats.region_log_volume(theta * radius_factor, gap, spec.norm)
     result = []
     for i in range(len(idx)):
-        result.append({
-            "idx": int(idx[i]), "label": int(labels[i]), "predict": int(out["predict"][i]), "radius": float(radius[i]),
-            "correct": int(out["predict"][i] == labels[i]), "time": float(elapsed), "method": method, "norm": spec.norm,
-            "sigma": spec.sigma,
-            "pA_lower": float(out["pA_lower"][i]), "count": int(out["count"][i]), "n0": cc["n0"], "n": cc["n"],
-            "alpha": cc["alpha"], "gap": float(gap[i]), "proxy_radius": float(proxy[i]), "log_volume": float(logvol[i]),
-            "sigma_min": float(theta_min[i]), "sigma_gmean": float(gmean[i]), "sigma_max": float(theta_max[i]),
-        })
+        result.append(
+            {
+                "idx": int(idx[i]),
+                "label": int(labels[i]),
+                "predict": int(out["predict"][i]),
+                "radius": float(radius[i]),
+                "correct": int(out["predict"][i] == labels[i]),
+                "time": float(elapsed),
+                "method": method,
+                "norm": spec.norm,
+                "sigma": spec.sigma,
+                "pA_lower": float(out["pA_lower"][i]),
+                "count": int(out["count"][i]),
+                "n0": cc["n0"],
+                "n": int(out["n"][i]),
+                "alpha": cc["alpha"],
+                "gap": float(gap[i]),
+                "proxy_radius": float(proxy[i]),
+                "log_volume": float(logvol[i]),
+                "sigma_min": float(theta_min[i]),
+                "sigma_gmean": float(gmean[i]),
+                "sigma_max": float(theta_max[i]),
+            }
+        )
     return result

@@ -16,6 +16,7 @@ uncorrelated variant the wrapper divides the radius of the stacked sub-clips by 
 ℓ2 norm bound √(max over frames of the windows holding it · max patch coverage)·‖resize‖₂
 of the clip → sub-clips map (docs/soundness.md).
 """
+
 from __future__ import annotations
 
 import time
@@ -29,16 +30,16 @@ from torch import nn
 from tqdm import tqdm
 
 from smoothcert import data as data_mod
-from smoothcert.methods import smooth_reduce
-from smoothcert.pipeline.certify import certify_shard
+from smoothcert import methods
 from smoothcert.config import VIDEO_NORM, ModelSpec
+from smoothcert.engine import patches as patch_ops
+from smoothcert.engine.noise import make_generator, noisy_copies, stream_seed
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.io import describe_changes, load_torch, log, save_torch, write_table
-from smoothcert.models import Normalize
-from smoothcert.noise import make_generator, noisy_copies, stream_seed
+from smoothcert.methods.smooth_reduce import clip_geometry  # the clip crops follow the patch geometry
+from smoothcert.pipeline.certify import certify_shard
+from smoothcert.training.models import Normalize
 
-DEFAULTS = {"frames": 8, "canvas": 16, "epochs": 6, "window": 4, "methods": ["cohen", "smooth_reduce_max", "smooth_reduce_mean"]}
-METHODS = ("cohen", "smooth_reduce_max", "smooth_reduce_mean")
 NORM = VIDEO_NORM  # clips are certified in ℓ2 with Gaussian noise
 DIGIT = 8
 ARCH = "video_frame_dft_mlp"
@@ -48,20 +49,26 @@ LR = 3e-3
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_noisy_acc", "time"]
 
 
+def clip_methods() -> list[str]:
+    """The registered methods that certify clips."""
+    return [m.name for m in methods.registry().values() if m.clips]
+
+
 def settings(cfg: dict) -> dict:
-    """``cfg['video']`` over :data:`DEFAULTS`, checked (one-line SmoothcertError)."""
-    v = {**DEFAULTS, **(cfg.get("video") or {})}
-    for key in ("frames", "canvas", "epochs", "window"):
-        require(isinstance(v[key], (int, np.integer)) and not isinstance(v[key], bool) and v[key] >= 1,
-                f"video.{key} = {v[key]!r} must be an integer >= 1")
+    """``cfg['video']``, with the checks the schema cannot state (one-line SmoothcertError)."""
+    keys = ("frames", "canvas", "sigmas", "epochs", "window", "methods")
+    v = cfg.get("video") or {}
+    missing = [k for k in keys if k not in v]
+    require(not missing, f"the video experiment needs video.{', video.'.join(missing)} in params.yaml")
     require(v["canvas"] >= DIGIT, f"video.canvas = {v['canvas']} must be >= {DIGIT} (the digit size)")
     require(v["window"] <= v["frames"], f"video.window = {v['window']} must be <= video.frames = {v['frames']}")
-    bad = [m for m in v["methods"] if m not in METHODS]
-    require(not bad, f"video.methods: {bad} not available for clips; allowed: {list(METHODS)}")
+    bad = [m for m in v["methods"] if m not in clip_methods()]
+    require(not bad, f"video.methods: {bad} not available for clips; allowed: {clip_methods()}")
     return v
 
 
 # ---------------------------------------------------------------- data
+
 
 def _trajectories(n: int, frames: int, room: int, rng: np.random.Generator) -> np.ndarray:
     """(n, frames, 2) integer top-left corners in [0, room]: straight lines, uniform direction and start."""
@@ -98,7 +105,9 @@ def make_moving_digits(cfg: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor
     v = settings(cfg)
     bunch = load_digits()
     x = bunch.images.astype(np.float32) / 16.0
-    xtr, xte, ytr, yte = data_mod._stratified_split(x, bunch.target.astype(np.int64), cfg["data"]["test_fraction"], seed)
+    xtr, xte, ytr, yte = data_mod._stratified_split(
+        x, bunch.target.astype(np.int64), cfg["data"]["test_fraction"], seed
+    )
     out = []
     for split, (images, labels) in enumerate(((xtr, ytr), (xte, yte))):
         rng = np.random.default_rng([int(seed), 1000 + split])
@@ -108,6 +117,7 @@ def make_moving_digits(cfg: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 # ---------------------------------------------------------------- model
+
 
 def fourier_basis(canvas: int, freqs: int) -> torch.Tensor:
     """(2F, canvas²) rows cos/sin of the 2-D DFT at the F low frequencies |a|, b <= ``freqs`` (one of each ± pair)."""
@@ -125,19 +135,27 @@ class FrameNet(nn.Module):
 
     The DFT magnitude of a frame does not change when the digit moves on the black
     canvas without leaving it (a circular shift), so one small MLP serves every
-    position. Contract used by :class:`smoothcert.methods.smooth_reduce.ClipPatchReduce`:
+    position. Contract used by :class:`smoothcert.engine.patches.ClipPatchReduce`:
     ``forward(clip)`` = temporal mean of ``frame_head(A·vec(frame) + c)`` with
     ``(A, c) = frame_stem()`` (the normalization folded exactly into the DFT).
     """
 
-    def __init__(self, canvas: int, num_classes: int = 10, hidden: int = HIDDEN, freqs: int = FREQS,
-                 mean: float = 0.0, std: float = 1.0):
+    def __init__(
+        self,
+        canvas: int,
+        num_classes: int = 10,
+        hidden: int = HIDDEN,
+        freqs: int = FREQS,
+        mean: float = 0.0,
+        std: float = 1.0,
+    ):
         super().__init__()
         self.canvas = int(canvas)
         self.normalize = Normalize([mean], [std])
         self.register_buffer("basis", fourier_basis(self.canvas, freqs))
-        self.head = nn.Sequential(nn.Linear(self.basis.shape[0] // 2, hidden), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(self.basis.shape[0] // 2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
 
     def frame_stem(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, c): the DFT of normalized frames as one affine map of raw flattened frames."""
@@ -159,20 +177,35 @@ class FrameNet(nn.Module):
 
 def _fingerprint(cfg: dict, sigma: float) -> dict:
     v = settings(cfg)
-    return {"arch": ARCH, "sigma": float(sigma), "seed": int(cfg["seed"]), "frames": v["frames"], "canvas": v["canvas"],
-            "epochs": v["epochs"], "batch_size": int(cfg["train"]["batch_size"]),
-            "test_fraction": float(cfg["data"]["test_fraction"]), "hidden": HIDDEN, "freqs": FREQS, "lr": LR,
-            "geometry": smooth_reduce.clip_geometry(cfg, v["frames"], v["canvas"], v["canvas"])}
+    return {
+        "arch": ARCH,
+        "sigma": float(sigma),
+        "seed": int(cfg["seed"]),
+        "frames": v["frames"],
+        "canvas": v["canvas"],
+        "epochs": v["epochs"],
+        "batch_size": int(cfg["train"]["batch_size"]),
+        "test_fraction": float(cfg["data"]["test_fraction"]),
+        "hidden": HIDDEN,
+        "freqs": FREQS,
+        "lr": LR,
+        "geometry": clip_geometry(cfg, v["frames"], v["canvas"], v["canvas"]),
+    }
 
 
 def load_video_model(cfg: dict, sigma: float, path: str | Path, device) -> FrameNet:
     """Load ``model.pt`` written by :func:`train_video_model`, refusing one trained with other settings."""
     blob = load_torch(path, what="video model")
     want = _fingerprint(cfg, sigma)
-    require(isinstance(blob, dict) and "state_dict" in blob and blob.get("arch") == ARCH,
-            f"{path} is not a video model ({ARCH})")
-    require(blob.get("settings") == want, f"video model {path} was trained with "
-            + (describe_changes(blob["settings"], want) if isinstance(blob.get("settings"), dict) else "other settings"))
+    require(
+        isinstance(blob, dict) and "state_dict" in blob and blob.get("arch") == ARCH,
+        f"{path} is not a video model ({ARCH})",
+    )
+    require(
+        blob.get("settings") == want,
+        f"video model {path} was trained with "
+        + (describe_changes(blob["settings"], want) if isinstance(blob.get("settings"), dict) else "other settings"),
+    )
     model = FrameNet(want["canvas"], hidden=HIDDEN)
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()
@@ -183,9 +216,15 @@ def _noisy_accuracy(model: FrameNet, x: torch.Tensor, y: torch.Tensor, sigma: fl
     ok = 0
     with torch.inference_mode():
         for i in range(0, len(x), 512):
-            xb = x[i:i + 512].to(device)
-            ok += (model(noisy_copies(xb, torch.tensor(sigma, device=device), 1, "gaussian", gen)).argmax(1).cpu()
-                   == y[i:i + 512]).sum().item()
+            xb = x[i : i + 512].to(device)
+            ok += (
+                (
+                    model(noisy_copies(xb, torch.tensor(sigma, device=device), 1, "gaussian", gen)).argmax(1).cpu()
+                    == y[i : i + 512]
+                )
+                .sum()
+                .item()
+            )
     return ok / len(x)
 
 
@@ -195,14 +234,18 @@ def _as_patches(frames: torch.Tensor, geometry: dict, crops: torch.Tensor, gen: 
         return frames
     pick = torch.rand(len(frames), generator=gen, device=frames.device) < 0.5
     chosen = frames[pick]
-    patches = smooth_reduce.extract_patches(smooth_reduce.resize_to(chosen, geometry["resize"]), crops, geometry["patch"])
+    patches = patch_ops.extract_patches(patch_ops.resize_to(chosen, geometry["resize"]), crops, geometry["patch"])
     which = torch.randint(len(crops), (len(chosen),), generator=gen, device=frames.device)
     out = frames.clone()
-    out[pick] = patches.view(len(chosen), len(crops), *frames.shape[1:])[torch.arange(len(chosen), device=frames.device), which]
+    out[pick] = patches.view(len(chosen), len(crops), *frames.shape[1:])[
+        torch.arange(len(chosen), device=frames.device), which
+    ]
     return out
 
 
-def train_video_model(cfg: dict, sigma: float, device, out_path: str | Path, data=None, progress: bool = False) -> FrameNet:
+def train_video_model(
+    cfg: dict, sigma: float, device, out_path: str | Path, data=None, progress: bool = False
+) -> FrameNet:
     """Train :class:`FrameNet` with Gaussian noise N(0, σ²I) on whole clips; save ``out_path``; return it in eval mode.
 
     Loss: cross-entropy of every frame's logits against the clip label. Noise is
@@ -211,8 +254,8 @@ def train_video_model(cfg: dict, sigma: float, device, out_path: str | Path, dat
     The checkpoint is weights_only-loadable and holds the training history.
     """
     v = settings(cfg)
-    geometry = smooth_reduce.clip_geometry(cfg, v["frames"], v["canvas"], v["canvas"])
-    crops = smooth_reduce.patch_positions(geometry["resize"], geometry["patch"], 1).to(device)
+    geometry = clip_geometry(cfg, v["frames"], v["canvas"], v["canvas"])
+    crops = patch_ops.patch_positions(geometry["resize"], geometry["patch"], 1).to(device)
     xtr, ytr, xte, yte = data if data is not None else make_moving_digits(cfg, cfg["seed"])
     torch.manual_seed(cfg["seed"])
     model = FrameNet(v["canvas"], mean=float(xtr.mean()), std=float(xtr.std())).to(device)
@@ -226,9 +269,13 @@ def train_video_model(cfg: dict, sigma: float, device, out_path: str | Path, dat
         order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch))
         model.train()
         total = correct = 0.0
-        for i in tqdm(range(0, len(xtr), batch), desc=f"video σ={sigma:g} epoch {epoch + 1}/{v['epochs']}",
-                      disable=not progress, leave=False):
-            ids = order[i:i + batch]
+        for i in tqdm(
+            range(0, len(xtr), batch),
+            desc=f"video σ={sigma:g} epoch {epoch + 1}/{v['epochs']}",
+            disable=not progress,
+            leave=False,
+        ):
+            ids = order[i : i + batch]
             xb, yb = xtr[ids].to(device), ytr[ids].to(device)
             noisy = noisy_copies(xb, scale, 1, "gaussian", gen)
             frames = _as_patches(noisy.reshape(-1, *noisy.shape[2:]), geometry, crops, gen)
@@ -241,35 +288,64 @@ def train_video_model(cfg: dict, sigma: float, device, out_path: str | Path, dat
             correct += (logits.detach().view(len(ids), t, -1).mean(1).argmax(1) == yb).sum().item()
         model.eval()
         acc = _noisy_accuracy(model, xte, yte, sigma, device, stream_seed(cfg["seed"], epoch, "predict"))
-        history.append({"epoch": epoch + 1, "train_loss": total / len(xtr), "train_acc": correct / len(xtr),
-                        "test_noisy_acc": acc, "time": time.time() - t0})
-    save_torch(out_path, {"arch": ARCH, "settings": _fingerprint(cfg, sigma), "state_dict": model.state_dict(),
-                          "history": history})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": total / len(xtr),
+                "train_acc": correct / len(xtr),
+                "test_noisy_acc": acc,
+                "time": time.time() - t0,
+            }
+        )
+    save_torch(
+        out_path,
+        {"arch": ARCH, "settings": _fingerprint(cfg, sigma), "state_dict": model.state_dict(), "history": history},
+    )
     return model.eval()
 
 
 # ---------------------------------------------------------------- certification
 
-def certify_video(cfg: dict, sigma: float, method: str, model: nn.Module, out_path: str | Path, device,
-                  data=None, progress: bool = False) -> pd.DataFrame:
+
+def certify_video(
+    cfg: dict,
+    sigma: float,
+    method: str,
+    model: nn.Module,
+    out_path: str | Path,
+    device,
+    data=None,
+    progress: bool = False,
+) -> pd.DataFrame:
     """Certify the configured test clips (``test.start/step/limit``) with ``method``; write ``out_path``.
 
     Runs :func:`smoothcert.pipeline.certify.certify_shard` (ℓ2, Gaussian σ, ``cfg['certify']``),
     so rows, seeds and resumption are those of the image pipeline.
     """
     v = settings(cfg)
-    require(method in METHODS, f"video: method {method!r} is not available for clips; allowed: {list(METHODS)}")
+    require(method in clip_methods(), f"video: method {method!r} is not available for clips; allowed: {clip_methods()}")
     _, _, xte, yte = data if data is not None else make_moving_digits(cfg, cfg["seed"])
     t = cfg["test"]
     idx = data_mod.test_indices(len(xte), t["start"], t["step"], t["limit"])
     require(len(idx) > 0, "video: no test clips selected (check test.start / test.limit)")
     spec = ModelSpec("gaussian", "fixed", NORM, float(sigma), tuple(v["methods"]))
     # the clip experiment is the one model of this run: the Smooth-Reduce wrapper reads the certificate's norm
-    # from cfg['models'] (smooth_reduce.certificate_norms) to pick its radius factor, ℓ2 here
-    run_cfg = {**cfg, "models": [{"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm,
-                                  "sigmas": [spec.sigma], "methods": list(spec.methods)}]}
-    return certify_shard(run_cfg, spec, method, model.eval(), xte[idx], yte[idx], idx, out_path, device,
-                         progress=progress)
+    # from cfg['models'] (a wrapper's ``certificate_norms``) to pick its radius factor, ℓ2 here
+    run_cfg = {
+        **cfg,
+        "models": [
+            {
+                "objective": spec.objective,
+                "sigma_mode": spec.sigma_mode,
+                "norm": spec.norm,
+                "sigmas": [spec.sigma],
+                "methods": list(spec.methods),
+            }
+        ],
+    }
+    return certify_shard(
+        run_cfg, spec, method, model.eval(), xte[idx], yte[idx], idx, out_path, device, progress=progress
+    )
 
 
 def run_video(cfg: dict, sigma: float, out_dir: str | Path, device, progress: bool = True) -> dict:
@@ -298,13 +374,23 @@ def run_video(cfg: dict, sigma: float, out_dir: str | Path, device, progress: bo
     history = load_torch(model_path, what="video model")["history"]
     write_table(out_dir / "metrics.tsv", pd.DataFrame(history, columns=METRIC_COLUMNS))
     timing["train"] = time.time() - t0
-    summary = {"sigma": float(sigma), "train": len(data[0]), "test": len(data[2]),
-               "test_noisy_acc": history[-1]["test_noisy_acc"], "methods": {}}
+    summary = {
+        "sigma": float(sigma),
+        "train": len(data[0]),
+        "test": len(data[2]),
+        "test_noisy_acc": history[-1]["test_noisy_acc"],
+        "methods": {},
+    }
     for method in v["methods"]:
         t0 = time.time()
-        df = certify_video(cfg, sigma, method, model, out_dir / method / "certify.tsv", device, data=data, progress=progress)
+        df = certify_video(
+            cfg, sigma, method, model, out_dir / method / "certify.tsv", device, data=data, progress=progress
+        )
         timing[method] = time.time() - t0
-        summary["methods"][method] = {"clips": int(len(df)), "certified_accuracy_at_0": float(df["correct"].mean()),
-                                      "average_certified_radius": float(df["radius"].where(df["correct"] == 1, 0.0).mean())}
+        summary["methods"][method] = {
+            "clips": int(len(df)),
+            "certified_accuracy_at_0": float(df["correct"].mean()),
+            "average_certified_radius": float(df["radius"].where(df["correct"] == 1, 0.0).mean()),
+        }
     summary["seconds"] = {k: round(s, 2) for k, s in timing.items()}
     return summary

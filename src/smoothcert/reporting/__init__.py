@@ -1,1 +1,24 @@
-"""Tables, plots, importers and the paper comparison, from certificate tables."""
+"""Tables, plots, importers and the paper comparison, from certificate tables.
+
+``tables`` (metrics: pure functions of DataFrames), ``importers`` (tables read from disk, locuslab's
+format), ``plots`` (figures), ``build`` (the whole report of a run), ``paper`` (published numbers).
+What differs between methods comes from the registry (:mod:`smoothcert.methods`), never from a name.
+Importing this package alone is light (no torch, no pandas), for the Snakefile.
+"""
+
+from __future__ import annotations
+
+THETA_FIGURE = "{method}_theta.png"  # per-pixel θ maps of one method's certified inputs
+
+
+def theta_methods() -> list[str]:
+    """Registered methods whose θ is per input and per pixel (an anisotropic region: ``per_input_sigma`` and
+    ``proxy``), in registration order; each gets a θ figure."""
+    from smoothcert.methods import registry
+
+    return [m.name for m in registry().values() if m.per_input_sigma and m.proxy]
+
+
+def theta_figures() -> list[str]:
+    """File names of the θ figures the report writes (one per :func:`theta_methods`, a placeholder if not run)."""
+    return [THETA_FIGURE.format(method=name) for name in theta_methods()]

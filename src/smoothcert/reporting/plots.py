@@ -1,4 +1,5 @@
 """Report figures (matplotlib, headless Agg), each written atomically as PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,12 +43,17 @@ def _style_maps(experiments: list[Experiment]):
     variants = list(dict.fromkeys((e.objective, e.sigma_mode) for e in experiments))
     cmap = plt.get_cmap("viridis")
     colors = {s: cmap(0.85 * i / max(1, len(sigmas) - 1)) for i, s in enumerate(sigmas)}
-    return ({m: STYLES[i % len(STYLES)] for i, m in enumerate(methods)}, colors,
-            {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(variants)}, len(variants) > 1)
+    return (
+        {m: STYLES[i % len(STYLES)] for i, m in enumerate(methods)},
+        colors,
+        {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(variants)},
+        len(variants) > 1,
+    )
 
 
-def certified_accuracy(curves: pd.DataFrame, experiments: list[Experiment], path, title: str,
-                       proxy: bool = False) -> None:
+def certified_accuracy(
+    curves: pd.DataFrame, experiments: list[Experiment], path, title: str, proxy: bool = False
+) -> None:
     """One panel per norm: certified accuracy vs radius; line style per method, color per σ."""
     norms = _norms(curves)
     styles, colors, markers, many = _style_maps(experiments)
@@ -63,9 +69,17 @@ def certified_accuracy(curves: pd.DataFrame, experiments: list[Experiment], path
             e = by_key[key]
             label = f"{e.method}, σ={e.sigma:g}" + (f" ({e.objective}/{e.sigma_mode})" if many else "")
             color = mcolors[e.method] if by_method else colors.get(e.sigma, "black")
-            ax.plot(c["radius"], c["certified_accuracy"], linestyle=styles[e.method],
-                    color=color, marker=markers[(e.objective, e.sigma_mode)],
-                    markevery=max(1, len(c) // 8), markersize=4, label=label, linewidth=1.6)
+            ax.plot(
+                c["radius"],
+                c["certified_accuracy"],
+                linestyle=styles[e.method],
+                color=color,
+                marker=markers[(e.objective, e.sigma_mode)],
+                markevery=max(1, len(c) // 8),
+                markersize=4,
+                label=label,
+                linewidth=1.6,
+            )
         name = AXIS.get(norm, f"{norm} radius")
         ax.set_xlabel(("proxy (volume-equivalent) " if proxy else "") + name)
         ax.set_ylabel("proxy accuracy (not certified)" if proxy else "certified accuracy")
@@ -113,8 +127,10 @@ def memory_effect(mem: pd.DataFrame, path, title: str) -> None:
     labels = [f"{r.method}\n{r.model_id}" for r in mem.itertuples()]
     x = np.arange(len(mem))
     w = 0.38
-    for ax, metric, name in ((axes[0], "acc@0", "certified accuracy at r=0"),
-                             (axes[1], "acr", "average certified radius (ACR)")):
+    for ax, metric, name in (
+        (axes[0], "acc@0", "certified accuracy at r=0"),
+        (axes[1], "acr", "average certified radius (ACR)"),
+    ):
         before, after = mem[f"before_{metric}"], mem[f"after_{metric}"]
         ax.bar(x - w / 2, before, w, label="before memory (certify.tsv)", color="tab:gray")
         ax.bar(x + w / 2, after, w, label="after memory (final.tsv)", color="tab:blue")
@@ -136,7 +152,7 @@ def memory_effect(mem: pd.DataFrame, path, title: str) -> None:
     save(fig, path)
 
 
-def ancer_theta(panels: list[dict], path, title: str, per_row: int = 3) -> None:
+def theta_maps(panels: list[dict], path, title: str, per_row: int = 3) -> None:
     """Pairs of (image, per-pixel θ map); each dict: image (C,H,W) in [0,1], theta (C,H,W), caption, experiment."""
     cols = min(per_row, len(panels))
     rows = -(-len(panels) // cols)
@@ -153,8 +169,9 @@ def ancer_theta(panels: list[dict], path, title: str, per_row: int = 3) -> None:
         a.set_title(p["caption"], fontsize=8)
         theta = np.asarray(p["theta"], dtype=float)
         im = b.imshow(theta.mean(0), cmap="magma")
-        b.set_title("θ per pixel" + (" (mean over channels)" if theta.shape[0] > 1 else "") + f"\n{p['experiment']}",
-                    fontsize=8)
+        b.set_title(
+            "θ per pixel" + (" (mean over channels)" if theta.shape[0] > 1 else "") + f"\n{p['experiment']}", fontsize=8
+        )
         fig.colorbar(im, ax=b, fraction=0.046, pad=0.04).set_label("θ (noise scale, [0,1] pixels)", fontsize=7)
     fig.suptitle(title)
     save(fig, path)
@@ -167,8 +184,9 @@ def training(metrics: dict[str, pd.DataFrame], path, title: str) -> None:
         color = plt.get_cmap("tab10")(i % 10)
         axes[0].plot(m["epoch"], m["train_loss"], color=color, label=model_id)
         axes[1].plot(m["epoch"], m["test_clean_acc"], color=color, label=f"{model_id} clean")
-        axes[1].plot(m["epoch"], m["test_noisy_acc"], color=color, linestyle="--",
-                     label=f"{model_id} under training noise")
+        axes[1].plot(
+            m["epoch"], m["test_noisy_acc"], color=color, linestyle="--", label=f"{model_id} under training noise"
+        )
     axes[0].set_ylabel("training loss")
     axes[1].set_ylabel("test accuracy (base classifier)")
     axes[1].set_ylim(0, 1.02)

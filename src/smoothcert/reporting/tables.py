@@ -4,6 +4,7 @@ A certificate table has the columns of :data:`smoothcert.pipeline.certify.COLUMN
 test input). An input counts as certified at radius r when it is classified
 correctly (not abstained) and its radius is ≥ r, as in Cohen et al. (2019).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,12 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from smoothcert import stats
-from smoothcert.errors import require
+from smoothcert.engine import stats
+from smoothcert.engine.regions import ACTIONS as MEMORY_ACTIONS
 
 ABSTAIN = -1
-LOCUSLAB_COLUMNS = ["idx", "label", "predict", "radius", "correct"]
-MEMORY_ACTIONS = ("none", "inside", "shrunk", "abstained")
 KEYS = ["model_id", "objective", "sigma_mode", "method", "sigma", "norm"]
 # Summary columns compared across rows (+1: higher is better, -1: lower). Cost columns are not ranked, and
 # neither is proxy_acc@r: ANCER's volume-equivalent radius is no ball certificate, so it never ranks a method.
@@ -123,8 +122,12 @@ def summary_row(df: pd.DataFrame, radii, alpha: float, rho: float) -> dict:
     """Every summary metric of one certificate table, for the radius grid ``radii``."""
     row = {"inputs": len(df), "clean": clean_accuracy(df), "abstain": abstention_rate(df), "acr": acr(df)}
     proxy = "proxy_radius" if "proxy_radius" in df and df["proxy_radius"].notna().all() else "radius"
-    for r, a, p, lb in zip(radii, certified_accuracy(df, radii), certified_accuracy(df, radii, proxy),
-                           lower_bounds(df, radii, table_alpha(df, alpha), rho)):
+    for r, a, p, lb in zip(
+        radii,
+        certified_accuracy(df, radii),
+        certified_accuracy(df, radii, proxy),
+        lower_bounds(df, radii, table_alpha(df, alpha), rho),
+    ):
         row[f"acc@{rlabel(r)}"] = a
         row[f"proxy_acc@{rlabel(r)}"] = p
         row[f"lb@{rlabel(r)}"] = lb
@@ -199,8 +202,9 @@ def objective_table(summ: pd.DataFrame, radius: float | None = None) -> pd.DataF
     if summ.empty:
         return summ
     values = ["acr"] + ([f"acc@{rlabel(radius)}"] if radius is not None and f"acc@{rlabel(radius)}" in summ else [])
-    wide = summ.pivot_table(index=["norm", "sigma", "objective", "sigma_mode"], columns="method", values=values,
-                            aggfunc="first", sort=False)
+    wide = summ.pivot_table(
+        index=["norm", "sigma", "objective", "sigma_mode"], columns="method", values=values, aggfunc="first", sort=False
+    )
     wide.columns = [f"{m} {v}" for v, m in wide.columns]
     return wide.reset_index()
 
@@ -213,11 +217,21 @@ def training_table(metrics: dict[str, pd.DataFrame], specs) -> pd.DataFrame:
         if m is None or m.empty:
             continue
         last = m.iloc[-1]
-        rows.append({"model_id": spec.id, "objective": spec.objective, "sigma_mode": spec.sigma_mode,
-                     "norm": spec.norm, "sigma": spec.sigma, "epochs": int(last["epoch"]),
-                     "train_loss": float(last["train_loss"]), "train_acc": float(last["train_acc"]),
-                     "test_clean_acc": float(last["test_clean_acc"]), "test_noisy_acc": float(last["test_noisy_acc"]),
-                     "train_time": float(pd.to_numeric(m["time"], errors="coerce").sum())})
+        rows.append(
+            {
+                "model_id": spec.id,
+                "objective": spec.objective,
+                "sigma_mode": spec.sigma_mode,
+                "norm": spec.norm,
+                "sigma": spec.sigma,
+                "epochs": int(last["epoch"]),
+                "train_loss": float(last["train_loss"]),
+                "train_acc": float(last["train_acc"]),
+                "test_clean_acc": float(last["test_clean_acc"]),
+                "test_noisy_acc": float(last["test_noisy_acc"]),
+                "train_time": float(pd.to_numeric(m["time"], errors="coerce").sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -231,8 +245,9 @@ def headline_metrics(summ: pd.DataFrame) -> dict:
     return out
 
 
-def curve_radii(experiments: list[Experiment], radii_by_norm: dict, norm: str, points: int = 201,
-                column: str = "radius") -> np.ndarray:
+def curve_radii(
+    experiments: list[Experiment], radii_by_norm: dict, norm: str, points: int = 201, column: str = "radius"
+) -> np.ndarray:
     """A fine radius grid for ``norm``: 0 to the larger of the configured grid and the largest radius seen."""
     top = max(radii_by_norm.get(norm, [0.0]) or [0.0])
     for e in experiments:
@@ -241,8 +256,9 @@ def curve_radii(experiments: list[Experiment], radii_by_norm: dict, norm: str, p
     return np.linspace(0.0, top if top > 0 else 1.0, points)
 
 
-def curves(experiments: list[Experiment], radii_by_norm: dict, column: str = "radius",
-           points: int = 201) -> pd.DataFrame:
+def curves(
+    experiments: list[Experiment], radii_by_norm: dict, column: str = "radius", points: int = 201
+) -> pd.DataFrame:
     """Long table (experiment, method, sigma, norm, radius, certified_accuracy) on a fine grid per norm."""
     parts = []
     for norm in dict.fromkeys(e.norm for e in experiments):
@@ -251,34 +267,27 @@ def curves(experiments: list[Experiment], radii_by_norm: dict, column: str = "ra
             if e.norm != norm:
                 continue
             col = column if column in e.table and e.table[column].notna().all() else "radius"
-            parts.append(pd.DataFrame({"experiment": e.key, "method": e.method, "sigma": e.sigma, "norm": norm,
-                                       "radius": grid, "certified_accuracy": certified_accuracy(e.table, grid, col)}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "experiment": e.key,
+                        "method": e.method,
+                        "sigma": e.sigma,
+                        "norm": norm,
+                        "radius": grid,
+                        "certified_accuracy": certified_accuracy(e.table, grid, col),
+                    }
+                )
+            )
     cols = ["experiment", "method", "sigma", "norm", "radius", "certified_accuracy"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
 
 
-def fill_imported(df: pd.DataFrame, name: str, columns: list[str], sigma: float = float("nan"),
-                  norm: str = "l2") -> pd.DataFrame:
-    """A locuslab/smoothing table (idx label predict radius correct time) completed to ``columns``.
-
-    ``time`` may be a ``H:MM:SS.ffffff`` string (locuslab) or seconds; proxy radius = radius; no volume.
-    """
-    missing = [c for c in LOCUSLAB_COLUMNS if c not in df]
-    require(not missing, f"imported table {name!r} lacks columns {missing}")
-    df = df.copy()
-    if "time" in df and not pd.api.types.is_numeric_dtype(df["time"]):
-        df["time"] = pd.to_timedelta(df["time"], errors="coerce").dt.total_seconds()
-    fill = {"method": name, "norm": norm, "sigma": sigma, "proxy_radius": df["radius"], "log_volume": np.nan,
-            "opt_time": 0.0, "opt_evals": 0}
-    for c in columns:
-        if c not in df:
-            df[c] = fill.get(c, np.nan)
-    return df
-
-
-def markdown(df: pd.DataFrame, bold: pd.DataFrame | None = None, digits: int = 3,
-             general: tuple[str, ...] = ("sigma", "radius")) -> str:
+def markdown(
+    df: pd.DataFrame, bold: pd.DataFrame | None = None, digits: int = 3, general: tuple[str, ...] = ("sigma", "radius")
+) -> str:
     """A GitHub markdown table; cells flagged in ``bold`` are **bold**; NaN → empty; ``general`` columns as %g."""
+
     def cell(v, col) -> str:
         if v is None or (isinstance(v, float) and np.isnan(v)):
             return ""
@@ -295,7 +304,7 @@ def markdown(df: pd.DataFrame, bold: pd.DataFrame | None = None, digits: int = 3
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     sep = "|" + "|".join("---" if not pd.api.types.is_numeric_dtype(df[c]) else "---:" for c in df.columns) + "|"
     lines = [head, sep]
-    for i, (ix, row) in enumerate(df.iterrows()):
+    for ix, row in df.iterrows():
         cells = []
         for c in df.columns:
             text = cell(row[c], c)

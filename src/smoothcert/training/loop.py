@@ -6,6 +6,7 @@ with ``weights_only=True``), so no finished epoch is redone — if its fingerpri
 (:func:`training_fingerprint`) is the one this run would write. Otherwise the model
 is trained from scratch, with one line on stderr saying what changed.
 """
+
 from __future__ import annotations
 
 import time
@@ -17,12 +18,12 @@ from torch import nn
 from tqdm import tqdm
 
 from smoothcert import data as data_mod
-from smoothcert.config import ModelSpec
+from smoothcert.config import OBJECTIVE_SECTIONS, SIGMA_MODE_SECTIONS, ModelSpec
+from smoothcert.engine.noise import make_generator, noisy_copies, stream_seed
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.io import fingerprint, load_torch, log, resume_conflict, save_torch, sha256_tensors, write_table
-from smoothcert.models import build_model, prepare_for_inference
-from smoothcert.noise import make_generator, noisy_copies, stream_seed
-from smoothcert.training.objectives import DEFAULTS as OBJECTIVE_DEFAULTS, OBJECTIVES, SIGMA_UPDATERS, TrainContext
+from smoothcert.training.models import build_model, prepare_for_inference
+from smoothcert.training.objectives import OBJECTIVES, SIGMA_UPDATERS, TrainContext
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
 
@@ -30,7 +31,9 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "t
 def make_model(cfg: dict) -> nn.Module:
     """The configured architecture for the configured dataset, normalization first."""
     meta = data_mod.info(cfg["data"]["dataset"])
-    return build_model(cfg["model"]["arch"], meta.channels, meta.num_classes, meta.size, list(meta.mean), list(meta.std))
+    return build_model(
+        cfg["model"]["arch"], meta.channels, meta.num_classes, meta.size, list(meta.mean), list(meta.std)
+    )
 
 
 def load_model(cfg: dict, path: str | Path, device) -> nn.Module:
@@ -40,32 +43,43 @@ def load_model(cfg: dict, path: str | Path, device) -> nn.Module:
     arch = cfg["model"]["arch"]
     require(blob.get("arch") == arch, f"checkpoint {path} is for arch {blob.get('arch')!r}, the config says {arch!r}")
     state = blob["state_dict"]
-    require(isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()),
-            f"checkpoint {path}: state_dict is not a mapping of names to tensors")
+    require(
+        isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()),
+        f"checkpoint {path}: state_dict is not a mapping of names to tensors",
+    )
     model = make_model(cfg)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise SmoothcertError(f"checkpoint {path} does not fit {arch} for {cfg['data']['dataset']} "
-                              f"(wrong class count or shapes): {(lines[1] if len(lines) > 1 else lines[0] if lines else str(exc))[:200]}") from exc
+        raise SmoothcertError(
+            f"checkpoint {path} does not fit {arch} for {cfg['data']['dataset']} "
+            f"(wrong class count or shapes): {(lines[1] if len(lines) > 1 else lines[0] if lines else str(exc))[:200]}"
+        ) from exc
     # NaN/inf weights make NaN logits, whose argmax is an arbitrary class: certificates would be meaningless
     bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    require(not bad, f"checkpoint {path} holds NaN or inf values in {bad[:3]}{' ...' if len(bad) > 3 else ''} "
-                     f"(diverged training?); refusing to certify with it")
+    require(
+        not bad,
+        f"checkpoint {path} holds NaN or inf values in {bad[:3]}{' ...' if len(bad) > 3 else ''} "
+        f"(diverged training?); refusing to certify with it",
+    )
     model = model.to(device).eval()
     return prepare_for_inference(model) if cfg["channels_last"] else model
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, kind: str, device, seed: int) -> tuple[float, float]:
+def _accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, kind: str, device, seed: int
+) -> tuple[float, float]:
     gen = make_generator(seed, device)
     model.eval()
     clean = noisy_ok = 0
     with torch.inference_mode():
         for i in range(0, len(x), 512):
-            xb, yb = x[i:i + 512].to(device), y[i:i + 512].to(device)
+            xb, yb = x[i : i + 512].to(device), y[i : i + 512].to(device)
             clean += (model(xb).argmax(1) == yb).sum().item()
-            noisy_ok += (model(noisy_copies(xb, torch.tensor(sigma, device=device), 1, kind, gen)).argmax(1) == yb).sum().item()
+            noisy_ok += (
+                (model(noisy_copies(xb, torch.tensor(sigma, device=device), 1, kind, gen)).argmax(1) == yb).sum().item()
+            )
     return clean / len(x), noisy_ok / len(x)
 
 
@@ -93,11 +107,10 @@ def training_fingerprint(cfg: dict, spec: ModelSpec, train_split: tuple, test_sp
         "train_data": sha256_tensors(*train_split),
         "test_data": sha256_tensors(*test_split),
     }
-    if spec.objective in OBJECTIVE_DEFAULTS:
-        parts[spec.objective] = {**OBJECTIVE_DEFAULTS[spec.objective], **(cfg.get(spec.objective) or {})}
-    if spec.sigma_mode != "fixed":
-        parts["data_dependent"] = {**OBJECTIVE_DEFAULTS["data_dependent"], **(cfg.get("data_dependent") or {})}
-        parts["ddrs"] = {"sigma_min": float((cfg.get("ddrs") or {}).get("sigma_min", 0.01))}
+    for section in OBJECTIVE_SECTIONS[spec.objective]:
+        parts[section] = cfg[section]
+    for section in SIGMA_MODE_SECTIONS[spec.sigma_mode]:
+        parts[section] = cfg[section]
     return fingerprint(**parts)
 
 
@@ -106,17 +119,26 @@ def _resumable(blob, ckpt_path: Path, stamp: dict, epochs: int) -> str | None:
     stored = blob.get("fingerprint") if isinstance(blob, dict) else None
     why = resume_conflict(ckpt_path, stored, stamp, "trained", "training from scratch")
     if why is None and int(blob.get("epoch", 0)) > epochs:
-        why = f"resume: {ckpt_path} is at epoch {int(blob['epoch'])}, past train.epochs = {epochs}; training from scratch"
+        why = (
+            f"resume: {ckpt_path} is at epoch {int(blob['epoch'])}, past train.epochs = {epochs}; training from scratch"
+        )
     return why
 
 
-def train(cfg: dict, spec: ModelSpec, data_dir: str | Path, out_dir: str | Path, device, progress: bool = True) -> pd.DataFrame:
+def train(
+    cfg: dict, spec: ModelSpec, data_dir: str | Path, out_dir: str | Path, device, progress: bool = True
+) -> pd.DataFrame:
     """Train ``spec``'s base model; write ``checkpoint.pt`` each epoch, then ``model.pt`` and ``metrics.tsv``."""
     out_dir = Path(out_dir)
     tc = cfg["train"]
-    require(spec.objective in OBJECTIVES, f"training objective {spec.objective!r} is not available; have {sorted(OBJECTIVES)}")
-    require(spec.sigma_mode == "fixed" or spec.sigma_mode in SIGMA_UPDATERS,
-            f"sigma_mode {spec.sigma_mode!r} is not available; have {['fixed', *sorted(SIGMA_UPDATERS)]}")
+    require(
+        spec.objective in OBJECTIVES,
+        f"training objective {spec.objective!r} is not available; have {sorted(OBJECTIVES)}",
+    )
+    require(
+        spec.sigma_mode == "fixed" or spec.sigma_mode in SIGMA_UPDATERS,
+        f"sigma_mode {spec.sigma_mode!r} is not available; have {['fixed', *sorted(SIGMA_UPDATERS)]}",
+    )
     name = cfg["data"]["dataset"]
     xtr, ytr = data_mod.load_split(data_dir, "train", name)
     xte, yte = data_mod.load_split(data_dir, "test", name)
@@ -134,7 +156,10 @@ def train(cfg: dict, spec: ModelSpec, data_dir: str | Path, out_dir: str | Path,
     if why is not None:
         log(why)
     elif blob is not None:
-        require(blob.get("arch") == cfg["model"]["arch"], f"checkpoint {ckpt_path} is for another arch; delete it to retrain")
+        require(
+            blob.get("arch") == cfg["model"]["arch"],
+            f"checkpoint {ckpt_path} is for another arch; delete it to retrain",
+        )
         model.load_state_dict(blob["state_dict"])
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
@@ -148,10 +173,14 @@ def train(cfg: dict, spec: ModelSpec, data_dir: str | Path, out_dir: str | Path,
         ctx = TrainContext(cfg=cfg, epoch=epoch, generator=gen)
         model.train()
         total_loss = correct = seen = 0
-        bar = tqdm(range(0, len(xtr), tc["batch_size"]), desc=f"{spec.id} epoch {epoch + 1}/{tc['epochs']}",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            range(0, len(xtr), tc["batch_size"]),
+            desc=f"{spec.id} epoch {epoch + 1}/{tc['epochs']}",
+            disable=not progress,
+            leave=False,
+        )
         for i in bar:
-            ids = order[i:i + tc["batch_size"]]
+            ids = order[i : i + tc["batch_size"]]
             xb, yb = xtr[ids].to(device), ytr[ids].to(device)
             sig = sigma_buffer[ids].to(device)
             if spec.sigma_mode != "fixed":
@@ -166,15 +195,41 @@ def train(cfg: dict, spec: ModelSpec, data_dir: str | Path, out_dir: str | Path,
             seen += len(ids)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        clean, noisy = _accuracy(model, xte, yte, spec.sigma, spec.noise, device, stream_seed(cfg["seed"], epoch, "predict"))
-        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen, "train_acc": correct / seen,
-                        "test_clean_acc": clean, "test_noisy_acc": noisy, "time": time.time() - t0})
-        save_torch(ckpt_path, {"epoch": epoch + 1, "arch": cfg["model"]["arch"], "state_dict": model.state_dict(),
-                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "config": _plain(cfg),
-                               "spec": spec.id, "sigma_buffer": sigma_buffer, "history": history,
-                               "num_classes": data_mod.info(name).num_classes, "fingerprint": stamp})
+        clean, noisy = _accuracy(
+            model, xte, yte, spec.sigma, spec.noise, device, stream_seed(cfg["seed"], epoch, "predict")
+        )
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": total_loss / seen,
+                "train_acc": correct / seen,
+                "test_clean_acc": clean,
+                "test_noisy_acc": noisy,
+                "time": time.time() - t0,
+            }
+        )
+        save_torch(
+            ckpt_path,
+            {
+                "epoch": epoch + 1,
+                "arch": cfg["model"]["arch"],
+                "state_dict": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "config": _plain(cfg),
+                "spec": spec.id,
+                "sigma_buffer": sigma_buffer,
+                "history": history,
+                "num_classes": data_mod.info(name).num_classes,
+                "fingerprint": stamp,
+            },
+        )
     final = load_torch(ckpt_path, what="checkpoint")
-    save_torch(out_dir / "model.pt", {k: final[k] for k in ("epoch", "arch", "state_dict", "config", "spec", "num_classes", "sigma_buffer")})
+    save_torch(
+        out_dir / "model.pt",
+        {k: final[k] for k in ("epoch", "arch", "state_dict", "config", "spec", "num_classes", "sigma_buffer")},
+    )
     metrics = pd.DataFrame(history, columns=METRIC_COLUMNS)
     write_table(out_dir / "metrics.tsv", metrics)
     return metrics

@@ -13,29 +13,25 @@ A σ updater (``SIGMA_UPDATERS``) has the signature ``update(model, x, y, sigma,
 -> sigma (B,)``; train.py writes its result into the per-training-sample σ buffer
 before calling the objective with it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smoothcert.noise import broadcast_scale, fill_standard, noisy_copies
-from smoothcert.optimize import ddrs_sigma, frozen
+from smoothcert.engine.noise import broadcast_scale, fill_standard, noisy_copies
+from smoothcert.engine.surrogate import frozen
+from smoothcert.methods.ddrs import ddrs_sigma
 
 # ψ is clamped into [MACER_CLAMP, 1 - MACER_CLAMP] before Φ⁻¹: Φ⁻¹(1 - 1e-6) ≈ 4.75, so a
 # saturated pair (ψ₁ → 1, ψ₂ → 0) has gap ≈ 9.5 > γ = 8 and falls outside the hinge, as the
 # infinite gap does in MACER's reference implementation; no infinities reach the loss.
 MACER_CLAMP = 1e-6
 LOG_CLAMP = 1e-20
-# Used when params.yaml lacks a section (all three are optional in the schema).
-DEFAULTS = {
-    "macer": {"m": 4, "lbd": 6.0, "gamma": 8.0, "beta": 16.0},
-    "smoothadv": {"m": 2, "epsilon": 0.5, "steps": 2, "warmup": 3},
-    "data_dependent": {"steps": 4, "lr": 0.04, "samples": 8},
-}
 
 
 @dataclass
@@ -48,7 +44,8 @@ class TrainContext:
 
 
 def _section(ctx: TrainContext, name: str) -> dict:
-    return {**DEFAULTS[name], **(ctx.cfg.get(name) or {})}
+    """params.yaml's section ``name`` (validation has checked it is there when a model needs it)."""
+    return ctx.cfg[name]
 
 
 def _scaled_noise(x: torch.Tensor, sigma: torch.Tensor, m: int, kind: str, generator) -> torch.Tensor:
@@ -58,15 +55,25 @@ def _scaled_noise(x: torch.Tensor, sigma: torch.Tensor, m: int, kind: str, gener
     return broadcast_scale(sigma, b, shape, x.device).to(x.dtype).unsqueeze(1) * eps
 
 
-def gaussian_augmentation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, kind: str,
-                          ctx: TrainContext):
+def gaussian_augmentation(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, kind: str, ctx: TrainContext
+):
     """Cohen et al.: cross-entropy of f(x + ε) with one noise draw per input."""
     logits = model(noisy_copies(x, sigma, 1, kind, ctx.generator))
     return F.cross_entropy(logits, y), logits
 
 
-def macer_terms(logits: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, kind: str, *, m: int, lbd: float,
-                gamma: float, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def macer_terms(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    sigma: torch.Tensor,
+    kind: str,
+    *,
+    m: int,
+    lbd: float,
+    gamma: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MACER's two per-input terms from (B·m, C) logits grouped by input: (total, ce, hinge), each (B,).
 
     ce = -log ψ_y with ψ = mean over the m draws of softmax(logits) (β = 1, as in MACER).
@@ -104,8 +111,9 @@ def macer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tenso
     mc = _section(ctx, "macer")
     m = int(mc["m"])
     logits = model(noisy_copies(x, sigma, m, kind, ctx.generator))
-    total, _, _ = macer_terms(logits, y, sigma, kind, m=m, lbd=float(mc["lbd"]), gamma=float(mc["gamma"]),
-                              beta=float(mc["beta"]))
+    total, _, _ = macer_terms(
+        logits, y, sigma, kind, m=m, lbd=float(mc["lbd"]), gamma=float(mc["gamma"]), beta=float(mc["beta"])
+    )
     return total.mean(), logits
 
 
@@ -122,8 +130,15 @@ def soft_smoothed_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise
     return -psi.gather(1, y[:, None]).squeeze(1).clamp_min(LOG_CLAMP).log()
 
 
-def smoothadv_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, epsilon: float,
-                     steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def smoothadv_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    noise: torch.Tensor,
+    epsilon: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """SmoothAdv's PGD on the soft smoothed classifier with the noise ``noise`` (B, m, *shape) held fixed.
 
     Maximizes :func:`soft_smoothed_loss` over x' with ‖x' - x‖₂ ≤ ε and x' ∈ [0, 1]: ``steps``
@@ -176,23 +191,32 @@ def smoothadv(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: torch.T
     return F.cross_entropy(logits, y.repeat_interleave(m)), logits
 
 
-def data_dependent_sigma(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, kind: str,
-                         ctx: TrainContext) -> torch.Tensor:
+def data_dependent_sigma(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, kind: str, ctx: TrainContext
+) -> torch.Tensor:
     """Per-sample σ (B,): ``steps`` DDRS ascent steps on the radius surrogate from the buffer's σ.
 
     Maximizes σ/2·(Φ⁻¹(ψ₁) - Φ⁻¹(ψ₂)) (gaussian) or σ·(ψ₁ - ψ₂) (uniform) per input with
-    :func:`smoothcert.optimize.ddrs_sigma` (``ctx.cfg['data_dependent']``: steps, lr, samples),
-    keeping σ ≥ ``ddrs.sigma_min``. Runs in eval mode (restored); parameters are neither changed
+    :func:`smoothcert.methods.ddrs.ddrs_sigma` (``ctx.cfg['data_dependent']``: steps, lr, samples),
+    keeping σ ≥ ``data_dependent.sigma_min``. Runs in eval mode (restored); parameters are neither changed
     nor given gradients.
     """
     dc = _section(ctx, "data_dependent")
-    sigma_min = float((ctx.cfg.get("ddrs") or {}).get("sigma_min", 0.01))
+    sigma_min = float(dc["sigma_min"])
     was_training = model.training
     model.eval()
     try:
-        new = ddrs_sigma(model, x.detach(), sigma.detach(), "l2" if kind == "gaussian" else "l1",
-                         iterations=int(dc["steps"]), lr=float(dc["lr"]), samples=int(dc["samples"]),
-                         sigma_min=sigma_min, generator=ctx.generator)
+        new = ddrs_sigma(
+            model,
+            x.detach(),
+            sigma.detach(),
+            "l2" if kind == "gaussian" else "l1",
+            iterations=int(dc["steps"]),
+            lr=float(dc["lr"]),
+            samples=int(dc["samples"]),
+            sigma_min=sigma_min,
+            generator=ctx.generator,
+        )
     finally:
         model.train(was_training)
     return new.to(sigma.dtype)

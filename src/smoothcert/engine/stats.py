@@ -4,6 +4,7 @@ Every bound here is a library call (``statsmodels.stats.proportion.proportion_co
 with ``method="beta"`` is the exact Clopper-Pearson interval; ``scipy.stats.binomtest``
 the exact binomial test), so the failure probability alpha holds as proven.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,6 +43,16 @@ def gap(p_lower: np.ndarray | float, norm_name: str) -> np.ndarray:
         return norm.ppf(p)
     if norm_name == "l1":
         return 2.0 * (p - 0.5)
+    raise ValueError(f"unknown norm {norm_name!r}; allowed: {NORMS}")
+
+
+def p_of_gap(gap_value: np.ndarray | float, norm_name: str) -> np.ndarray:
+    """The inverse of :func:`gap`: the pA whose gap is ``gap_value`` (Φ(g) for ℓ2, ½ + g/2 for ℓ1)."""
+    g = np.asarray(gap_value, dtype=float)
+    if norm_name == "l2":
+        return norm.cdf(g)
+    if norm_name == "l1":
+        return 0.5 + 0.5 * g
     raise ValueError(f"unknown norm {norm_name!r}; allowed: {NORMS}")
 
 

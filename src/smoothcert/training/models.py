@@ -3,9 +3,10 @@
 Noise is added in [0, 1] pixel space and every radius is in pixel space, as in
 Cohen et al.: the model receives un-normalized pixels and normalizes them itself.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,11 +36,16 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 16, hidden: int = 64):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * width, hidden), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(8 * width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -71,7 +77,9 @@ class CifarResNet(nn.Module):
         if (depth - 2) % 6:
             raise SmoothcertError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
+        )
         layers, cin = [], 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
@@ -99,7 +107,9 @@ ARCHS: dict[str, Callable[[int, int, int], nn.Module]] = {
 }
 
 
-def build_model(arch: str, in_channels: int, num_classes: int, size: int, mean: list[float], std: list[float]) -> nn.Module:
+def build_model(
+    arch: str, in_channels: int, num_classes: int, size: int, mean: list[float], std: list[float]
+) -> nn.Module:
     """``Normalize(mean, std)`` followed by the architecture registered as ``arch``."""
     if arch not in ARCHS:
         raise SmoothcertError(f"unknown arch {arch!r}; allowed: {sorted(ARCHS)}")

@@ -1,0 +1,171 @@
+"""The differentiable radius surrogate that per-input σ / θ searches climb (DDRS, ANCER, data-dependent training).
+
+ψ = E_ε softmax f(x + scale ⊙ ε) is estimated from M reparameterized draws per step, so gradients reach σ / θ
+through the noise; all inputs of a batch and all their draws go through the base classifier in one forward pass.
+Noise comes from seeded generators: one shared generator, or one per input (a list), in which case input i's draws
+depend only on its own generator and the result for input i does not depend on which inputs share its batch.
+
+Clamping (ℓ2 only): ψ₁, ψ₂ are clamped into [PSI_CLAMP, 1 - PSI_CLAMP] before Φ⁻¹, so the surrogate stays finite.
+With PSI_CLAMP = 1e-3, as in both papers' code, Φ⁻¹(0.999) ≈ 3.09, already above the largest gap certification can
+certify with n ≤ 6900 draws at α = 0.001. ℓ1 needs no clamp: its gap ψ₁ - ψ₂ is bounded.
+
+Precision: the base classifier may run in bfloat16 (autocast) while searching; ψ, the gap and the σ / θ updates
+stay in float32. A search only looks for good σ / θ: its arithmetic can change how good the result is, never the
+soundness of its certificate, which certification computes afresh in float32. Nothing here is a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from smoothcert.engine import noise as noise_mod
+from smoothcert.engine.stats import NOISE_OF_NORM, NORMS
+from smoothcert.errors import require
+
+PSI_CLAMP = 1e-3
+Generators = torch.Generator | Sequence[torch.Generator] | None
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(name: str, device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (None: float32). auto: bfloat16 on a CUDA device that supports it
+    and on a CPU whose oneDNN runs bfloat16 natively (AVX-512 BF16 / AMX), else float32."""
+    require(name in PRECISIONS, f"unknown precision {name!r}; allowed: {PRECISIONS}")
+    if name == "float32":
+        return None
+    if name == "bfloat16":
+        return torch.bfloat16
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:  # torch's own CPU probes (private, so guarded): oneDNN built with bf16, and the CPU runs it natively
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        )
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.bfloat16 if native else None
+
+
+def forward(model: nn.Module, z: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    """Logits of ``z`` in float32; the model runs under autocast(``amp``) for float32 inputs."""
+    if amp is None or z.dtype != torch.float32:
+        return model(z)
+    with torch.autocast(z.device.type, dtype=amp):
+        return model(z).float()
+
+
+def noise_kind(norm: str) -> str:
+    require(norm in NORMS, f"unknown norm {norm!r}; allowed: {NORMS}")
+    return NOISE_OF_NORM[norm]
+
+
+def _scale_view(scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """σ (B,) or θ (B, d) / (B, *shape) as a (B, *shape)-broadcastable tensor of x's dtype (differentiable)."""
+    b, shape = x.shape[0], tuple(x.shape[1:])
+    s = scale.to(x.dtype)
+    if s.ndim == 1 and s.shape[0] == b:
+        return s.reshape(b, *([1] * len(shape)))
+    if s.ndim >= 2 and s.shape[0] == b and s[0].numel() == int(np.prod(shape)):
+        return s.reshape(b, *shape)
+    raise ValueError(f"noise scale of shape {tuple(s.shape)} does not fit inputs of shape {tuple(x.shape)}")
+
+
+def noisy_batch(x: torch.Tensor, scale: torch.Tensor, samples: int, kind: str, generator: Generators) -> torch.Tensor:
+    """Reparameterized draws x + scale ⊙ ε, shape (B·samples, *shape), rows grouped by input.
+
+    With a single generator, ε is drawn exactly as :func:`noise.noisy_copies` draws it;
+    with a list, ε for input i comes from ``generator[i]`` alone (batch-independent).
+    Keeps x's dtype (float64 for gradient checks); gradients flow into ``scale``.
+    """
+    b, shape = x.shape[0], tuple(x.shape[1:])
+    eps = standard_noise(x, samples, kind, generator)
+    return (x.unsqueeze(1) + _scale_view(scale, x).unsqueeze(1) * eps).reshape(b * samples, *shape)
+
+
+def standard_noise(x: torch.Tensor, samples: int, kind: str, generator: Generators) -> torch.Tensor:
+    """ε (B, samples, *shape) of x's dtype, drawn as :func:`noisy_batch` draws it."""
+    b, shape = x.shape[0], tuple(x.shape[1:])
+    eps = torch.empty((b, samples, *shape), dtype=x.dtype, device=x.device)
+    if isinstance(generator, (list, tuple)):
+        require(len(generator) == b, f"got {len(generator)} generators for {b} inputs")
+        noise_mod.fill_rows(eps, kind, generator)  # one vectorized draw for all inputs (values as one by one)
+    else:
+        noise_mod.fill_standard(eps, kind, generator)
+    return eps
+
+
+def top2_probabilities(
+    model: nn.Module,
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    norm: str,
+    samples: int,
+    generator: Generators,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
+    """(B, 2): the two largest entries of ψ = mean over ``samples`` draws of softmax f(x + scale ⊙ ε).
+
+    Gaussian ε for ℓ2, U[-1, 1] for ℓ1. One forward pass for all B·samples draws (under
+    autocast(``amp``) when given; the softmax and mean are float32).
+    """
+    b = x.shape[0]
+    logits = forward(model, noisy_batch(x, scale, samples, noise_kind(norm), generator), amp)
+    psi = torch.softmax(logits, dim=1).reshape(b, samples, -1).mean(1)
+    return psi.topk(2, dim=1).values
+
+
+def proxy_gap(top2: torch.Tensor, norm: str) -> torch.Tensor:
+    """The differentiable gap: ½(Φ⁻¹(ψ₁) - Φ⁻¹(ψ₂)) with ψ clamped (ℓ2), or ψ₁ - ψ₂ (ℓ1).
+
+    Equals stats.gap(ψ₁) when ψ₂ = 1 - ψ₁, so σ·gap is the certified radius at p̲A = ψ₁.
+    """
+    if noise_kind(norm) == "gaussian":
+        p = top2.clamp(PSI_CLAMP, 1.0 - PSI_CLAMP)
+        return 0.5 * (torch.special.ndtri(p[:, 0]) - torch.special.ndtri(p[:, 1]))
+    return top2[:, 0] - top2[:, 1]
+
+
+def log_geometric_mean(theta: torch.Tensor) -> torch.Tensor:
+    """log (∏ θᵢ)^{1/d} per row of θ (B, ...), computed in log space (no under/overflow)."""
+    return theta.reshape(theta.shape[0], -1).log().mean(1)
+
+
+def surrogate(
+    model: nn.Module,
+    x: torch.Tensor,
+    scale: torch.Tensor | float,
+    norm: str,
+    samples: int,
+    generator: Generators,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
+    """(B,) differentiable radius surrogate: σ·gap for σ (B,) or a float, (∏θᵢ)^{1/d}·gap for θ (B, d).
+
+    ℓ2: σ/2·(Φ⁻¹(ψ₁) - Φ⁻¹(ψ₂)); ℓ1: σ·(ψ₁ - ψ₂) (see :func:`proxy_gap`). For θ this
+    is ANCER's proxy radius, the radius of the ℓp ball of equal volume.
+    """
+    if not torch.is_tensor(scale) or scale.ndim == 0:
+        scale = torch.full((x.shape[0],), float(scale), dtype=x.dtype, device=x.device)
+    gap = proxy_gap(top2_probabilities(model, x, scale, norm, samples, generator, amp), norm)
+    if scale.ndim == 1:
+        return scale.to(gap.dtype) * gap
+    return log_geometric_mean(scale).exp().to(gap.dtype) * gap
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Turn off ``requires_grad`` on the model's parameters; restore each flag on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

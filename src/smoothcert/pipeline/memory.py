@@ -1,0 +1,111 @@
+"""The memory step as a stage: make the per-input σ/θ certificates of one experiment sound.
+
+A sequential reduce over the certified table in idx order (the geometry is
+:mod:`smoothcert.engine.regions`). It is fast and deterministic, so a rerun after a crash simply
+recomputes; both outputs are written atomically. Every input is checked first: the table against the
+test split (indices, labels, one norm, finite non-negative gaps) and the θ files against the table
+(every certified input exactly once, the recorded σ range).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from smoothcert import data as data_mod
+from smoothcert.engine.regions import run_memory, save_memory
+from smoothcert.errors import require
+from smoothcert.io import load_torch, read_table, write_table
+
+NORMS = ("l2", "l1")  # the norms engine.regions can keep disjoint
+
+
+def load_thetas(paths: list[str | Path], idx: np.ndarray, dim: int) -> np.ndarray:
+    """θ (len(idx), dim) float64 for the inputs ``idx``, gathered from θ shard files ``{idx, theta, ...}``.
+
+    Refuses (one-line error) a file without tensors ``idx``/``theta``, θ of another shape, NaN/inf/non-positive
+    θ, an input listed twice, and any input missing from or extra to ``idx``.
+    """
+    parts_idx, parts_theta = [], []
+    for path in paths:
+        blob = load_torch(path, what="theta file")
+        require(
+            isinstance(blob, dict) and all(isinstance(blob.get(k), torch.Tensor) for k in ("idx", "theta")),
+            f"theta file {path} needs tensors idx and theta",
+        )
+        t_idx, theta = blob["idx"].long().numpy().reshape(-1), blob["theta"].double().numpy()
+        require(
+            theta.ndim == 2 and theta.shape == (len(t_idx), dim),
+            f"theta file {path} has θ of shape "
+            f"{tuple(theta.shape)} for {len(t_idx)} inputs; expected ({len(t_idx)}, {dim})",
+        )
+        require(
+            np.isfinite(theta).all() and (theta > 0).all(), f"theta file {path} holds NaN, inf or non-positive values"
+        )
+        parts_idx.append(t_idx)
+        parts_theta.append(theta)
+    all_idx = np.concatenate(parts_idx) if parts_idx else np.zeros(0, np.int64)
+    all_theta = np.concatenate(parts_theta) if parts_theta else np.zeros((0, dim))
+    uniq, counts = np.unique(all_idx, return_counts=True)
+    require((counts == 1).all(), f"θ files list inputs {uniq[counts > 1][:5].tolist()} more than once")
+    missing = np.setdiff1d(idx, all_idx)
+    require(
+        len(missing) == 0, f"θ files lack rows for {len(missing)} certified inputs, e.g. idx {missing[:5].tolist()}"
+    )
+    extra = np.setdiff1d(all_idx, idx)
+    require(
+        len(extra) == 0, f"θ files hold {len(extra)} inputs not in the certified table, e.g. idx {extra[:5].tolist()}"
+    )
+    pos = {int(i): k for k, i in enumerate(all_idx)}
+    return all_theta[[pos[int(i)] for i in idx]]
+
+
+def _certified_table(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """The merged certify.tsv of a per-input method, checked: rows, unique idx, one norm, finite gaps ≥ 0."""
+    table = read_table(path, ["idx", "label", "predict", "gap", "norm"], what="certified table")
+    require(len(table) > 0, f"certified table {path} has no rows")
+    require(not table["idx"].duplicated().any(), f"certified table {path} lists an input more than once")
+    norms = sorted(set(table["norm"].astype(str)))
+    require(len(norms) <= 1, f"certified table {path} mixes norms {norms}")
+    norm = norms[0]
+    require(norm in NORMS, f"certified table {path} has norm {norm!r}; expected one of {list(NORMS)}")
+    gaps = table["gap"].to_numpy(dtype=float)
+    require(np.isfinite(gaps).all() and (gaps >= 0).all(), f"certified table {path} has NaN or negative gaps")
+    return table, norm
+
+
+def memory_check(
+    cfg: dict,
+    certified: str | Path,
+    theta_files: list[str | Path],
+    data_dir: str | Path,
+    out_table: str | Path,
+    out_memory: str | Path,
+) -> tuple[pd.DataFrame, dict]:
+    """Run the memory step on ``certified`` with its θ files; write the final table and the recorded regions.
+
+    The test images of ``data_dir`` are the region centres; the result is ``(final table, region arrays)``.
+    """
+    table, norm = _certified_table(certified)
+    x, y = data_mod.load_split(data_dir, "test", cfg["data"]["dataset"])
+    idx = np.array(table["idx"], dtype=np.int64)
+    require(
+        idx.min() >= 0 and idx.max() < len(x), f"certified table {certified} names test inputs outside 0..{len(x) - 1}"
+    )
+    require(
+        np.array_equal(table["label"].to_numpy(dtype=np.int64), y[torch.from_numpy(idx)].numpy()),
+        f"certified table {certified} labels differ from the test labels in {data_dir}: wrong data folder?",
+    )
+    centers = x[torch.from_numpy(idx)].reshape(len(idx), -1).double().numpy()
+    thetas = load_thetas(theta_files, idx, centers.shape[1])
+    for col, reduce in (("sigma_min", np.min), ("sigma_max", np.max)):
+        if col in table.columns:
+            ok = np.allclose(table[col].to_numpy(dtype=float), reduce(thetas, axis=1), rtol=1e-4, atol=1e-7)
+            require(ok, f"θ files do not match {certified} ({col} differs): θ from another model or method?")
+    final, arrays = run_memory(table, centers, thetas, norm)
+    write_table(out_table, final)
+    save_memory(out_memory, arrays)
+    return final, arrays

@@ -1,0 +1,317 @@
+"""The comparison report of a run: tables, DVC metrics/plot data and figures from every experiment's certificates.
+
+:func:`build_report` reads each configured experiment's final table (for memory methods, ``final.tsv`` and
+the table before the memory step), optional locuslab-format imports, the training metrics and the video
+tables, and writes every report file atomically. Which table is final, which experiments have θ maps and
+which have a memory table come from the method registry, never from a method's name.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from smoothcert import config as config_mod
+from smoothcert.errors import SmoothcertError, require
+from smoothcert.io import atomic_path, write_json, write_text
+from smoothcert.methods import get as get_method
+from smoothcert.reporting import THETA_FIGURE, theta_methods
+from smoothcert.reporting import tables as rep
+from smoothcert.reporting.importers import IMPORT_MODEL, load_import, nonempty_table, read_locuslab
+
+MEMORY_COLUMNS = ["memory", "gap_original", "predict_original"]
+TRAINING_COLUMNS = ["epoch", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
+THETA_PANELS = 6  # inputs shown per θ figure
+
+
+def load_experiments(cfg: dict, results: str | Path) -> list[rep.Experiment]:
+    """Every configured experiment's final table (and, for memory methods, the table before memory)."""
+    from smoothcert.pipeline.certify import COLUMNS
+
+    results = Path(results)
+    specs = {s.id: s for s in config_mod.model_specs(cfg)}
+    with_theta = set(theta_methods())
+    out = []
+    for model_id, method in config_mod.experiments(cfg):
+        spec, base, memory = specs[model_id], results / model_id / method, get_method(method).memory
+        what = f"certificate table of {model_id}/{method}"
+        table = before = nonempty_table(base / "certify.tsv", COLUMNS, what)
+        if memory:
+            table = nonempty_table(base / "final.tsv", COLUMNS + MEMORY_COLUMNS, f"final (after memory) {what}")
+        theta_files = sorted((base / "theta").glob("*-of-*.pt")) if method in with_theta else []
+        out.append(
+            rep.Experiment(
+                model_id,
+                spec.objective,
+                spec.sigma_mode,
+                method,
+                spec.sigma,
+                spec.norm,
+                table,
+                before if memory else None,
+                {"files": theta_files},
+            )
+        )
+    return out
+
+
+def load_video(folder: str | Path) -> list[rep.Experiment]:
+    """Video certificate tables ``sigma-<σ>/<method>/certify.tsv`` as experiments of model ``video-<σ>``."""
+    folder = Path(folder)
+    require(folder.is_dir(), f"video results folder not found: {folder}")
+    out = []
+    for path in sorted(folder.glob("sigma-*/*/certify.tsv")):
+        sigma, method = float(path.parent.parent.name[len("sigma-") :]), path.parent.name
+        df = read_locuslab(path, method, sigma, f"video certificate table {method}")
+        norms = sorted(set(df["norm"].astype(str)))
+        require(len(norms) == 1, f"video certificate table {path} mixes norms {norms}")
+        out.append(rep.Experiment(f"video-{sigma:g}", "video", "fixed", method, sigma, norms[0], df))
+    require(len(out) > 0, f"no video certificate tables under {folder} (expected sigma-<σ>/<method>/certify.tsv)")
+    return out
+
+
+def load_training(cfg: dict, models: str | Path) -> dict[str, pd.DataFrame]:
+    """models/<dataset>/<model_id>/metrics.tsv for every configured model."""
+    return {
+        s.id: nonempty_table(Path(models) / s.id / "metrics.tsv", TRAINING_COLUMNS, f"training metrics of {s.id}")
+        for s in config_mod.model_specs(cfg)
+    }
+
+
+def theta_panels(
+    experiments: list[rep.Experiment], method: str, cfg: dict, data_dir: str | Path | None
+) -> tuple[list[dict], str]:
+    """Image/θ panels for a few certified inputs of each experiment of ``method``, or ([], why not)."""
+    from smoothcert.pipeline.memory import load_thetas
+
+    runs = [e for e in experiments if e.method == method]
+    if not runs:
+        return [], f"no {method} experiment in the config"
+    if data_dir is None:
+        return [], "no --data folder given; the test images are needed"
+    with_theta = [e for e in runs if e.theta.get("files")]
+    if not with_theta:
+        return [], f"no {method} θ files under {runs[0].model_id}/{method}/theta/"
+    from smoothcert import data as data_mod
+
+    x, _ = data_mod.load_split(data_dir, "test", cfg["data"]["dataset"])
+    shape = tuple(x.shape[1:])
+    per = max(1, THETA_PANELS // len(with_theta))
+    panels, why = [], "θ files do not match the test images"
+    for e in with_theta[:THETA_PANELS]:
+        t = e.table.set_index("idx")
+        try:
+            theta = load_thetas(e.theta["files"], t.index.to_numpy(dtype=np.int64), int(np.prod(shape)))
+        except SmoothcertError as exc:
+            why = f"{e.key}: {exc}"
+            continue
+        pos = {int(i): k for k, i in enumerate(t.index)}
+        known = [i for i in t.index if 0 <= int(i) < len(x)]
+        good = [i for i in known if t.loc[i, "correct"] > 0 and t.loc[i, "predict"] >= 0]
+        for i in (good + [i for i in known if i not in good])[:per]:
+            r = t.loc[i]
+            pred = "abstain" if int(r["predict"]) < 0 else f"class {int(r['predict'])}"
+            panels.append(
+                {
+                    "image": x[int(i)].numpy(),
+                    "theta": theta[pos[int(i)]].reshape(shape),
+                    "experiment": e.key,
+                    "caption": f"test #{int(i)}: label {int(r['label'])}, predicted {pred}\n"
+                    f"certified radius {float(r['radius']):.3f} (σ={e.sigma:g})",
+                }
+            )
+    return panels[:THETA_PANELS], "" if panels else why
+
+
+def _md_sections(summ: pd.DataFrame, radii_by_norm: dict) -> str:
+    show_keys = ["objective", "sigma_mode", "method", "sigma"]
+    out = []
+    for norm, part in summ.groupby("norm", sort=False):
+        part = part.reset_index(drop=True)
+        grid = [rep.rlabel(r) for r in radii_by_norm[norm]]
+        bold = rep.best_mask(part, group=None)
+        blocks = [
+            (
+                "Certified accuracy",
+                ["clean", "abstain", "acr"] + [f"acc@{g}" for g in grid] + ["median_log_volume"],
+                "acc@r: fraction of test inputs classified correctly with certified radius ≥ r; clean = acc@0; "
+                "acr: average certified radius; median_log_volume: median log-volume (nats) of the certified "
+                "region over certified correct inputs.",
+            ),
+            (
+                "Proxy accuracy (not a certificate)",
+                [f"{rep.PROXY_PREFIX}{g}" for g in grid],
+                "proxy_acc@r: the fraction of inputs whose *proxy* radius (σ geometric mean × gap, the radius of the "
+                "ball with the certified region's volume; ANCER's figure of merit) is ≥ r. The certified region "
+                "need not contain that ball, so this is NOT a certified accuracy: it is never bolded or ranked. "
+                "It equals acc@r for isotropic methods.",
+            ),
+            (
+                "App.-D lower bound on the true certified accuracy",
+                [f"lb@{g}" for g in grid],
+                "Holds with probability ≥ 1 - rho over the certification randomness (Cohen et al. 2019, App. D).",
+            ),
+            (
+                "Cost per input",
+                rep.COST,
+                "opt_time/opt_evals: σ/θ optimization seconds and forward passes; time/evals: certification.",
+            ),
+        ]
+        out.append(f"## {norm}\n")
+        for title, cols, note in blocks:
+            cols = show_keys + [c for c in cols if c in part]
+            out.append(f"### {title} ({norm})\n\n{note}\n\n" + rep.markdown(part[cols], bold[cols]))
+    return "\n".join(out)
+
+
+def _memory_md(part: pd.DataFrame) -> str:
+    """Before/after rows per experiment, then the action counts."""
+    keys = ["objective", "sigma_mode", "method", "sigma"]
+    rows = []
+    for _, r in part.iterrows():
+        for stage in ("before", "after"):
+            vals = {c[len(stage) + 1 :]: r[c] for c in part.columns if c.startswith(f"{stage}_")}
+            rows.append({**{k: r[k] for k in keys}, "stage": stage, **vals})
+    counts = part[keys + ["inputs", *rep.MEMORY_ACTIONS]]
+    return rep.markdown(rep.drop_empty(pd.DataFrame(rows))) + "\nMemory actions (inputs):\n\n" + rep.markdown(counts)
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    """Atomically write a comma-separated table."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def build_report(
+    cfg: dict, results, out, models=None, data=None, imports=(), plot: bool = True, video=None, metrics_dir=None
+) -> dict:
+    """Write every report file into ``out`` (metrics.json and curves into ``metrics_dir`` if given).
+
+    Returns the headline metrics (``metrics.json``). Bad or missing tables are one-line errors; nothing
+    is bolded or ranked on proxy accuracy (no certificate).
+    """
+    out = Path(out)
+    rc = cfg["report"]
+    radii_by_norm = {k: [float(r) for r in v] for k, v in rc["radii"].items()}
+    experiments = load_experiments(cfg, results) + [load_import(t) for t in imports]
+    keys = [e.key for e in experiments]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    require(not dup, f"two experiments share a name: {dup} (give each --import its own NAME)")
+    for e in experiments:
+        require(e.norm in radii_by_norm, f"{e.key}: no report.radii.{e.norm} in the config")
+    dataset = cfg["data"]["dataset"]
+    alpha = cfg["certify"]["alpha"]
+    summ = rep.summary(experiments, radii_by_norm, alpha, rc["rho"])
+    write_csv(out / "summary.csv", summ)
+    write_text(
+        out / "summary.md",
+        f"# Certified robustness on {dataset}\n\nBest value per column in **bold** "
+        f"(within each norm). {len(experiments)} experiments.\n\n" + _md_sections(summ, radii_by_norm),
+    )
+
+    mem = rep.memory_table(experiments, radii_by_norm)
+    write_csv(out / "memory.csv", mem)
+    md = "# Memory step (data-dependent certificates)\n\n"
+    if mem.empty:
+        md += "No experiment uses the memory step.\n"
+    else:
+        md += (
+            "Certified accuracy before (per-input certificates, certify.tsv) and after (sound for the "
+            "data-dependent classifier, final.tsv) the memory step, and how many inputs each action hit.\n\n"
+        )
+        for norm, part in mem.groupby("norm", sort=False):
+            md += f"## {norm}\n\n" + _memory_md(part) + "\n"
+    write_text(out / "memory.md", md)
+
+    metrics = load_training(cfg, models) if models else {}
+    train = rep.training_table(metrics, config_mod.model_specs(cfg))
+    mid = radii_by_norm.get("l2", [0.5])
+    objectives = rep.objective_table(
+        summ[summ["model_id"] != IMPORT_MODEL] if len(summ) else summ, 0.5 if 0.5 in mid else None
+    )
+    write_csv(out / "training.csv", train)
+    write_csv(out / "objectives.csv", objectives)
+    md = "# Training\n\n"
+    md += (
+        "Final-epoch metrics of each base model (test accuracies of the base classifier, "
+        "clean and under training noise; train_time in seconds).\n\n" + rep.markdown(train)
+        if len(train)
+        else "No models folder given.\n"
+    )
+    md += (
+        "\n## Certified accuracy per objective × sigma_mode × method\n\nAverage certified radius (acr) and, "
+        "where 0.5 is on the radius grid, certified accuracy at r = 0.5 of each method on each base model.\n\n"
+        + rep.markdown(objectives)
+    )
+    write_text(out / "training.md", md)
+
+    head = rep.headline_metrics(summ)
+    if video:
+        vsumm = rep.summary(load_video(video), radii_by_norm, alpha, rc["rho"])
+        write_csv(out / "video.csv", vsumm)
+        keys = ["method", "sigma", "inputs", "clean", "abstain", "acr"]
+        cols = keys + [f"acc@{rep.rlabel(r)}" for r in radii_by_norm["l2"]] + ["time", "evals"]
+        write_text(
+            out / "video.md",
+            "# Video (Smooth-Reduce on clips)\n\nCertified accuracy on the moving-digits "
+            "clips; radii in clip pixel space ([0,1] scale).\n\n"
+            + rep.markdown(vsumm[cols], rep.best_mask(vsumm[cols], group=None)),
+        )
+        head.update(rep.headline_metrics(vsumm))
+    dvc_dir = Path(metrics_dir) if metrics_dir else out
+    write_json(dvc_dir / "metrics.json", head)
+    curves = rep.curves(experiments, radii_by_norm)
+    curves_proxy = rep.curves(experiments, radii_by_norm, column="proxy_radius")
+    write_csv(dvc_dir / "curves.csv", curves)
+    write_csv(dvc_dir / "curves_proxy.csv", curves_proxy)
+
+    if plot:
+        _figures(out, cfg, experiments, curves, curves_proxy, mem, metrics, data)
+    return head
+
+
+def _placeholder(path: Path, title: str, why: str) -> None:
+    import matplotlib.pyplot as plt
+
+    from smoothcert.reporting import plots
+
+    fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{title}\n(not available: {why})", ha="center", va="center")
+    plots.save(fig, path)
+
+
+def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, data) -> None:
+    from smoothcert.reporting import plots
+
+    dataset = cfg["data"]["dataset"]
+    plots.certified_accuracy(
+        curves, experiments, out / "certified_accuracy.png", f"{dataset}: certified accuracy vs radius"
+    )
+    plots.certified_accuracy(
+        curves_proxy,
+        experiments,
+        out / "certified_accuracy_proxy.png",
+        f"{dataset}: proxy accuracy vs volume-equivalent radius (NOT a certificate)",
+        proxy=True,
+    )
+    plots.log_volume(experiments, out / "log_volume.png", f"{dataset}: log-volume of certified regions")
+    if len(mem):
+        plots.memory_effect(mem, out / "memory_effect.png", f"{dataset}: effect of the memory step")
+    else:
+        _placeholder(out / "memory_effect.png", "memory step", "no experiment uses it")
+    for method in theta_methods():
+        path = out / THETA_FIGURE.format(method=method)
+        panels, why = theta_panels(experiments, method, cfg, data)
+        if panels:
+            plots.theta_maps(panels, path, f"{dataset}: {method} per-pixel θ")
+        else:
+            print(f"smoothcert report: {path.name} is a placeholder ({why})", file=sys.stderr)
+            _placeholder(path, f"{method} θ maps", why)
+    if metrics:
+        plots.training(metrics, out / "training.png", f"{dataset}: training")
+    else:
+        _placeholder(out / "training.png", "training curves", "no --models folder given")

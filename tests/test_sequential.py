@@ -1,0 +1,185 @@
+"""Sequential certification (``certify.mode: sequential``): α accounting, draws, invariance, the pipeline.
+
+The statistical tests run many certifications of a linear classifier whose smoothed radius is known in closed
+form (margin m: pA = Φ(m/σ), true ℓ2 radius m) and count certificates above the truth. A bound without the
+union over checkpoints (each checkpoint at full α: the classic mistake of "peeking") must fail the same check,
+which shows the check has the power to see a broken bound.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from scipy.stats import beta as beta_dist
+from scipy.stats import binom
+from torch import nn
+
+from smoothcert import Smooth, cli
+from smoothcert.engine import core, sequential
+
+
+class Linear2(nn.Module):
+    """Two classes: logit s = wᵀx for class 1, 0 for class 0."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = w
+
+    def forward(self, x):
+        s = x.flatten(1) @ self.w
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
+class NoUnionCP(sequential.ConfidenceSequence):
+    """Broken on purpose: Clopper–Pearson at full α at every checkpoint (no union over stopping times)."""
+
+    def lower(self, counts, ns, alpha):
+        c, n = np.asarray(counts, float), np.asarray(ns, float)
+        return np.where(c > 0, beta_dist.ppf(alpha, c, n - c + 1), 0.0)
+
+    def upper(self, counts, ns, alpha):
+        c, n = np.asarray(counts, float), np.asarray(ns, float)
+        return np.where(c < n, beta_dist.isf(alpha, c + 1, n - c), 1.0)
+
+
+SIGMA, MARGIN, ALPHA, TRIALS = 0.5, 0.3, 0.1, 1200
+CKS = tuple(100 * 2**k for k in range(7))  # 100 … 6400
+
+
+def _overclaims(cs, radii) -> tuple[int, np.ndarray]:
+    """Certify TRIALS inputs at the same margin (distinct seeds); count radii above the true one."""
+    x = torch.tensor([[MARGIN, 0.0]]).repeat(TRIALS, 1)
+    plan = core.SequentialPlan(CKS, cs, radii, 0.05)
+    sampling = core.Sampling(kind="gaussian", batch_size=20000, chunk=100)
+    out = core.certify_sequential_batch(
+        Linear2(torch.tensor([1.0, 0.0])),
+        x,
+        SIGMA,
+        2,
+        50,
+        ALPHA,
+        "l2",
+        list(range(TRIALS)),
+        list(range(10**6, 10**6 + TRIALS)),
+        sampling,
+        plan,
+        np.full(TRIALS, SIGMA),
+    )
+    radius = np.where(out["predict"] == 1, SIGMA * out["gap"], 0.0)
+    return int((radius > MARGIN * (1 + 1e-9)).sum()), out["n"]
+
+
+def _limit() -> int:
+    """The count of over-claims a sound procedure exceeds with probability < 1e-4 (Binomial(TRIALS, α))."""
+    return int(binom.ppf(1 - 1e-4, TRIALS, ALPHA))
+
+
+@pytest.mark.parametrize("target", ["decide", "estimate"])
+def test_alpha_holds_at_the_stopping_time_and_a_bound_without_union_fails(target):
+    """decide: the one radius asked about is the true radius, so any "certified" is an over-claim; estimate:
+    the reported radius must not exceed the truth. Sound bounds stay within α's binomial bound; the bound
+    that peeks at full α at every checkpoint exceeds it."""
+    radii = (MARGIN,) if target == "decide" else None
+    for cs in (sequential.UnionCP(CKS), sequential.BetaMixture()):
+        bad, _ = _overclaims(cs, radii)
+        assert bad <= _limit(), (type(cs).__name__, bad, _limit())
+    if target == "decide":
+        bad, _ = _overclaims(NoUnionCP(), radii)
+        assert bad > _limit(), f"the broken bound over-claims {bad} times, within the sound limit {_limit()}"
+
+
+def test_continued_streams_are_the_first_draws_of_one_stream():
+    model = Linear2(torch.tensor([1.0, -0.5]))
+    x = torch.tensor([[0.1, 0.2], [0.3, -0.1]])
+    s = core.Sampling(kind="gaussian", batch_size=333, chunk=100)
+    whole = core.count_classes(model, x, 0.7, 700, 2, [1, 2], s)
+    parts = core.count_classes(model, x, 0.7, 300, 2, [1, 2], s) + core.count_classes(
+        model, x, 0.7, 400, 2, [1, 2], s, first_chunk=3
+    )
+    assert np.array_equal(whole, parts)
+
+
+def test_results_do_not_depend_on_grouping_or_batch_size():
+    model = Linear2(torch.tensor([1.0, 0.0]))
+    x = torch.tensor([[m, 0.0] for m in np.linspace(-0.4, 1.2, 9)], dtype=torch.float32)
+    plan = core.SequentialPlan(CKS, sequential.UnionCP(CKS), (0.0, 0.25, 0.5), 0.1)
+
+    def run(rows, pos):
+        return core.certify_sequential_batch(
+            model,
+            x[pos],
+            SIGMA,
+            2,
+            50,
+            0.001,
+            "l2",
+            [int(i) for i in pos],
+            [int(i) + 100 for i in pos],
+            core.Sampling(batch_size=rows, chunk=100),
+            plan,
+            np.full(len(pos), SIGMA),
+        )
+
+    together = run(5000, np.arange(9))
+    split = [run(777, np.arange(0, 4)), run(1234, np.arange(4, 9))]
+    for key in ("predict", "count", "pA_lower", "n"):
+        assert np.array_equal(together[key], np.concatenate([p[key] for p in split])), key
+    assert len(set(together["n"])) > 1, "inputs stop at different checkpoints"
+
+
+def test_smooth_certify_sequential_matches_the_linear_radius_and_saves_draws():
+    sm = Smooth(Linear2(torch.tensor([1.0, 0.0])), 2, 0.5, seed=3, device="cpu")
+    pred, radius, used = sm.certify_sequential(torch.tensor([1.0, 0.0]), 100, 100_000, 0.001, 1000)
+    assert pred == 1 and 0.85 < radius <= 1.0 and used < 100_000 / 5
+    pred, radius, used = sm.certify_sequential(torch.tensor([1.0, 0.0]), 100, 100_000, 0.001, 1000, radius=0.5)
+    assert pred == 1 and 0.5 < radius <= 1.0 and used <= 1100  # decided at the first checkpoint
+    pred, radius, used = sm.certify_sequential(torch.tensor([0.01, 0.0]), 100, 100_000, 0.001, 1000, radius=0.5)
+    assert radius < 0.5 and used <= 1100  # "not certified at 0.5" is settled quickly too
+
+
+def test_pipeline_runs_every_method_sequentially(params, tmp_path):
+    """cohen, ddrs (per-input σ, then the memory step) and Smooth-Reduce (radius factor) in sequential mode: same
+    columns, per-input draws in n / evals, fewer draws than fixed mode's n_max."""
+    cfg = copy.deepcopy(params)
+    cfg["models"] = [
+        {
+            "objective": "gaussian",
+            "sigma_mode": "fixed",
+            "norm": "l2",
+            "sigmas": [0.5],
+            "methods": ["cohen", "ddrs", "smooth_reduce_max"],
+        }
+    ]
+    cfg["train"]["epochs"] = 3
+    cfg["test"].update(limit=10, shards=1)
+    cfg["ddrs"].update(iterations=3, samples=4)
+    cfg["video"] = {"enabled": False}
+    cfg["certify"].update(mode="sequential", chunk=100, batch_size=2000)
+    cfg["certify"]["sequential"].update(n_min=100, n_max=3200, in_flight=4)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    base, data, models, results = ["--config", str(path)], tmp_path / "d", tmp_path / "m", tmp_path / "r"
+    model = "gaussian-fixed-l2-0.5"
+    assert cli.main([*base, "prepare-data", "--out", str(data)]) == 0
+    assert (
+        cli.main([*base, "train", "--model", model, "--data", str(data), "--out", str(models / model), "--no-progress"])
+        == 0
+    )
+    ckpt = ["--checkpoint", str(models / model / "model.pt"), "--data", str(data), "--shard", "0-of-1", "--no-progress"]
+    theta = results / "ddrs.pt"
+    assert cli.main([*base, "optimize-sigma", "--model", model, "--method", "ddrs", *ckpt, "--out", str(theta)]) == 0
+    for method in ("cohen", "ddrs", "smooth_reduce_max"):
+        out = results / f"{method}.tsv"
+        extra = ["--theta", str(theta)] if method == "ddrs" else []
+        assert cli.main([*base, "certify", "--model", model, "--method", method, *ckpt, *extra, "--out", str(out)]) == 0
+        table = pd.read_csv(out, sep="\t")
+        assert len(table) == 10 and set(table["n"]) <= {100 * 2**k for k in range(6)}
+        assert (table["n"] < 3200).any(), method
+        assert (table["evals"] >= table["n0"] + table["n"]).all()
+        ok = table["predict"] >= 0
+        assert (table.loc[ok, "pA_lower"] > 0.5).all() and (table.loc[~ok, "radius"] == 0).all()
