@@ -26,11 +26,9 @@ Usage: python benchmarks/bench_certify.py [--device cpu|cuda] [--repeats 7] [--q
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,10 +42,13 @@ import yaml
 from scipy import stats as sps
 from torch import nn
 
-from smoothcert.engine import core
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import best, cpu_flags, interleaved, machine, rate, ratio, sync, threads  # noqa: E402
+from harness import load_avg as load  # noqa: E402
+from smoothcert.artifacts import write_json
+from smoothcert.engine import core  # noqa: E402
 from smoothcert.engine import noise as noise_mod
 from smoothcert.engine.noise import stream_seed
-from smoothcert.io import write_json
 from smoothcert.training import models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,110 +63,6 @@ GOALS = {"digits_cnn": 0.95, "cifar_resnet20": 0.90}
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def machine() -> dict:
-    """CPU model, cores, torch version: what a figure was taken on."""
-    model_name = platform.processor()
-    with contextlib.suppress(Exception):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        model_name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    info = {
-        "cpu_model": model_name,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["usable_cores"] = len(os.sched_getaffinity(0))
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    info.update(cpu_flags())
-    return info
-
-
-def cpu_flags() -> dict:
-    """The CPU's AVX-512 / bfloat16 / AMX flags (/proc/cpuinfo), torch's kernel dispatch level and the variables
-    that override it: they decide how fast forward passes and noise run, so they go beside every figure."""
-    flags = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    return {
-        "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")},
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "dispatch_env": {
-            k: os.environ[k]
-            for k in (
-                "ATEN_CPU_CAPABILITY",
-                "ONEDNN_MAX_CPU_ISA",
-                "NPY_DISABLE_CPU_FEATURES",
-                "SMOOTHCERT_NOISE_THREADS",
-            )
-            if k in os.environ
-        },
-    }
-
-
-def load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def threads(k: int | None):
-    old = torch.get_num_threads()
-    if k:
-        torch.set_num_threads(k)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def interleaved(fns: dict, repeats: int, device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each function, every repeat timing all of them in a rotating order.
-
-    ``times[name]`` is wall time; ``times[name + "@cpu"]`` the CPU time of this process (all its threads),
-    which other tenants of a shared machine disturb far less than wall time.
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    sync(device)
-    times = {key: [] for name in names for key in (name, name + "@cpu")}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            fns[name]()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-            times[name + "@cpu"].append(time.process_time() - c0)
-    return times
-
-
-def ratio(times: dict, num: str, den: str) -> dict:
-    """Median and range of the per-repeat ratio t[den] / t[num] (= speed of num relative to den)."""
-    r = np.array(times[den]) / np.array(times[num])
-    return {"median": round(float(np.median(r)), 4), "min": round(float(r.min()), 4), "max": round(float(r.max()), 4)}
-
-
-def best(times: dict, num: str, den: str) -> float:
-    """Ratio of the fastest runs, min t[den] / min t[num]: interference from other load only ever adds time."""
-    return round(float(np.min(times[den]) / np.min(times[num])), 4)
-
-
-def rate(evals: int, seconds: list[float]) -> float:
-    return round(evals / float(np.median(seconds)), 1)
 
 
 def build(arch: str, device: torch.device, seed: int = 0) -> nn.Module:

@@ -49,7 +49,7 @@ def workspace(args) -> tuple[dict, Path, Path]:
         {"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": args.sigmas, "methods": ["cohen"]}
     ]
     cfg["test"].update(start=0, step=1, limit=args.inputs, shards=1)
-    cfg["video"] = {"enabled": False}
+    cfg["video"]["enabled"] = False
     path = work / "params.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cfg = config_mod.load(path)

@@ -311,8 +311,8 @@ def main(argv=None) -> dict:
         return {}
 
     from smoothcert import optimize
+    from smoothcert.artifacts import write_json
     from smoothcert.engine.noise import make_generator
-    from smoothcert.io import write_json
 
     torch.set_num_threads(args.threads)
     device = _device(args.device)

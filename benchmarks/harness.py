@@ -210,7 +210,7 @@ def results_path(name: str) -> Path:
 
 def write_result(path: str | Path, record: dict) -> Path:
     """Write ``record`` as indented JSON, atomically (a killed run leaves the previous file); return the path."""
-    from smoothcert.io import write_json
+    from smoothcert.artifacts import write_json
 
     path = Path(path)
     write_json(path, record)

@@ -830,7 +830,7 @@ def test_memory_check_rejects_mismatched_theta(ws, tmp_path):
     out = (tmp_path / "f.tsv", tmp_path / "m.npz")
     fails(
         *ws.memory_args(ws.ddrs, *out, theta=path),
-        match=r"θ of shape \(12, 63\) for 12 inputs; expected \(12, 64\)",
+        match=r"has θ of shape \(12, 63\), expected \(12, 64\)",
         outputs=out,
     )
     nan = torch.full((LIMIT, 64), 0.25)

@@ -1,7 +1,7 @@
 """Resumable state is resumed only under the fingerprint it was written with.
 
 A certify shard's ``.part`` rows and training's ``checkpoint.pt`` carry a fingerprint of
-everything their content depends on (``smoothcert.io.fingerprint``). Each test kills a job
+everything their content depends on (``smoothcert.artifacts.fingerprint``). Each test kills a job
 part-way (in process: the next unit of work raises), changes something or nothing, and runs
 the job again:
 
@@ -27,10 +27,10 @@ import torch
 import yaml
 
 from smoothcert import data as data_mod
+from smoothcert.artifacts import FINGERPRINT_PREFIX, fingerprint, load_torch, resume_conflict, save_torch
 from smoothcert.cli import main
 from smoothcert.config import ModelSpec
 from smoothcert.engine import core
-from smoothcert.io import FINGERPRINT_PREFIX, fingerprint, load_torch, resume_conflict, save_torch
 from smoothcert.pipeline import certify as certify_mod
 from smoothcert.training import loop as train_mod
 from smoothcert.training.loop import make_model, train

@@ -12,12 +12,12 @@ from scipy.stats import norm as normal
 from torch import nn
 
 from smoothcert import cli
+from smoothcert.artifacts import load_torch, save_torch
 from smoothcert.config import ModelSpec
 from smoothcert.data import prepare
 from smoothcert.engine import surrogate as sg
 from smoothcert.engine.noise import make_generator, stream_seed
 from smoothcert.errors import SmoothcertError
-from smoothcert.io import load_torch, save_torch
 from smoothcert.methods import ancer, ddrs
 from smoothcert.pipeline import optimize
 from smoothcert.pipeline.certify import load_theta

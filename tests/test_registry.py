@@ -76,7 +76,7 @@ def _config(params: dict, tmp_path: Path) -> Path:
     cfg["train"]["epochs"] = 2
     cfg["test"].update(limit=12, shards=1)
     cfg["certify"].update(n0=20, n=200)
-    cfg["video"] = {"enabled": False}
+    cfg["video"]["enabled"] = False
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

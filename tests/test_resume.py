@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from smoothcert.io import FINGERPRINT_PREFIX, ShardWriter, fingerprint
+from smoothcert.artifacts import FINGERPRINT_PREFIX, ShardWriter, fingerprint
 from test_workflow import BIN, MINI, _env, copy_repo, run
 
 # Wall-clock columns: measured, so they differ between any two runs (even uninterrupted ones).

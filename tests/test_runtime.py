@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from smoothcert import cli, runtime
-from smoothcert.io import write_text
+from smoothcert.artifacts import write_text
 
 
 def test_only_the_named_command_is_imported():

@@ -255,7 +255,7 @@ EDITS = {
     "smoothadv.epsilon": (0.25, {"train"}, {"train": {S}}),
     "data_dependent.lr": (0.02, {"train"}, {"train": {S}}),
     "data_dependent.sigma_min": (0.02, {"train"}, {"train": {S}}),
-    "certify.mode": ("sequential", {"certify", "report"}, {"certify": ALL, "video": ALL, "report": ALL}),
+    "certify.mode": ("sequential", {"certify"}, {"certify": ALL, "video": ALL}),
     "certify.alpha": (0.002, {"certify", "report"}, {"certify": ALL, "video": ALL, "report": ALL}),
     "certify.batch_size": (1000, {"certify"}, {"certify": ALL, "video": ALL}),
     "report.rho": (0.01, {"report"}, {"report": ALL}),

@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from smoothcert import data as data_mod
+from smoothcert.artifacts import load_torch, save_torch
 from smoothcert.config import ModelSpec
-from smoothcert.io import load_torch, save_torch
 from smoothcert.training.loop import make_model, train
 from smoothcert.training.objectives import SIGMA_UPDATERS, TrainContext
 

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from smoothcert import data as data_mod
+from smoothcert.artifacts import load_torch
 from smoothcert.cli import main
 from smoothcert.errors import SmoothcertError
-from smoothcert.io import load_torch
 from smoothcert.pipeline.certify import COLUMNS
 from smoothcert.pipeline.clips import FrameNet, make_moving_digits, run_video, settings
 

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.optimize import brentq
+from scipy.stats import beta as beta_dist
 from scipy.stats import binom, binomtest
 from scipy.stats import norm as normal
 from statsmodels.stats.proportion import proportion_confint
@@ -703,6 +704,83 @@ def smooth_reduce_uncorrelated_l1(
     return [sound, broken]
 
 
+# ------------------------------------------------------------------------------------------ sequential
+
+
+class NoUnionCP:
+    """Broken on purpose: Clopper–Pearson at full α at every checkpoint (no union over stopping times)."""
+
+    def lower(self, counts, ns, alpha):
+        c, n = np.asarray(counts, float), np.asarray(ns, float)
+        return np.where(c > 0, beta_dist.ppf(alpha, c, n - c + 1), 0.0)
+
+    def upper(self, counts, ns, alpha):
+        c, n = np.asarray(counts, float), np.asarray(ns, float)
+        return np.where(c < n, beta_dist.isf(alpha, c + 1, n - c), 1.0)
+
+
+SEQUENTIAL_CHECKPOINTS = tuple(100 * 2**k for k in range(7))  # 100 … 6,400 estimation draws
+
+
+def sequential(
+    trials=1000,
+    n=None,
+    n0=50,
+    alpha=0.1,
+    sigma=0.5,
+    seed=11,
+    norm_name="l2",
+    target="decide",
+    bound="union_cp",
+    margin=0.3,
+) -> dict:
+    """Sequential CERTIFY (``certify.mode: sequential``) on x with wᵀx = ``margin``, w = e₁ in 16 dimensions:
+    the exact radius is ``margin`` in ℓ2 (Gaussian noise, pA = Φ(m/σ)) and in ℓ1 (uniform noise,
+    pA = ½ + m/2σ). decide asks "certified at the exact radius?" (any yes is an over-claim); estimate reports
+    the radius of the lower bound at its stopping time. Every input is at the same, hardest margin; distinct
+    seeds. ``bound``: union_cp, beta_mixture, or broken (no union over checkpoints: must fail)."""
+    from smoothcert.engine import sequential as seq
+
+    cks = SEQUENTIAL_CHECKPOINTS
+    cs = {"union_cp": seq.UnionCP(cks), "beta_mixture": seq.BetaMixture(), "broken": NoUnionCP()}[bound]
+    w = torch.zeros(16, dtype=torch.float64)
+    w[0] = 1.0
+    x = torch.zeros(trials, 1, 4, 4)
+    x[:, 0, 0, 0] = margin
+    kind = "gaussian" if norm_name == "l2" else "uniform"
+    plan = core.SequentialPlan(cks, cs, (margin,) if target == "decide" else None, 0.05)
+    out = core.certify_sequential_batch(
+        Linear2(w, 0.0),
+        x,
+        sigma,
+        2,
+        n0,
+        alpha,
+        norm_name,
+        _seeds(seed, trials, "select"),
+        _seeds(seed, trials, "estimate"),
+        core.Sampling(kind=kind, batch_size=50_000, chunk=cks[0]),
+        plan,
+        np.full(trials, sigma),
+    )
+    radius = np.where(out["predict"] == 1, sigma * out["gap"], 0.0)
+    failed = (out["predict"] == 0) | (radius > margin * (1 + 1e-9))
+    name = f"sequential_{target}_{norm_name}" + ("" if bound == "union_cp" else f"_{bound}")
+    return verdict(
+        name if bound != "broken" else f"broken_{name}",
+        trials,
+        int(failed.sum()),
+        alpha,
+        n0=n0,
+        checkpoints=list(cks),
+        certified=int((out["predict"] == 1).sum()),
+        mean_draws=float(out["n"].mean()),
+        noise=kind,
+        sigma=sigma,
+        margin=margin,
+    )
+
+
 def _float64(module: nn.Module) -> nn.Module:
     import copy
 
@@ -895,6 +973,12 @@ def run_all(trials: int, n: int, alpha: float, attack_inputs: int, epochs: int, 
         ("smooth_reduce_clip_mean", smooth_reduce_mean, {**sr, "clip": True}),
         ("smooth_reduce_clip_uncorrelated_l2", smooth_reduce_uncorrelated_l2, {**sr, "clip": True}),
         ("smooth_reduce_clip_uncorrelated_l1", smooth_reduce_uncorrelated_l1, {**sr, "clip": True}),
+        ("sequential_decide_l2", sequential, {}),
+        ("sequential_estimate_l2", sequential, {"target": "estimate"}),
+        ("sequential_decide_l1", sequential, {"norm_name": "l1"}),
+        ("sequential_estimate_l1", sequential, {"norm_name": "l1", "target": "estimate"}),
+        ("sequential_decide_l2_beta_mixture", sequential, {"bound": "beta_mixture"}),
+        ("broken_sequential_decide_l2", sequential, {"bound": "broken"}),
         ("predict_pA0.51", predict, {"pa": 0.51}),
         ("predict_pA0.55", predict, {"pa": 0.55}),
     ]:

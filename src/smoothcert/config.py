@@ -119,7 +119,7 @@ def _check_certificates(cfg: dict, source: str) -> None:
         (f"models.{i}", method, entry["norm"]) for i, entry in enumerate(cfg["models"]) for method in entry["methods"]
     ]
     if cfg.get("video") is not None:
-        runs += [("video", method, VIDEO_NORM) for method in cfg["video"].get("methods", [])]
+        runs += [("video", method, VIDEO_NORM) for method in cfg["video"]["methods"]]
     for where, name, norm in runs:
         method = methods.get(name)
         section = cfg.get(method.section) if method.section else None
@@ -200,7 +200,7 @@ def freeze(cfg: dict, folder: str | Path) -> str:
     """
     import hashlib
 
-    from smoothcert.io import write_text
+    from smoothcert.artifacts import write_text
 
     text = yaml.safe_dump(cfg, sort_keys=True)
     path = Path(folder) / f"config-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smoothcert.artifacts import load_torch, save_torch
 from smoothcert.errors import SmoothcertError, require
-from smoothcert.io import load_torch, save_torch
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ rule report:
         memory_plot=report(f"{REPORT}/memory_effect.png", caption="../report/memory_effect.rst", category="Plots"),
         theta=[report(f"{REPORT}/{name}", caption="../report/theta.rst", category="Plots") for name in theta_figures()],
         training_plot=report(f"{REPORT}/training.png", caption="../report/training_plot.rst", category="Plots"),
+        draws=report(f"{REPORT}/draws.png", caption="../report/draws.rst", category="Plots"),
     params:
         smk=SMK,
         data=lambda w: DATA,

@@ -10,6 +10,7 @@ import torch
 
 from smoothcert import config as config_mod
 from smoothcert import methods
+from smoothcert.artifacts import check_writable, write_theta
 from smoothcert.commands._common import (
     add_config,
     add_model_inputs,
@@ -20,7 +21,6 @@ from smoothcert.commands._common import (
     shard_inputs,
 )
 from smoothcert.errors import require
-from smoothcert.io import check_writable, save_torch
 from smoothcert.pipeline.certify import load_theta
 from smoothcert.pipeline.optimize import optimize_shard
 from smoothcert.training.loop import load_model
@@ -77,4 +77,4 @@ def run(args):
     if init is not None:
         out["time"] += torch.from_numpy(np.asarray(init[1], dtype=np.float64))
         out["evals"] += torch.from_numpy(np.asarray(init[2], dtype=np.int64))
-    save_torch(args.out, out)
+    write_theta(args.out, out["idx"], out["theta"], out["time"], out["evals"])

@@ -1,8 +1,8 @@
 """The training stage."""
 
 from smoothcert import config as config_mod
+from smoothcert.artifacts import check_writable
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
-from smoothcert.io import check_writable
 from smoothcert.training.loop import train
 
 HELP = "train one noise-augmented base model (resumes from OUT/checkpoint.pt)"

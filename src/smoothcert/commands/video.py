@@ -3,9 +3,9 @@
 import json
 import math
 
+from smoothcert.artifacts import check_writable
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
 from smoothcert.errors import require
-from smoothcert.io import check_writable
 from smoothcert.pipeline.clips import run_video
 
 HELP = (

@@ -530,6 +530,59 @@ def predict_batch(
     return out
 
 
+def predict_sequential_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    scale,
+    num_classes: int,
+    alpha: float,
+    seeds: list[int],
+    sampling: Sampling,
+    checkpoints,
+) -> dict[str, np.ndarray]:
+    """PREDICT with early stopping: at each checkpoint n_k (fixed in advance), the two-sided binomial test of
+    the top two counts at level alpha / K; the top class as soon as it rejects, ABSTAIN if it never does.
+
+    Guarantee: each test returns a class other than g(x) with probability ≤ alpha / K (Cohen et al. Prop. 1,
+    Hung & Fithian 2019), so over the K checkpoints the probability of ever returning a wrong class is
+    ≤ alpha (union bound). Draws with non-finite logits count for the runner-up, as in :func:`predict_batch`.
+    Returns ``predict`` and ``n`` (draws used per input).
+    """
+    cks = np.asarray(checkpoints, dtype=np.int64)
+    chunk = int(sampling.chunk)
+    assert all(c % chunk == 0 for c in cks[:-1]), "checkpoints must be multiples of the chunk"
+    b = x.shape[0]
+    counts = np.zeros((b, num_classes), dtype=np.int64)
+    out = np.full(b, ABSTAIN, dtype=np.int64)
+    used = np.zeros(b, dtype=np.int64)
+    running = np.ones(b, dtype=bool)
+    prev = 0
+    for n_k in cks:
+        idx = np.flatnonzero(running)
+        if not len(idx):
+            break
+        sub = scale if not torch.is_tensor(scale) or scale.ndim == 0 else scale[torch.as_tensor(idx)]
+        counts[idx] += count_classes(
+            model,
+            x[torch.as_tensor(idx)],
+            sub,
+            int(n_k - prev),
+            num_classes,
+            [seeds[i] for i in idx],
+            sampling,
+            first_chunk=prev // chunk,
+        )
+        prev = int(n_k)
+        used[idx] = n_k
+        for i in idx:
+            row = counts[i]
+            top2 = np.argsort(-row, kind="stable")[:2]
+            n_a, n_b = row[top2[0]], row[top2[1]] + (n_k - row.sum())
+            if n_a > 0 and stats.binomial_pvalue(n_a, n_b) <= alpha / len(cks):
+                out[i], running[i] = top2[0], False
+    return {"predict": out, "n": used}
+
+
 class Smooth:
     """A smoothed classifier g(x) = argmax_c P(f(x + ε) = c), ε ~ N(0, σ² I).
 
@@ -643,3 +696,23 @@ class Smooth:
         )
         pred = int(out["predict"][0])
         return pred, (float(self.sigma * out["gap"][0]) if pred != ABSTAIN else 0.0), int(n0 + out["n"][0])
+
+    def predict_sequential(self, x: torch.Tensor, n_max: int, alpha: float, batch_size: int) -> tuple[int, int]:
+        """PREDICT with early stopping (:func:`predict_sequential_batch`): (g(x) or ABSTAIN, draws used); a class
+        other than g(x) is returned with probability ≤ alpha. Checkpoints double from gcd(batch_size, n_max)."""
+        from smoothcert.engine import sequential
+
+        chunk = math.gcd(int(batch_size), int(n_max))
+        cks = [int(c) * chunk for c in sequential.schedule(1, n_max // chunk, 2.0)]
+        sampling = Sampling(kind=self.kind, batch_size=batch_size, chunk=chunk, device=self.device)
+        out = predict_sequential_batch(
+            self.base_classifier,
+            x.unsqueeze(0),
+            self.sigma,
+            self.num_classes,
+            alpha,
+            self._seeds("predict"),
+            sampling,
+            cks,
+        )
+        return int(out["predict"][0]), int(out["n"][0])

@@ -40,9 +40,9 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
+from smoothcert.artifacts import atomic_path
 from smoothcert.engine import stats
 from smoothcert.errors import SmoothcertError, require
-from smoothcert.io import atomic_path
 
 ACTIONS = ("none", "inside", "shrunk", "abstained")
 _SAFETY = 1e-9  # relative margin applied to every computed gap (covers rounding)

@@ -20,11 +20,11 @@ import torch
 from tqdm import tqdm
 
 from smoothcert import methods
+from smoothcert.artifacts import ShardWriter, fingerprint, read_theta, sha256_file, sha256_tensors
 from smoothcert.config import ModelSpec
 from smoothcert.engine import core, stats
 from smoothcert.engine.noise import stream_seed
 from smoothcert.errors import require
-from smoothcert.io import ShardWriter, fingerprint, load_torch, sha256_file, sha256_tensors
 
 COLUMNS = [
     "idx",
@@ -59,31 +59,8 @@ def shard_indices(indices: np.ndarray, shard: int, shards: int) -> np.ndarray:
 
 
 def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read a θ shard file ``{idx, theta, time, evals}``, check it matches these inputs; return (θ, time, evals)."""
-    blob = load_torch(path, what="theta file")
-    require(isinstance(blob, dict) and {"idx", "theta"} <= set(blob), f"theta file {path} needs idx and theta")
-    n = len(idx)
-    for key in ("idx", "theta", "time", "evals"):
-        require(key not in blob or isinstance(blob[key], torch.Tensor), f"theta file {path}: {key} is not a tensor")
-    t_idx, theta = blob["idx"].reshape(-1).numpy(), blob["theta"].double().numpy()
-    require(
-        theta.ndim == 2 and theta.shape == (n, dim),
-        f"theta file {path} has θ of shape {tuple(theta.shape)}, expected ({n}, {dim}) for this shard's inputs",
-    )
-    require(
-        np.array_equal(t_idx, idx),
-        f"theta file {path} is for test inputs {t_idx[:3].tolist()}..., "
-        f"this shard certifies {idx[:3].tolist()}... (another shard or config?)",
-    )
-    require(np.isfinite(theta).all() and (theta > 0).all(), f"theta file {path} holds NaN, inf or non-positive values")
-    for key in ("time", "evals"):
-        require(
-            key not in blob or tuple(blob[key].shape) == (n,),
-            f"theta file {path}: {key} has shape {tuple(blob[key].shape) if key in blob else ()}, expected ({n},)",
-        )
-    t = blob["time"].double().numpy() if "time" in blob else np.zeros(n)
-    e = blob["evals"].long().numpy() if "evals" in blob else np.zeros(n, dtype=np.int64)
-    return theta, t, e
+    """θ, seconds and evals of the inputs ``idx`` from one θ shard file (:func:`smoothcert.artifacts.read_theta`)."""
+    return read_theta(path, idx, dim)
 
 
 # certify settings that change no number in a row: batch_size only groups the draws (the noise is fixed per
@@ -103,7 +80,7 @@ def shard_fingerprint(
     theta=None,
     theta_file: str | Path | None = None,
 ) -> dict:
-    """:func:`smoothcert.io.fingerprint` of everything a certificate row of this shard depends on.
+    """:func:`smoothcert.artifacts.fingerprint` of everything a certificate row of this shard depends on.
 
     The base classifier (sha256 of the ``checkpoint`` file's bytes, or of ``model``'s state dict
     when certifying a model held in memory), θ (sha256 of ``theta_file``, or of the ``theta``

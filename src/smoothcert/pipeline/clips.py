@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from smoothcert import data as data_mod
 from smoothcert import methods
+from smoothcert.artifacts import describe_changes, load_torch, log, save_torch, write_table
 from smoothcert.config import VIDEO_NORM, ModelSpec
 from smoothcert.engine import patches as patch_ops
 from smoothcert.engine.noise import make_generator, noisy_copies, stream_seed
 from smoothcert.errors import SmoothcertError, require
-from smoothcert.io import describe_changes, load_torch, log, save_torch, write_table
 from smoothcert.methods.smooth_reduce import clip_geometry  # the clip crops follow the patch geometry
 from smoothcert.pipeline.certify import certify_shard
 from smoothcert.training.models import Normalize
@@ -56,10 +56,7 @@ def clip_methods() -> list[str]:
 
 def settings(cfg: dict) -> dict:
     """``cfg['video']``, with the checks the schema cannot state (one-line SmoothcertError)."""
-    keys = ("frames", "canvas", "sigmas", "epochs", "window", "methods")
-    v = cfg.get("video") or {}
-    missing = [k for k in keys if k not in v]
-    require(not missing, f"the video experiment needs video.{', video.'.join(missing)} in params.yaml")
+    v = cfg["video"]
     require(v["canvas"] >= DIGIT, f"video.canvas = {v['canvas']} must be >= {DIGIT} (the digit size)")
     require(v["window"] <= v["frames"], f"video.window = {v['window']} must be <= video.frames = {v['frames']}")
     bad = [m for m in v["methods"] if m not in clip_methods()]

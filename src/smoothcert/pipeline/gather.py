@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from smoothcert.artifacts import read_table, write_table
 from smoothcert.errors import require
-from smoothcert.io import read_table, write_table
 
 
 def merge_shards(shards: list[str | Path], out: str | Path, key: str = "idx") -> pd.DataFrame:

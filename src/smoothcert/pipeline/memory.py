@@ -16,51 +16,17 @@ import pandas as pd
 import torch
 
 from smoothcert import data as data_mod
+from smoothcert.artifacts import read_table, read_theta, write_table
 from smoothcert.engine.regions import run_memory, save_memory
 from smoothcert.errors import require
-from smoothcert.io import load_torch, read_table, write_table
 
 NORMS = ("l2", "l1")  # the norms engine.regions can keep disjoint
 
 
 def load_thetas(paths: list[str | Path], idx: np.ndarray, dim: int) -> np.ndarray:
-    """θ (len(idx), dim) float64 for the inputs ``idx``, gathered from θ shard files ``{idx, theta, ...}``.
-
-    Refuses (one-line error) a file without tensors ``idx``/``theta``, θ of another shape, NaN/inf/non-positive
-    θ, an input listed twice, and any input missing from or extra to ``idx``.
-    """
-    parts_idx, parts_theta = [], []
-    for path in paths:
-        blob = load_torch(path, what="theta file")
-        require(
-            isinstance(blob, dict) and all(isinstance(blob.get(k), torch.Tensor) for k in ("idx", "theta")),
-            f"theta file {path} needs tensors idx and theta",
-        )
-        t_idx, theta = blob["idx"].long().numpy().reshape(-1), blob["theta"].double().numpy()
-        require(
-            theta.ndim == 2 and theta.shape == (len(t_idx), dim),
-            f"theta file {path} has θ of shape "
-            f"{tuple(theta.shape)} for {len(t_idx)} inputs; expected ({len(t_idx)}, {dim})",
-        )
-        require(
-            np.isfinite(theta).all() and (theta > 0).all(), f"theta file {path} holds NaN, inf or non-positive values"
-        )
-        parts_idx.append(t_idx)
-        parts_theta.append(theta)
-    all_idx = np.concatenate(parts_idx) if parts_idx else np.zeros(0, np.int64)
-    all_theta = np.concatenate(parts_theta) if parts_theta else np.zeros((0, dim))
-    uniq, counts = np.unique(all_idx, return_counts=True)
-    require((counts == 1).all(), f"θ files list inputs {uniq[counts > 1][:5].tolist()} more than once")
-    missing = np.setdiff1d(idx, all_idx)
-    require(
-        len(missing) == 0, f"θ files lack rows for {len(missing)} certified inputs, e.g. idx {missing[:5].tolist()}"
-    )
-    extra = np.setdiff1d(all_idx, idx)
-    require(
-        len(extra) == 0, f"θ files hold {len(extra)} inputs not in the certified table, e.g. idx {extra[:5].tolist()}"
-    )
-    pos = {int(i): k for k, i in enumerate(all_idx)}
-    return all_theta[[pos[int(i)] for i in idx]]
+    """θ (len(idx), dim) float64 for the inputs ``idx``, gathered from θ shard files
+    (:func:`smoothcert.artifacts.read_theta`: every input once, none missing, none extra)."""
+    return read_theta(paths, idx, dim)[0]
 
 
 def _certified_table(path: str | Path) -> tuple[pd.DataFrame, str]:

@@ -445,7 +445,7 @@ def table() -> str:
 
 def write_dvc_yaml(path: Path = DVC_YAML) -> Path:
     """Write :func:`dvc_yaml` to ``path`` (atomically); return the path."""
-    from smoothcert.io import write_text
+    from smoothcert.artifacts import write_text
 
     write_text(path, dvc_yaml())
     return path

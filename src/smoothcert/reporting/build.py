@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from smoothcert import config as config_mod
+from smoothcert.artifacts import atomic_path, write_json, write_text
 from smoothcert.errors import SmoothcertError, require
-from smoothcert.io import atomic_path, write_json, write_text
 from smoothcert.methods import get as get_method
 from smoothcert.reporting import THETA_FIGURE, theta_methods
 from smoothcert.reporting import tables as rep
@@ -156,8 +156,10 @@ def _md_sections(summ: pd.DataFrame, radii_by_norm: dict) -> str:
             ),
             (
                 "Cost per input",
-                rep.COST,
-                "opt_time/opt_evals: σ/θ optimization seconds and forward passes; time/evals: certification.",
+                [*rep.COST, "evals_certified"],
+                "opt_time/opt_evals: σ/θ optimization seconds and forward passes; time/evals: certification; "
+                "evals_certified: certification evaluations per non-abstaining input (with certify.mode: "
+                "sequential each input stops when decided; draws.png shows the distribution).",
             ),
         ]
         out.append(f"## {norm}\n")
@@ -311,6 +313,10 @@ def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, da
         else:
             print(f"smoothcert report: {path.name} is a placeholder ({why})", file=sys.stderr)
             _placeholder(path, f"{method} θ maps", why)
+    if any(e.table["n"].nunique() > 1 for e in experiments if "n" in e.table):
+        plots.draws(experiments, out / "draws.png", f"{dataset}: estimation draws per input (sequential)")
+    else:
+        _placeholder(out / "draws.png", "draws per input", "every input used the same n (certify.mode: fixed)")
     if metrics:
         plots.training(metrics, out / "training.png", f"{dataset}: training")
     else:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from smoothcert.artifacts import read_table
 from smoothcert.errors import SmoothcertError, require
-from smoothcert.io import read_table
 from smoothcert.reporting.tables import Experiment
 
 LOCUSLAB_COLUMNS = ["idx", "label", "predict", "radius", "correct"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from smoothcert.artifacts import atomic_path, write_text
 from smoothcert.errors import SmoothcertError, require
-from smoothcert.io import atomic_path, write_text
 from smoothcert.reporting.tables import markdown, rlabel
 
 METHOD = "cohen"  # the published table is Cohen et al.'s: by default their method's rows are compared with it

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from smoothcert.io import atomic_path  # noqa: E402
+from smoothcert.artifacts import atomic_path  # noqa: E402
 from smoothcert.reporting.tables import MEMORY_ACTIONS, Experiment  # noqa: E402
 
 AXIS = {"l2": "ℓ2 radius (pixel space, [0,1] scale)", "l1": "ℓ1 radius (pixel space, [0,1] scale)"}
@@ -117,6 +117,31 @@ def log_volume(experiments: list[Experiment], path, title: str) -> None:
         ax.set_ylabel("log volume of certified region\n(nats, pixel space [0,1] scale)")
         ax.set_title(f"{norm}: certified correct inputs")
         ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    save(fig, path)
+
+
+def draws(experiments: list[Experiment], path, title: str, per_row: int = 4) -> None:
+    """One panel per experiment whose inputs used different numbers of draws: a histogram of the estimation
+    draws per input (log₂ bins), certified inputs and abstentions stacked, the mean in the title."""
+    shown = [e for e in experiments if "n" in e.table and e.table["n"].nunique() > 1]
+    rows = -(-len(shown) // per_row)
+    cols = min(per_row, len(shown))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(shown) :]:
+        ax.axis("off")
+    for ax, e in zip(axes.flat, shown):
+        n = e.table["n"].to_numpy(dtype=float)
+        ok = e.table["predict"].to_numpy() >= 0
+        bins = 2.0 ** np.arange(np.floor(np.log2(n.min())), np.ceil(np.log2(n.max())) + 1.5) if n.min() > 0 else 10
+        ax.hist([n[ok], n[~ok]], bins=bins, stacked=True, label=["certified", "abstained"])
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{e.method} σ={e.sigma:g} {e.norm}\nmean {n.mean():,.0f} draws", fontsize=8)
+        ax.set_xlabel("estimation draws", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if shown:
+        axes.flat[0].set_ylabel("inputs")
+        axes.flat[0].legend(fontsize=7)
     fig.suptitle(title)
     save(fig, path)
 

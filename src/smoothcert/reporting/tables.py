@@ -134,6 +134,7 @@ def summary_row(df: pd.DataFrame, radii, alpha: float, rho: float) -> dict:
     row["median_log_volume"] = median_log_volume(df)
     for c in COST:
         row[c] = _mean(df, c)
+    row["evals_certified"] = _mean(df[df["predict"] >= 0], "evals") if "predict" in df else float("nan")
     return row
 
 

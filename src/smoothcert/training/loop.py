@@ -18,10 +18,10 @@ from torch import nn
 from tqdm import tqdm
 
 from smoothcert import data as data_mod
+from smoothcert.artifacts import fingerprint, load_torch, log, resume_conflict, save_torch, sha256_tensors, write_table
 from smoothcert.config import OBJECTIVE_SECTIONS, SIGMA_MODE_SECTIONS, ModelSpec
 from smoothcert.engine.noise import make_generator, noisy_copies, stream_seed
 from smoothcert.errors import SmoothcertError, require
-from smoothcert.io import fingerprint, load_torch, log, resume_conflict, save_torch, sha256_tensors, write_table
 from smoothcert.training.models import build_model, prepare_for_inference
 from smoothcert.training.objectives import OBJECTIVES, SIGMA_UPDATERS, TrainContext
 
@@ -89,7 +89,7 @@ NOT_FINGERPRINTED = ("epochs", "workers")
 
 
 def training_fingerprint(cfg: dict, spec: ModelSpec, train_split: tuple, test_split: tuple) -> dict:
-    """:func:`smoothcert.io.fingerprint` of everything a training checkpoint depends on.
+    """:func:`smoothcert.artifacts.fingerprint` of everything a training checkpoint depends on.
 
     The experiment (objective, σ mode, norm, σ), the ``model`` section (arch), the ``train``
     section but ``epochs`` and ``workers``, the objective's section (``macer`` / ``smoothadv``,

@@ -1,4 +1,4 @@
-"""Atomic file writes, safe checkpoint loading and incremental TSV shards.
+"""Artifacts: atomic file writes, safe checkpoint loading, incremental TSV shards and the θ file.
 
 Guarantee: every file this package writes appears complete or not at all
 (written to a temporary file in the same folder, flushed, then renamed), so a
@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from smoothcert.errors import SmoothcertError, require
@@ -415,3 +416,76 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
+# ------------------------------------------------------------------------------------------------ θ files
+THETA_KEYS = ("idx", "theta", "time", "evals")
+
+
+def write_theta(path: str | os.PathLike, idx, theta, time, evals) -> None:
+    """Write a θ file (one shard of a σ / θ search): ``idx`` int64 (n,), ``theta`` float32 (n, d), ``time``
+    float64 (n,) seconds and ``evals`` int64 (n,) base-classifier evaluations per input; atomically."""
+    import torch
+
+    save_torch(
+        path,
+        {
+            "idx": torch.as_tensor(idx, dtype=torch.int64),
+            "theta": torch.as_tensor(theta, dtype=torch.float32),
+            "time": torch.as_tensor(time, dtype=torch.float64),
+            "evals": torch.as_tensor(evals, dtype=torch.int64),
+        },
+    )
+
+
+def read_theta(paths, idx, dim: int) -> tuple:
+    """θ (len(idx), dim) float64, seconds and evals per input, for the inputs ``idx`` (in that order), from one
+    or more θ files (:func:`write_theta`).
+
+    Refuses (one-line error) a file without tensors ``idx`` / ``theta``, θ not of shape (rows of idx, dim),
+    NaN / inf / non-positive θ, ``time`` / ``evals`` of another length, an input listed twice, and any input
+    missing from or extra to ``idx`` (a single file for as many other inputs: "is for test inputs ..."). Files
+    without ``time`` / ``evals`` count zero cost.
+    """
+    import torch
+
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    idx = np.asarray(idx, dtype=np.int64)
+    parts = []
+    for path in paths:
+        blob = load_torch(path, what="theta file")
+        require(isinstance(blob, dict) and {"idx", "theta"} <= set(blob), f"theta file {path} needs idx and theta")
+        for key in THETA_KEYS:
+            require(key not in blob or isinstance(blob[key], torch.Tensor), f"theta file {path}: {key} is not a tensor")
+        t_idx, theta = blob["idx"].reshape(-1).long().numpy(), blob["theta"].double().numpy()
+        n = len(t_idx)
+        require(
+            theta.ndim == 2 and theta.shape == (n, dim),
+            f"theta file {path} has θ of shape {tuple(theta.shape)}, expected ({n}, {dim})",
+        )
+        require(
+            np.isfinite(theta).all() and (theta > 0).all(), f"theta file {path} holds NaN, inf or non-positive values"
+        )
+        cost = []
+        for key, dtype in (("time", np.float64), ("evals", np.int64)):
+            value = blob[key].numpy().astype(dtype) if key in blob else np.zeros(n, dtype)
+            require(value.shape == (n,), f"theta file {path}: {key} has shape {value.shape}, expected ({n},)")
+            cost.append(value)
+        parts.append((t_idx, theta, *cost))
+    if len(parts) == 1 and len(parts[0][0]) == len(idx):  # one shard's file, for as many other inputs
+        t_idx = parts[0][0]
+        require(
+            np.array_equal(np.sort(t_idx), np.sort(idx)),
+            f"theta file {paths[0]} is for test inputs {t_idx[:3].tolist()}..., this shard certifies "
+            f"{idx[:3].tolist()}... (another shard or config?)",
+        )
+    all_idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    uniq, counts = np.unique(all_idx, return_counts=True)
+    require((counts == 1).all(), f"θ files list inputs {uniq[counts > 1][:5].tolist()} more than once")
+    missing, extra = np.setdiff1d(idx, all_idx), np.setdiff1d(all_idx, idx)
+    require(len(missing) == 0, f"θ files lack rows for {len(missing)} inputs, e.g. idx {missing[:5].tolist()}")
+    require(len(extra) == 0, f"θ files hold {len(extra)} inputs not asked for, e.g. idx {extra[:5].tolist()}")
+    pos = {int(i): k for k, i in enumerate(all_idx)}
+    order = [pos[int(i)] for i in idx]
+    theta, time, evals = (np.concatenate([p[k] for p in parts])[order] for k in (1, 2, 3))
+    return theta, time, evals
