@@ -1,5 +1,6 @@
 # smoothcert — thin top-level Snakefile. The experiment grid comes from params.yaml
 # through smoothcert.config; each stage lives in workflow/rules/<stage>.smk and calls the CLI.
+import os
 import sys
 from pathlib import Path
 
@@ -29,8 +30,9 @@ SHARDS = sc_config.shard_names(config)
 EXPERIMENTS = sc_config.experiments(config)
 # The CLI reads the merged, validated config (params.yaml plus any --configfile/--config
 # overrides) from a content-addressed copy, so every job sees exactly what Snakemake saw.
-CONFIG_COPY = sc_config.freeze(config, ".smoothcert")
-SMK = f"smoothcert --config {CONFIG_COPY}"
+# It reaches every job through the environment (locally and in each cluster job, which parses this file
+# again), so that no rule's params depend on the whole config: a job reruns only when what it reads changes.
+os.environ.update(SMOOTHCERT_CONFIG=sc_config.freeze(config, ".smoothcert"))
 
 
 localrules:

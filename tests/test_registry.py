@@ -203,3 +203,31 @@ def test_no_method_name_outside_its_module_and_the_registry():
             if re.search(rf"(?<![A-Za-z0-9]){name}(?![A-Za-z0-9])", code):
                 offenders.append(f"{path.relative_to(REPO)}: {name}")
     assert not offenders, "method names outside methods/: " + "; ".join(offenders)
+
+
+def _imported(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in out if m.startswith("smoothcert")}
+
+
+@pytest.mark.parametrize(
+    "layer,never",
+    [
+        ("engine", ("methods", "training", "pipeline", "reporting", "commands", "cli", "config")),
+        ("methods", ("training", "pipeline", "reporting", "commands", "cli")),
+        ("training", ("pipeline", "reporting", "commands", "cli")),
+        ("pipeline", ("reporting", "commands", "cli")),
+    ],
+)
+def test_dependencies_point_one_way(layer, never):
+    """docs/architecture.md: commands → pipeline / reporting → training → methods → engine → base."""
+    for path in (PACKAGE / layer).glob("*.py"):
+        bad = {
+            m for m in _imported(path) if any(m == f"smoothcert.{n}" or m.startswith(f"smoothcert.{n}.") for n in never)
+        }
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"

@@ -15,6 +15,7 @@ from smoothcert.reporting import paper
 from smoothcert.reporting import tables as rep
 
 FIX = Path(__file__).parent / "fixtures" / "report"
+REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -304,3 +305,28 @@ def test_cifar10_paper_config_is_valid():
     cc = cfg["certify"]
     assert (cc["n"], cc["n0"], cc["alpha"], cfg["test"]["step"]) == (100000, 100, 0.001, 20)
     assert set(paper.COHEN_CIFAR10) == {0.12, 0.25, 0.5, 1.0}
+
+
+def test_report_from_imported_tables_alone(tmp_path):
+    """`smoothcert report --import NAME@SIGMA=PATH` with no --results: tables someone already has, reported with
+    the config's radii, α and ρ (figures included, placeholders where a figure needs what imports lack)."""
+    from smoothcert.cli import main
+
+    out = tmp_path / "report"
+    table = FIX / "locuslab_noise_0.25.tsv"
+    argv = [
+        "--config",
+        str(REPO / "params.yaml"),
+        "report",
+        "--import",
+        f"cohen_paper@0.25={table}",
+        "--import",
+        f"again={table}",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["method"]) == {"cohen_paper", "again"} and set(summary["sigma"].dropna()) == {0.25}
+    assert (out / "certified_accuracy.png").stat().st_size > 1000
+    assert main(["--config", str(REPO / "params.yaml"), "report", "--out", str(tmp_path / "none")]) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -36,6 +37,9 @@ def _chosen(argv: list[str], names: list[str]) -> list[str]:
     return names
 
 
+CONFIG_ENV = "SMOOTHCERT_CONFIG"  # the config a workflow job reads (set by the Snakefile)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with ``argv``, only the subcommand it names is loaded (all when it names none)."""
     parser = _Parser(
@@ -43,7 +47,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="smoothcert: certified robustness by randomized smoothing, one subcommand per pipeline stage",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", default="params.yaml", help="the pipeline configuration (validated before use)")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV, "params.yaml"),
+        help=f"the pipeline configuration, validated before use (default: ${CONFIG_ENV}, which the Snakefile sets to "
+        "its frozen copy of the merged config, else params.yaml)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_Parser)
     names = _names()
     for mod in names if argv is None else _chosen(argv, names):

@@ -10,7 +10,6 @@ rule certify:
     output:
         f"{RESULTS}/{{model}}/{{method}}/shards/{{shard}}.tsv",
     params:
-        smk=SMK,
         data=lambda w, input: parent(input.data[0]),
         triggers=lambda w: trigger_params(config, "certify", method=w.method),
         theta=lambda w, input: f"--theta {input.theta}" if input.theta else "",
@@ -24,7 +23,7 @@ rule certify:
         mem_mb=4000,
         runtime=600,
     shell:
-        "{params.smk} certify --model {wildcards.model} --method {wildcards.method} --checkpoint {input.model} "
+        "smoothcert certify --model {wildcards.model} --method {wildcards.method} --checkpoint {input.model} "
         "--data {params.data} --shard {wildcards.shard} {params.theta} --out {output} --threads {threads} "
         "--no-progress > {log} 2>&1"
 
@@ -35,14 +34,13 @@ rule gather:
     output:
         f"{RESULTS}/{{model}}/{{method}}/certify.tsv",
     params:
-        smk=SMK,
         triggers=trigger_params(config, "gather"),
     conda:
         ENV
     log:
         f"logs/gather/{DATASET}/{{model}}/{{method}}.log",
     shell:
-        "{params.smk} gather {input} --out {output} > {log} 2>&1"
+        "smoothcert gather {input} --out {output} > {log} 2>&1"
 
 
 rule certify_all:

@@ -6,7 +6,6 @@ rule prepare_data:
         train=f"{DATA}/train.pt",
         test=f"{DATA}/test.pt",
     params:
-        smk=SMK,
         data=lambda w, output: parent(output.train),
         triggers=trigger_params(config, "prepare_data"),
     conda:
@@ -15,7 +14,7 @@ rule prepare_data:
         f"logs/prepare_data/{DATASET}.log",
     threads: 1
     shell:
-        "{params.smk} prepare-data --out {params.data} > {log} 2>&1"
+        "smoothcert prepare-data --out {params.data} > {log} 2>&1"
 
 
 rule data_all:

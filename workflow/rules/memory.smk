@@ -10,7 +10,6 @@ rule memory_check:
         table=f"{RESULTS}/{{model}}/{{method}}/final.tsv",
         memory=f"{RESULTS}/{{model}}/{{method}}/memory.npz",
     params:
-        smk=SMK,
         data=lambda w, input: parent(input.data[0]),
         triggers=lambda w: trigger_params(config, "memory_check", method=w.method),
     conda:
@@ -19,5 +18,5 @@ rule memory_check:
         f"logs/memory/{DATASET}/{{model}}/{{method}}.log",
     threads: 1
     shell:
-        "{params.smk} memory-check --certified {input.table} --theta {input.theta} --data {params.data} "
+        "smoothcert memory-check --certified {input.table} --theta {input.theta} --data {params.data} "
         "--out-table {output.table} --out-memory {output.memory} > {log} 2>&1"

@@ -14,7 +14,6 @@ rule optimize:
     wildcard_constraints:
         method="|".join(SEARCHED),
     params:
-        smk=SMK,
         data=lambda w, input: parent(input.data[0]),
         triggers=lambda w: trigger_params(config, "optimize", method=w.method),
         init=lambda w, input: f"--init {input.init}" if input.init else "",
@@ -28,6 +27,6 @@ rule optimize:
         mem_mb=4000,
         runtime=600,
     shell:
-        "{params.smk} optimize-sigma --model {wildcards.model} --method {wildcards.method} --checkpoint {input.model} "
+        "smoothcert optimize-sigma --model {wildcards.model} --method {wildcards.method} --checkpoint {input.model} "
         "--data {params.data} --shard {wildcards.shard} {params.init} --out {output} --threads {threads} --no-progress "
         "> {log} 2>&1"

@@ -24,7 +24,6 @@ rule report:
         training_plot=report(f"{REPORT}/training.png", caption="../report/training_plot.rst", category="Plots"),
         draws=report(f"{REPORT}/draws.png", caption="../report/draws.rst", category="Plots"),
     params:
-        smk=SMK,
         data=lambda w: DATA,
         models=lambda w: MODELS,
         results=lambda w: RESULTS,
@@ -37,4 +36,4 @@ rule report:
     log:
         "logs/report.log",
     shell:
-        "{params.smk} report --results {params.results} --models {params.models} --data {params.data} {params.video} --out {params.report} --metrics {params.metrics} > {log} 2>&1"
+        "smoothcert report --results {params.results} --models {params.models} --data {params.data} {params.video} --out {params.report} --metrics {params.metrics} > {log} 2>&1"

@@ -8,7 +8,6 @@ rule train:
         model=f"{MODELS}/{{model}}/model.pt",
         metrics=f"{MODELS}/{{model}}/metrics.tsv",
     params:
-        smk=SMK,
         data=lambda w, input: parent(input.data[0]),
         out=lambda w, output: parent(output.model),
         triggers=lambda w: trigger_params(config, "train", model=w.model),
@@ -22,7 +21,7 @@ rule train:
         mem_mb=4000,
         runtime=600,
     shell:
-        "{params.smk} train --model {wildcards.model} --data {params.data} --out {params.out} "
+        "smoothcert train --model {wildcards.model} --data {params.data} --out {params.out} "
         "--threads {threads} --no-progress > {log} 2>&1"
 
 

@@ -14,7 +14,6 @@ rule video:
         [f"{RESULTS}/video/sigma-{{sigma}}/{m}/certify.tsv" for m in VIDEO.get("methods", [])],
         model=f"{RESULTS}/video/sigma-{{sigma}}/model.pt",
     params:
-        smk=SMK,
         out=lambda w, output: parent(output.model),
         triggers=trigger_params(config, "video"),
     conda:
@@ -27,5 +26,5 @@ rule video:
         mem_mb=4000,
         runtime=600,
     shell:
-        "{params.smk} video --sigma {wildcards.sigma} --out {params.out} "
+        "smoothcert video --sigma {wildcards.sigma} --out {params.out} "
         "--threads {threads} --no-progress > {log} 2>&1"

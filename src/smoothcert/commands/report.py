@@ -11,7 +11,10 @@ HELP = "build the comparison report (summary/memory/training tables, metrics.jso
 def add_arguments(p):
     add_config(p)
     p.add_argument(
-        "--results", required=True, help="results/<dataset> folder (<model>/<method>/certify.tsv, final.tsv)"
+        "--results",
+        default=None,
+        help="results/<dataset> folder (<model>/<method>/certify.tsv, final.tsv); leave out to report on "
+        "--import tables alone",
     )
     p.add_argument(
         "--models", default=None, help="models/<dataset> folder (<model>/metrics.tsv) for the training tables"

@@ -192,13 +192,15 @@ def build_report(
 ) -> dict:
     """Write every report file into ``out`` (metrics.json and curves into ``metrics_dir`` if given).
 
+    ``results`` None: only the ``imports`` (tables someone already has), with the config's radii, α and ρ.
     Returns the headline metrics (``metrics.json``). Bad or missing tables are one-line errors; nothing
     is bolded or ranked on proxy accuracy (no certificate).
     """
     out = Path(out)
     rc = cfg["report"]
     radii_by_norm = {k: [float(r) for r in v] for k, v in rc["radii"].items()}
-    experiments = load_experiments(cfg, results) + [load_import(t) for t in imports]
+    require(results is not None or imports, "report: nothing to report (give --results and/or --import)")
+    experiments = (load_experiments(cfg, results) if results is not None else []) + [load_import(t) for t in imports]
     keys = [e.key for e in experiments]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     require(not dup, f"two experiments share a name: {dup} (give each --import its own NAME)")
