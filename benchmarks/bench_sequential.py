@@ -92,7 +92,8 @@ class FillMeter:
 
 def run_mode(mode, model, x, idx, sigma, args, sampling, work) -> dict:
     """Per-input results of one mode (cached by groups of inputs in an npz, resumed)."""
-    cache = work / f"sigma-{sigma:g}-{mode}-n{args.n_max}.npz"
+    plan_key = "" if mode == "fixed" else f"-min{args.n_min}-r{args.ratio:g}-{args.bound}"
+    cache = work / f"sigma-{sigma:g}-{mode}-n{args.n_max}{plan_key}.npz"
     done = (
         dict(np.load(cache))
         if cache.exists()
@@ -101,9 +102,8 @@ def run_mode(mode, model, x, idx, sigma, args, sampling, work) -> dict:
     cks = tuple(
         int(k) * args.chunk for k in sequential.schedule(args.n_min // args.chunk, args.n_max // args.chunk, args.ratio)
     )
-    plan = core.SequentialPlan(
-        cks, sequential.UnionCP(cks), tuple(args.radii) if mode == "decide" else None, args.precision
-    )
+    cs = sequential.UnionCP(cks) if args.bound == "union_cp" else sequential.BetaMixture()
+    plan = core.SequentialPlan(cks, cs, tuple(args.radii) if mode == "decide" else None, args.precision)
     meter = FillMeter(model)
     start = len(done["idx"])
     for g in range(start, len(idx), args.group):
@@ -141,7 +141,7 @@ def run_mode(mode, model, x, idx, sigma, args, sampling, work) -> dict:
 def summary(res: dict, labels: np.ndarray, sigma: float, radii, batch_rows: int, fixed: dict | None) -> dict:
     correct = (res["predict"] == labels) & (res["predict"] >= 0)
     radius = np.where(correct, sigma * res["gap"], 0.0)
-    acc = {f"{r:g}": float((radius >= r).mean()) for r in radii}
+    acc = {f"{r:g}": float((correct & (radius >= r)).mean()) for r in radii}
     rows, passes = res["rows"][:, 0].sum(), res["rows"][:, 1].sum()
     out = {
         "inputs": int(len(labels)),
@@ -175,6 +175,7 @@ def main(argv=None):
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--precision", type=float, default=0.1)
+    p.add_argument("--bound", default="union_cp", choices=["union_cp", "beta_mixture"])
     p.add_argument("--batch-size", type=int, default=4000)
     p.add_argument("--group", type=int, default=64, help="inputs in flight (and per cache write)")
     p.add_argument("--modes", nargs="+", default=["fixed", "decide", "estimate"])
@@ -189,6 +190,8 @@ def main(argv=None):
     x, y = data_mod.load_split(data, "test", args.dataset)
     idx = data_mod.test_indices(len(x), 0, 1, args.inputs)
     sampling = core.Sampling(kind="gaussian", batch_size=args.batch_size, chunk=args.chunk, device=device)
+    out = args.out or harness.results_path(f"sequential_{args.dataset}_{device.type}.json")
+    print(f"results -> {out}", flush=True)
     record = {
         "machine": harness.machine(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
@@ -205,8 +208,7 @@ def main(argv=None):
             for mode, r in res.items()
         }
         harness.emit({"sigma": spec.sigma, **{m: record["results"][f"{spec.sigma:g}"][m]["mean_draws"] for m in res}})
-    out = args.out or harness.results_path(f"sequential_{args.dataset}_{device.type}.json")
-    harness.write_result(out, record)
+        harness.write_result(out, record)  # after every σ: a run stopped later keeps what it measured
 
 
 if __name__ == "__main__":

