@@ -4,11 +4,11 @@ Times DDRS (isotropic σ) and ANCER (anisotropic θ) on the same model, the same
 iterations, samples and batch, each run in a fresh process (so that per-process settings count
 as they do in practice), alternating variants in a rotating order over repeats:
 
-* ``ours``: ``smoothcert.optimize.ddrs_sigma`` / ``ancer_theta`` as the pipeline runs them
+* ``ours``: ``smoothcert.methods.ddrs.ddrs_sigma`` / ``smoothcert.methods.ancer.ancer_theta`` as the pipeline runs them
   (``smoothcert`` CLI: allocator tuned by :func:`smoothcert.runtime.tune_allocator`; model as
   ``load_model`` prepares it, channels-last; ``precision: auto``);
 * ``ours_float32`` (precision float32: DDRS then takes dR/dσ by central differences, two forward passes
-  and no backward, :data:`smoothcert.optimize.GRADIENT`), ``ours_float32_autograd`` (float32 with the exact
+  and no backward, :data:`smoothcert.methods.ddrs.GRADIENT`), ``ours_float32_autograd`` (float32 with the exact
   autograd gradient), ``ours_default_malloc`` (glibc's default allocator) and ``ours_plain`` (contiguous model,
   float32, autograd, default allocator), to attribute the gain;
 * ``reference``: ``ddsmoothing.optimize_isotropic_dds`` (ddsmoothing-python) and
@@ -16,7 +16,7 @@ as they do in practice), alternating variants in a rotating order over repeats:
 
 Every process warms up (2 iterations), then times ``--runs`` full runs (their median counts). All ANCER runs start from the
 same DDRS σ (``ours_plain``'s). The results are scored in this process with the same float32
-surrogate and one fixed evaluation noise (:func:`smoothcert.optimize.surrogate`; the proxy
+surrogate and one fixed evaluation noise (:func:`smoothcert.engine.surrogate.surrogate`; the proxy
 radius for θ). Writes ``benchmarks/results/sigma_opt_<device>.json``.
 
 Install the reference packages with ``pip install --no-deps ddsmoothing-python ancer-python``.
@@ -62,13 +62,13 @@ def cpu_info() -> dict:
                 break
     except OSError:
         pass
-    from smoothcert import optimize
+    from smoothcert.engine import surrogate as sg
 
     env = {k: os.environ[k] for k in AVX2_ENV if k in os.environ}
     return {
         "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")},
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "precision_auto": str(optimize.resolve_precision("auto", "cpu")),
+        "precision_auto": str(sg.resolve_precision("auto", "cpu")),
         "dispatch_env": env,
         "emulated_no_avx512": env == AVX2_ENV,
     }
@@ -127,14 +127,15 @@ def _sync(device):
 
 def worker(args) -> None:
     """One variant, one method, one norm in this fresh process: warm up, time one run, save θ and seconds."""
-    from smoothcert import optimize
+    from smoothcert.engine import surrogate as sg
     from smoothcert.engine.noise import make_generator, stream_seed
+    from smoothcert.methods import ancer, ddrs
     from smoothcert.runtime import tune_allocator
     from smoothcert.training.models import prepare_for_inference
 
     variant = args.worker
     tuned = tune_allocator() if variant in ("ours", "ours_float32", "ours_float32_autograd") else False
-    optimize.GRADIENT = "central" if variant in ("ours", "ours_float32", "ours_default_malloc") else "autograd"
+    ddrs.GRADIENT = "central" if variant in ("ours", "ours_float32", "ours_default_malloc") else "autograd"
     torch.set_num_threads(args.threads)
     device = _device(args.device)
     xte, model, _ = _digits(device)
@@ -171,12 +172,12 @@ def worker(args) -> None:
             )
     else:
         m = model if variant == "ours_plain" else prepare_for_inference(copy.deepcopy(model))
-        amp = optimize.resolve_precision("auto" if variant in ("ours", "ours_default_malloc") else "float32", device)
+        amp = sg.resolve_precision("auto" if variant in ("ours", "ours_default_malloc") else "float32", device)
 
         def run(iterations):
             gens = [make_generator(stream_seed(0, i, "optimize"), device) for i in range(b)]
             if args.method == "ddrs":
-                return optimize.ddrs_sigma(
+                return ddrs.ddrs_sigma(
                     m,
                     x,
                     sigma0,
@@ -188,7 +189,7 @@ def worker(args) -> None:
                     generator=gens,
                     amp=amp,
                 )
-            return optimize.ancer_theta(
+            return ancer.ancer_theta(
                 m,
                 x,
                 theta0,
@@ -310,8 +311,8 @@ def main(argv=None) -> dict:
         worker(args)
         return {}
 
-    from smoothcert import optimize
     from smoothcert.artifacts import write_json
+    from smoothcert.engine import surrogate as sg
     from smoothcert.engine.noise import make_generator
 
     torch.set_num_threads(args.threads)
@@ -325,7 +326,7 @@ def main(argv=None) -> dict:
         """Per-input float32 surrogate (proxy radius for θ) on one fixed evaluation noise."""
         with torch.no_grad():
             return (
-                optimize.surrogate(model, x, scale.to(device), norm, args.eval_samples, make_generator(12345, device))
+                sg.surrogate(model, x, scale.to(device), norm, args.eval_samples, make_generator(12345, device))
                 .double()
                 .cpu()
                 .numpy()

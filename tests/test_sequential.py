@@ -105,47 +105,79 @@ def test_smooth_certify_sequential_matches_the_linear_radius_and_saves_draws():
     assert radius < 0.5 and used <= 1100  # "not certified at 0.5" is settled quickly too
 
 
-def test_pipeline_runs_every_method_sequentially(params, tmp_path):
-    """cohen, ddrs (per-input σ, then the memory step) and Smooth-Reduce (radius factor) in sequential mode: same
-    columns, per-input draws in n / evals, fewer draws than fixed mode's n_max."""
+def test_pipeline_runs_every_method_and_norm_sequentially(params, tmp_path):
+    """Every registered method in ℓ2 and ℓ1 (per-input σ / θ, radius factors), the memory step and clips in
+    sequential mode: same columns, per-input draws in n / evals, some inputs stop before n_max."""
+    from smoothcert import methods
+
+    names = methods.names()
     cfg = copy.deepcopy(params)
     cfg["models"] = [
-        {
-            "objective": "gaussian",
-            "sigma_mode": "fixed",
-            "norm": "l2",
-            "sigmas": [0.5],
-            "methods": ["cohen", "ddrs", "smooth_reduce_max"],
-        }
+        {"objective": "gaussian", "sigma_mode": "fixed", "norm": norm, "sigmas": [0.5], "methods": names}
+        for norm in ("l2", "l1")
     ]
     cfg["train"]["epochs"] = 3
-    cfg["test"].update(limit=10, shards=1)
-    cfg["ddrs"].update(iterations=3, samples=4)
-    cfg["video"]["enabled"] = False
+    cfg["test"].update(limit=8, shards=1)
+    cfg["ddrs"].update(iterations=2, samples=4)
+    cfg["ancer"].update(iterations=2, samples=4)
+    cfg["video"].update(enabled=False, epochs=1, frames=4, canvas=10, window=2)
     cfg["certify"].update(mode="sequential", chunk=100, batch_size=2000)
-    cfg["certify"]["sequential"].update(n_min=100, n_max=3200, in_flight=4)
+    cfg["certify"]["sequential"].update(n_min=100, n_max=1600, in_flight=4)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(cfg))
     base, data, models, results = ["--config", str(path)], tmp_path / "d", tmp_path / "m", tmp_path / "r"
-    model = "gaussian-fixed-l2-0.5"
     assert cli.main([*base, "prepare-data", "--out", str(data)]) == 0
-    assert (
-        cli.main([*base, "train", "--model", model, "--data", str(data), "--out", str(models / model), "--no-progress"])
-        == 0
-    )
-    ckpt = ["--checkpoint", str(models / model / "model.pt"), "--data", str(data), "--shard", "0-of-1", "--no-progress"]
-    theta = results / "ddrs.pt"
-    assert cli.main([*base, "optimize-sigma", "--model", model, "--method", "ddrs", *ckpt, "--out", str(theta)]) == 0
-    for method in ("cohen", "ddrs", "smooth_reduce_max"):
-        out = results / f"{method}.tsv"
-        extra = ["--theta", str(theta)] if method == "ddrs" else []
-        assert cli.main([*base, "certify", "--model", model, "--method", method, *ckpt, *extra, "--out", str(out)]) == 0
-        table = pd.read_csv(out, sep="\t")
-        assert len(table) == 10 and set(table["n"]) <= {100 * 2**k for k in range(6)}
-        assert (table["n"] < 3200).any(), method
-        assert (table["evals"] >= table["n0"] + table["n"]).all()
+
+    def check(table: pd.DataFrame, what: str) -> None:
+        assert set(table["n"]) <= {100 * 2**k for k in range(5)}, what
+        assert (table["evals"] >= table["n0"] + table["n"]).all(), what
         ok = table["predict"] >= 0
-        assert (table.loc[ok, "pA_lower"] > 0.5).all() and (table.loc[~ok, "radius"] == 0).all()
+        assert (table.loc[ok, "pA_lower"] > 0.5).all() and (table.loc[~ok, "radius"] == 0).all(), what
+
+    stopped_early = set()
+    for norm in ("l2", "l1"):
+        model = f"gaussian-fixed-{norm}-0.5"
+        argv = ["--model", model, "--data", str(data), "--out", str(models / model), "--no-progress"]
+        assert cli.main([*base, "train", *argv]) == 0
+        ckpt = ["--checkpoint", str(models / model / "model.pt"), "--data", str(data), "--shard", "0-of-1"]
+        for name in names:
+            m, folder = methods.get(name), results / model / name
+            extra = []
+            if m.per_input_sigma:
+                init = ["--init", str(results / model / m.init_from / "theta.pt")] if m.init_from else []
+                theta = folder / "theta.pt"
+                opt = [*base, "optimize-sigma", "--model", model, "--method", name, *ckpt, *init, "--out", str(theta)]
+                assert cli.main([*opt, "--no-progress"]) == 0
+                extra = ["--theta", str(theta)]
+            out = folder / "certify.tsv"
+            cert = [*base, "certify", "--model", model, "--method", name, *ckpt, *extra, "--out", str(out)]
+            assert cli.main([*cert, "--no-progress"]) == 0
+            table = pd.read_csv(out, sep="\t")
+            check(table, f"{model}/{name}")
+            if (table["n"] < 1600).any():
+                stopped_early.add(name)
+            if m.memory:
+                final = folder / "final.tsv"
+                argv = [
+                    "memory-check",
+                    "--certified",
+                    str(out),
+                    "--theta",
+                    str(folder / "theta.pt"),
+                    "--data",
+                    str(data),
+                    "--out-table",
+                    str(final),
+                    "--out-memory",
+                    str(folder / "memory.npz"),
+                ]
+                assert cli.main([*base, *argv]) == 0
+                assert len(pd.read_csv(final, sep="\t")) == len(table)
+    assert stopped_early, "no input stopped before n_max"
+    video = results / "video"
+    assert cli.main([*base, "video", "--sigma", "0.5", "--out", str(video), "--no-progress"]) == 0
+    for name in cfg["video"]["methods"]:
+        check(pd.read_csv(video / name / "certify.tsv", sep="\t"), f"video/{name}")
 
 
 def test_sequential_predict_stops_early_and_abstains_on_ties():

@@ -662,6 +662,14 @@ class Smooth:
             )[0]
         )
 
+    def _schedule(self, n_max: int, batch_size: int) -> tuple[tuple[int, ...], Sampling]:
+        """Checkpoints doubling from c = gcd(batch_size, n_max) to n_max, and sampling in chunks of c."""
+        from smoothcert.engine import sequential
+
+        chunk = math.gcd(int(batch_size), int(n_max))
+        cks = tuple(int(c) * chunk for c in sequential.schedule(1, n_max // chunk, 2.0))
+        return cks, Sampling(kind=self.kind, batch_size=batch_size, chunk=chunk, device=self.device)
+
     def certify_sequential(
         self,
         x: torch.Tensor,
@@ -682,10 +690,8 @@ class Smooth:
         """
         from smoothcert.engine import sequential
 
-        chunk = math.gcd(int(batch_size), int(n_max))
-        cks = tuple(int(c) * chunk for c in sequential.schedule(1, n_max // chunk, 2.0))
+        cks, sampling = self._schedule(n_max, batch_size)
         plan = SequentialPlan(cks, sequential.UnionCP(cks), None if radius is None else (float(radius),), precision)
-        sampling = Sampling(kind=self.kind, batch_size=batch_size, chunk=chunk, device=self.device)
         out = certify_sequential_batch(
             self.base_classifier,
             x.unsqueeze(0),
@@ -706,11 +712,7 @@ class Smooth:
     def predict_sequential(self, x: torch.Tensor, n_max: int, alpha: float, batch_size: int) -> tuple[int, int]:
         """PREDICT with early stopping (:func:`predict_sequential_batch`): (g(x) or ABSTAIN, draws used); a class
         other than g(x) is returned with probability ≤ alpha. Checkpoints double from gcd(batch_size, n_max)."""
-        from smoothcert.engine import sequential
-
-        chunk = math.gcd(int(batch_size), int(n_max))
-        cks = [int(c) * chunk for c in sequential.schedule(1, n_max // chunk, 2.0)]
-        sampling = Sampling(kind=self.kind, batch_size=batch_size, chunk=chunk, device=self.device)
+        cks, sampling = self._schedule(n_max, batch_size)
         out = predict_sequential_batch(
             self.base_classifier,
             x.unsqueeze(0),
