@@ -102,9 +102,7 @@ def make_moving_digits(cfg: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor
     v = settings(cfg)
     bunch = load_digits()
     x = bunch.images.astype(np.float32) / 16.0
-    xtr, xte, ytr, yte = data_mod.stratified_split(
-        x, bunch.target.astype(np.int64), cfg["data"]["test_fraction"], seed
-    )
+    xtr, xte, ytr, yte = data_mod.stratified_split(x, bunch.target.astype(np.int64), cfg["data"]["test_fraction"], seed)
     out = []
     for split, (images, labels) in enumerate(((xtr, ytr), (xte, yte))):
         rng = np.random.default_rng([int(seed), 1000 + split])
