@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test lint dag clean
+.PHONY: setup run test lint dag clean experiment
 
 $(BIN)/smoothcert: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: setup  ## ruff check, ruff format --check, snakemake --lint: all three run
 	$(BIN)/ruff format --check . || status=1; \
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --lint || status=1; \
 	exit $$status
+
+experiment: setup  ## one experiment config in runs/<name>/, resumable: make experiment CONFIG=config/mnist5k.yaml [QUICK=1]
+	@test -n "$(CONFIG)" || { echo "usage: make experiment CONFIG=config/<name>.yaml [QUICK=1]" >&2; exit 2; }
+	PATH=$(CURDIR)/$(BIN):$$PATH workflow/scripts/experiment.sh $(CONFIG) $(if $(QUICK),config/quick.yaml)
 
 dag: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --dag | dot -Tpng > dag.png

@@ -296,6 +296,11 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     name = cfg["dataset"]
     meta = info(name)
     xtr, xte, ytr, yte = LOADERS[name](cfg)
+    limit = cfg.get("train_limit")  # validated configs always say; callers of this function may leave it out
+    if limit is not None and limit < len(xtr):
+        from sklearn.model_selection import train_test_split
+
+        xtr, _, ytr, _ = train_test_split(xtr, ytr, train_size=int(limit), stratify=ytr, random_state=cfg["seed"])
     for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
         require(len(x) > 0, f"dataset {name}: the {split} split is empty")
         expected = (meta.channels, meta.size, meta.size)
