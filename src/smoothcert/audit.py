@@ -765,7 +765,7 @@ def sequential(
     )
     radius = np.where(out["predict"] == 1, sigma * out["gap"], 0.0)
     failed = (out["predict"] == 0) | (radius > margin * (1 + 1e-9))
-    name = f"sequential_{target}_{norm_name}" + ("" if bound == "union_cp" else f"_{bound}")
+    name = f"sequential_{target}_{norm_name}" + ("" if bound in ("union_cp", "broken") else f"_{bound}")
     return verdict(
         name if bound != "broken" else f"broken_{name}",
         trials,
