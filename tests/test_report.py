@@ -165,6 +165,8 @@ def _args(tmp: Path, *extra):
 
 
 OUTPUTS = [
+    "claims.csv",
+    "claims.md",
     "summary.csv",
     "summary.md",
     "memory.csv",
@@ -330,3 +332,25 @@ def test_report_from_imported_tables_alone(tmp_path):
     assert set(summary["method"]) == {"cohen_paper", "again"} and set(summary["sigma"].dropna()) == {0.25}
     assert (out / "certified_accuracy.png").stat().st_size > 1000
     assert main(["--config", str(REPO / "params.yaml"), "report", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_claims_are_paired_over_the_same_inputs(tmp_path):
+    """claims.csv: DDRS vs Cohen on the fixture tables, recomputed by hand (paired mean and t-interval of the
+    per-input ACR contribution); the memory step's cost; a claim with a closed-form difference."""
+    from scipy import stats as sps
+
+    from smoothcert.reporting.claims import paired
+
+    tmp = _layout(tmp_path)
+    assert main(_args(tmp, "--no-plots")) == 0
+    rows = pd.read_csv(tmp / "report" / "claims.csv")
+    ddrs = rows[(rows["metric"] == "acr") & rows["claim"].str.startswith("DDRS")].iloc[0]
+    a, b = (pd.read_csv(FIX / f"{m}.tsv", sep="\t").set_index("idx") for m in ("ddrs_final", "cohen"))
+    d = (a["radius"] * a["correct"] - b["radius"] * b["correct"]).dropna().to_numpy()
+    half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert ddrs["inputs"] == len(d) and ddrs["difference"] == pytest.approx(d.mean())
+    assert ddrs["ci_low"] == pytest.approx(d.mean() - half) and ddrs["ci_high"] == pytest.approx(d.mean() + half)
+    assert ddrs["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    assert (rows["metric"] == "certified@0 lost").any()
+    n, mean, low, high = paired(pd.Series([1.0, 2.0, 3.0]), pd.Series([0.0, 0.0, 0.0]))
+    assert (n, mean) == (3, 2.0) and low == pytest.approx(2 - sps.t.ppf(0.975, 2) / np.sqrt(3))

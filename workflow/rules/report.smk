@@ -13,6 +13,7 @@ rule report:
         memory=report(f"{REPORT}/memory.csv", caption="../report/memory.rst", category="Tables"),
         training=report(f"{REPORT}/training.csv", caption="../report/training.rst", category="Tables"),
         objectives=report(f"{REPORT}/objectives.csv", caption="../report/objectives.rst", category="Tables"),
+        claims=report(f"{REPORT}/claims.csv", caption="../report/claims.rst", category="Tables"),
         metrics=f"{METRICS}/metrics.json",
         curves=f"{METRICS}/curves.csv",
         plot=report(f"{REPORT}/certified_accuracy.png", caption="../report/certified_accuracy.rst", category="Plots"),

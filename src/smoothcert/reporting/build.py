@@ -238,6 +238,17 @@ def build_report(
     )
     write_csv(out / "training.csv", train)
     write_csv(out / "objectives.csv", objectives)
+    from smoothcert.reporting.claims import claims
+
+    checked = claims(experiments)
+    write_csv(out / "claims.csv", checked)
+    write_text(
+        out / "claims.md",
+        "# Claims of the seed papers, on this run\n\nPaired over the same test inputs: mean difference (first method "
+        "minus the one it is compared with) and its 95 % t-interval; reproduced when the interval is above 0 (for "
+        "the memory step: at most 1 point lost).\n\n"
+        + (rep.markdown(checked) if len(checked) else "No pair of experiments in this run checks a claim.\n"),
+    )
     md = "# Training\n\n"
     md += (
         "Final-epoch metrics of each base model (test accuracies of the base classifier, "
