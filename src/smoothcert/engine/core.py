@@ -395,6 +395,36 @@ def certify_batch(
     }
 
 
+def _rounds(model, x, scale, num_classes: int, seeds: list[int], sampling: Sampling, checkpoints, running: np.ndarray):
+    """Advance the inputs still ``running`` (a mask the caller updates between rounds) checkpoint by checkpoint.
+
+    Yields ``(k, n_k, idx, counts)``: the class counts (len(idx), num_classes) of draws n_{k-1} … n_k of each input
+    ``idx`` still running, the continuation of its own stream (``first_chunk``), all in one :func:`count_classes`
+    call so that forward batches stay full. Checkpoints but the last must be whole chunks.
+    """
+    cks = np.asarray(checkpoints, dtype=np.int64)
+    chunk = int(sampling.chunk)
+    assert all(c % chunk == 0 for c in cks[:-1]), "checkpoints must be multiples of the chunk"
+    prev = 0
+    for k, n_k in enumerate(cks):
+        idx = np.flatnonzero(running)
+        if not len(idx):
+            return
+        sub = scale if not torch.is_tensor(scale) or scale.ndim == 0 else scale[torch.as_tensor(idx)]
+        est = count_classes(
+            model,
+            x[torch.as_tensor(idx)],
+            sub,
+            int(n_k - prev),
+            num_classes,
+            [seeds[i] for i in idx],
+            sampling,
+            first_chunk=prev // chunk,
+        )
+        yield k, int(n_k), idx, est
+        prev = int(n_k)
+
+
 @dataclass(frozen=True)
 class SequentialPlan:
     """What sequential CERTIFY aims for and when it may stop.
@@ -447,41 +477,22 @@ def certify_sequential_batch(
     b = x.shape[0]
     sel = count_classes(model, x, scale, n0, num_classes, seeds_select, sampling)
     guess = sel.argmax(1)
-    cks = np.asarray(plan.checkpoints, dtype=np.int64)
-    chunk = int(sampling.chunk)
-    assert all(c % chunk == 0 for c in cks[:-1]), "checkpoints must be multiples of the chunk"
     counts = np.zeros(b, dtype=np.int64)
     used = np.zeros(b, dtype=np.int64)
     low = np.zeros(b)
     running = np.ones(b, dtype=bool)
     s = np.asarray(radius_scale, dtype=float)
-    n_max = int(cks[-1])
+    n_max, last = int(plan.checkpoints[-1]), len(plan.checkpoints) - 1
     if plan.radii is not None:
         thresholds = np.stack([stats.p_of_gap(np.asarray(r) / s, norm) for r in plan.radii], 1)  # (B, R)
-    prev = 0
-    for k, n_k in enumerate(cks):
-        idx = np.flatnonzero(running)
-        if not len(idx):
-            break
-        sub_scale = scale if not torch.is_tensor(scale) or scale.ndim == 0 else scale[torch.as_tensor(idx)]
-        est = count_classes(
-            model,
-            x[torch.as_tensor(idx)],
-            sub_scale,
-            int(n_k - prev),
-            num_classes,
-            [seeds_estimate[i] for i in idx],
-            sampling,
-            progress=None,
-            first_chunk=prev // chunk,
-        )
+    rounds = _rounds(model, x, scale, num_classes, seeds_estimate, sampling, plan.checkpoints, running)
+    for k, n_k, idx, est in rounds:
         counts[idx] += est[np.arange(len(idx)), guess[idx]]
         used[idx] = n_k
-        prev = int(n_k)
         c, n = counts[idx], np.full(len(idx), n_k)
         lo = plan.cs.lower(c, n, alpha)
         low[idx] = lo
-        if k == len(cks) - 1:  # the budget is spent
+        if k == last:  # the budget is spent
             done = np.ones(len(idx), dtype=bool)
         else:
             # the bound the whole budget would give if pA were as large as the upper bound allows: what is not
@@ -554,37 +565,19 @@ def predict_sequential_batch(
     ≤ alpha (union bound). Draws with non-finite logits count for the runner-up, as in :func:`predict_batch`.
     Returns ``predict`` and ``n`` (draws used per input).
     """
-    cks = np.asarray(checkpoints, dtype=np.int64)
-    chunk = int(sampling.chunk)
-    assert all(c % chunk == 0 for c in cks[:-1]), "checkpoints must be multiples of the chunk"
     b = x.shape[0]
     counts = np.zeros((b, num_classes), dtype=np.int64)
     out = np.full(b, ABSTAIN, dtype=np.int64)
     used = np.zeros(b, dtype=np.int64)
     running = np.ones(b, dtype=bool)
-    prev = 0
-    for n_k in cks:
-        idx = np.flatnonzero(running)
-        if not len(idx):
-            break
-        sub = scale if not torch.is_tensor(scale) or scale.ndim == 0 else scale[torch.as_tensor(idx)]
-        counts[idx] += count_classes(
-            model,
-            x[torch.as_tensor(idx)],
-            sub,
-            int(n_k - prev),
-            num_classes,
-            [seeds[i] for i in idx],
-            sampling,
-            first_chunk=prev // chunk,
-        )
-        prev = int(n_k)
+    for _, n_k, idx, est in _rounds(model, x, scale, num_classes, seeds, sampling, checkpoints, running):
+        counts[idx] += est
         used[idx] = n_k
         for i in idx:
             row = counts[i]
             top2 = np.argsort(-row, kind="stable")[:2]
             n_a, n_b = row[top2[0]], row[top2[1]] + (n_k - row.sum())
-            if n_a > 0 and stats.binomial_pvalue(n_a, n_b) <= alpha / len(cks):
+            if n_a > 0 and stats.binomial_pvalue(n_a, n_b) <= alpha / len(checkpoints):
                 out[i], running[i] = top2[0], False
     return {"predict": out, "n": used}
 
