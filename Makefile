@@ -30,9 +30,9 @@ lint: setup  ## ruff check, ruff format --check, snakemake --lint: all three run
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --lint || status=1; \
 	exit $$status
 
-experiment: setup  ## one experiment config in runs/<name>/, resumable: make experiment CONFIG=config/mnist5k.yaml [QUICK=1]
+experiment: setup  ## one experiment config in runs/<name>/, resumable, page -> docs/results/: make experiment CONFIG=config/mnist5k.yaml [QUICK=1]
 	@test -n "$(CONFIG)" || { echo "usage: make experiment CONFIG=config/<name>.yaml [QUICK=1]" >&2; exit 2; }
-	PATH=$(CURDIR)/$(BIN):$$PATH workflow/scripts/experiment.sh $(CONFIG) $(if $(QUICK),config/quick.yaml)
+	PUBLISH=$(if $(QUICK),0,1) PATH=$(CURDIR)/$(BIN):$$PATH workflow/scripts/experiment.sh $(CONFIG) $(if $(QUICK),config/quick.yaml)
 
 dag: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --dag | dot -Tpng > dag.png

@@ -176,14 +176,15 @@ def _strings(path: Path) -> set[str]:
 def test_no_method_name_outside_its_module_and_the_registry():
     """Code branches on registry flags, never on a method's name: names appear only in methods/ (and in
     docstrings and comments; the audit's labels name what they test, and a paper's published numbers and claims
-    name the methods they are about)."""
+    name the methods they are about, and the importers name the reference codebases whose tables they read)."""
     names = set(methods.names())
     allowed = {
         PACKAGE / "methods",
         PACKAGE / "audit.py",
         PACKAGE / "reporting" / "paper.py",
         PACKAGE / "reporting" / "claims.py",
-    }  # the papers' numbers and claims are about their methods
+        PACKAGE / "reporting" / "importers.py",
+    }  # the papers' numbers and claims are about their methods; the importers read their reference code's tables
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         if any(path == a or a in path.parents for a in allowed):

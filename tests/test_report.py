@@ -178,6 +178,8 @@ OUTPUTS = [
     "curves.csv",
     "curves_proxy.csv",
     "certified_accuracy.png",
+    "certified_accuracy_sigma.png",
+    "certified_accuracy_objective.png",
     "certified_accuracy_proxy.png",
     "log_volume.png",
     "memory_effect.png",
@@ -229,6 +231,28 @@ def test_whole_report_from_fixtures(tmp_path):
     assert len(train) == 3 and train["train_time"].tolist() == [2.5] * 3
     obj = pd.read_csv(out / "objectives.csv")
     assert {"gaussian", "macer"} <= set(obj["objective"]) and "cohen acr" in obj.columns
+    _check_page(out, s, tmp)
+
+
+def _check_page(out: Path, s: pd.DataFrame, tmp: Path) -> None:
+    """The results page: computed headline, a section per question, every linked figure published with it."""
+    from smoothcert.reporting.page import FIGURE_LINK
+
+    text = (out / "page.md").read_text()
+    claims = pd.read_csv(out / "claims.csv")
+    reproduced = int((claims["verdict"] == "reproduced").sum())
+    assert f"**Headline**: {reproduced} of {len(claims)} claim rows reproduced" in text
+    best = s[s["norm"] == "l2"].sort_values("acr").iloc[-1]
+    assert f"best ACR {best['acr']:.3f} ({best['method']}" in text
+    for section in ("## Claims checked", "## Certified accuracy (l2)", "## Memory step", "## Certification cost"):
+        assert section in text
+    links = {name for _, name in FIGURE_LINK.findall(text)}
+    assert {"certified_accuracy.png", "certified_accuracy_sigma.png", "memory_effect.png"} <= links
+    assert main(["publish", "--report", str(out), "--out", str(tmp / "docs" / "toy.md")]) == 0
+    published = (tmp / "docs" / "toy.md").read_text()
+    assert "](toy/certified_accuracy_sigma.png)" in published and "](certified_accuracy.png)" not in published
+    assert all((tmp / "docs" / "toy" / name).stat().st_size > 1000 for name in links)
+    assert main(["publish", "--report", str(tmp), "--out", str(tmp / "x.md")]) == 2  # no page there
 
 
 def test_report_without_optional_inputs(tmp_path):

@@ -2,7 +2,7 @@
 from smoothcert.pipeline.stages import trigger_params  # rerun triggers: what each job reads (the stage map)
 from pathlib import Path
 
-from smoothcert.reporting import theta_figures
+from smoothcert.reporting import CURVE_FIGURES, theta_figures
 
 ENV = "../envs/smoothcert.yaml"  # each rule's software (with --sdm conda; otherwise the active environment)
 

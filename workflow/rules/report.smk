@@ -10,13 +10,15 @@ rule report:
     output:
         summary=report(f"{REPORT}/summary.csv", caption="../report/summary.rst", category="Tables"),
         markdown=f"{REPORT}/summary.md",
+        page=f"{REPORT}/page.md",
         memory=report(f"{REPORT}/memory.csv", caption="../report/memory.rst", category="Tables"),
         training=report(f"{REPORT}/training.csv", caption="../report/training.rst", category="Tables"),
         objectives=report(f"{REPORT}/objectives.csv", caption="../report/objectives.rst", category="Tables"),
         claims=report(f"{REPORT}/claims.csv", caption="../report/claims.rst", category="Tables"),
         metrics=f"{METRICS}/metrics.json",
         curves=f"{METRICS}/curves.csv",
-        plot=report(f"{REPORT}/certified_accuracy.png", caption="../report/certified_accuracy.rst", category="Plots"),
+        curves_plots=[report(f"{REPORT}/{name}", caption="../report/certified_accuracy.rst", category="Plots")
+                      for name in CURVE_FIGURES],
         proxy=report(f"{REPORT}/certified_accuracy_proxy.png", caption="../report/certified_accuracy_proxy.rst",
                      category="Plots"),
         volume=report(f"{REPORT}/log_volume.png", caption="../report/log_volume.rst", category="Plots"),

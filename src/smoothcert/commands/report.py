@@ -26,9 +26,11 @@ def add_arguments(p):
         dest="imports",
         action="append",
         default=[],
-        metavar="NAME[@SIGMA]=PATH",
-        help="add a table in locuslab/smoothing's format (idx label predict radius correct time) "
-        "as method NAME (ℓ2; σ from @SIGMA or a noise_<σ>/sigma_<σ> part of PATH)",
+        metavar="NAME[:NORM][@SIGMA]=PATH",
+        help="add a certify table as method NAME, its format told by its header: locuslab/smoothing "
+        "(idx label predict radius correct time), DDRS certify_ds.py (… correct sigma time: per-input σ) or "
+        "ANCER (idx label predict radius radius_proxy correct min_sigma time); NORM l1 or l2 (default l2; "
+        "the tables do not record it); σ from @SIGMA or a noise_<σ>/sigma_<σ> part of PATH",
     )
     p.add_argument(
         "--video",

@@ -18,7 +18,7 @@ from smoothcert import config as config_mod
 from smoothcert.artifacts import atomic_path, write_json, write_text
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.methods import get as get_method
-from smoothcert.reporting import THETA_FIGURE, theta_methods
+from smoothcert.reporting import CURVE_FIGURES, THETA_FIGURE, theta_methods
 from smoothcert.reporting import tables as rep
 from smoothcert.reporting.importers import IMPORT_MODEL, load_import, nonempty_table, read_locuslab
 
@@ -285,7 +285,36 @@ def build_report(
 
     if plot:
         _figures(out, cfg, experiments, curves, curves_proxy, mem, metrics, data)
+    from smoothcert.reporting.page import PAGE, page
+
+    text, _ = page(cfg, summ, checked, mem, objectives, train, {p.name for p in out.glob("*.png")})
+    write_text(out / PAGE, text)
     return head
+
+
+def _attr(e: rep.Experiment, name: str):
+    return f"{e.objective}/{e.sigma_mode}" if name == "training" else getattr(e, name)
+
+
+def _shown(name: str, value) -> str:
+    if name == "sigma":
+        return f"σ={value:g}"
+    return {"l2": "ℓ2", "l1": "ℓ1"}.get(value, value) if name == "norm" else str(value)
+
+
+def curve_panels(
+    experiments: list[rep.Experiment], fixed: tuple[str, ...], vary: str, fewest: int = 1
+) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Panels [(title, [(experiment key, label)])]: experiments that agree on ``fixed``, labelled by ``vary``;
+    panels with fewer than ``fewest`` distinct values of ``vary`` are left out."""
+    groups: dict[tuple, list[rep.Experiment]] = {}
+    for e in experiments:
+        groups.setdefault(tuple(_attr(e, f) for f in fixed), []).append(e)
+    return [
+        (" · ".join(_shown(f, v) for f, v in zip(fixed, key)), [(e.key, _shown(vary, _attr(e, vary))) for e in es])
+        for key, es in groups.items()
+        if len({_attr(e, vary) for e in es}) >= fewest
+    ]
 
 
 def _placeholder(path: Path, title: str, why: str) -> None:
@@ -303,12 +332,20 @@ def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, da
     from smoothcert.reporting import plots
 
     dataset = cfg["data"]["dataset"]
-    plots.certified_accuracy(
-        curves, experiments, out / "certified_accuracy.png", f"{dataset}: certified accuracy vs radius"
-    )
-    plots.certified_accuracy(
+    questions = {"method": "methods at one σ", "sigma": "σ for one method", "training": "training objectives"}
+    for name, (fixed, vary, fewest) in CURVE_FIGURES.items():
+        panels = curve_panels(experiments, fixed, vary, fewest)
+        if panels:
+            plots.curve_panels(
+                curves, panels, out / name, f"{dataset}: certified accuracy vs radius, {questions[vary]}"
+            )
+        else:
+            _placeholder(
+                out / name, f"certified accuracy, {questions[vary]}", f"no two experiments differ only in {vary}"
+            )
+    plots.curve_panels(
         curves_proxy,
-        experiments,
+        curve_panels(experiments, *CURVE_FIGURES["certified_accuracy.png"]),
         out / "certified_accuracy_proxy.png",
         f"{dataset}: proxy accuracy vs volume-equivalent radius (NOT a certificate)",
         proxy=True,

@@ -17,7 +17,6 @@ from smoothcert.reporting.tables import MEMORY_ACTIONS, Experiment  # noqa: E402
 
 AXIS = {"l2": "ℓ2 radius (pixel space, [0,1] scale)", "l1": "ℓ1 radius (pixel space, [0,1] scale)"}
 STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3))]
-MARKERS = [None, "o", "s", "^", "D", "v"]
 DPI = 110
 
 
@@ -37,57 +36,40 @@ def _norms(curves: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(curves["norm"]))
 
 
-def _style_maps(experiments: list[Experiment]):
-    methods = list(dict.fromkeys(e.method for e in experiments))
-    sigmas = sorted({e.sigma for e in experiments if np.isfinite(e.sigma)})
-    variants = list(dict.fromkeys((e.objective, e.sigma_mode) for e in experiments))
-    cmap = plt.get_cmap("viridis")
-    colors = {s: cmap(0.85 * i / max(1, len(sigmas) - 1)) for i, s in enumerate(sigmas)}
-    return (
-        {m: STYLES[i % len(STYLES)] for i, m in enumerate(methods)},
-        colors,
-        {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(variants)},
-        len(variants) > 1,
-    )
-
-
-def certified_accuracy(
-    curves: pd.DataFrame, experiments: list[Experiment], path, title: str, proxy: bool = False
+def curve_panels(
+    curves: pd.DataFrame, panels: list[tuple[str, list[tuple[str, str]]]], path, title: str, proxy: bool = False
 ) -> None:
-    """One panel per norm: certified accuracy vs radius; line style per method, color per σ."""
-    norms = _norms(curves)
-    styles, colors, markers, many = _style_maps(experiments)
-    by_key = {e.key: e for e in experiments}
-    fig, axes = _panels(len(norms))
-    for ax, norm in zip(axes[0], norms):
-        part = curves[curves["norm"] == norm]
-        shown = [by_key[k] for k in dict.fromkeys(part["experiment"])]
-        # one σ in the panel: color by method instead, so methods stay distinguishable
-        by_method = len({e.sigma for e in shown}) == 1 and len({e.method for e in shown}) > 1
-        mcolors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(dict.fromkeys(e.method for e in shown))}
-        for key, c in part.groupby("experiment", sort=False):
-            e = by_key[key]
-            label = f"{e.method}, σ={e.sigma:g}" + (f" ({e.objective}/{e.sigma_mode})" if many else "")
-            color = mcolors[e.method] if by_method else colors.get(e.sigma, "black")
+    """A grid of certified-accuracy panels, one question each: ``panels`` is [(panel title, [(experiment key,
+    curve label), …])]; a panel holds the few curves it compares (colors by curve), every panel the same axes."""
+    per_row = min(3, max(1, len(panels)))
+    rows = -(-len(panels) // per_row)
+    fig, axes = plt.subplots(
+        rows, per_row, figsize=(4.6 * per_row, 3.6 * rows), squeeze=False, layout="constrained", sharey=True
+    )
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (name, shown) in zip(axes.flat, panels):
+        norm = None
+        for i, (key, label) in enumerate(shown):
+            c = curves[curves["experiment"] == key]
+            norm = c["norm"].iloc[0] if len(c) else norm
             ax.plot(
                 c["radius"],
                 c["certified_accuracy"],
-                linestyle=styles[e.method],
-                color=color,
-                marker=markers[(e.objective, e.sigma_mode)],
-                markevery=max(1, len(c) // 8),
-                markersize=4,
+                color=plt.get_cmap("tab10")(i % 10),
+                linestyle=STYLES[i // 10 % len(STYLES)],
                 label=label,
                 linewidth=1.6,
             )
-        name = AXIS.get(norm, f"{norm} radius")
-        ax.set_xlabel(("proxy (volume-equivalent) " if proxy else "") + name)
-        ax.set_ylabel("proxy accuracy (not certified)" if proxy else "certified accuracy")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(("proxy " if proxy else "") + AXIS.get(norm, f"{norm} radius"), fontsize=8)
         ax.set_ylim(0, 1.02)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{norm}")
-        ax.legend(fontsize=7, loc="upper right", ncol=1 if len(part["experiment"].unique()) <= 10 else 2)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper right")
+    for row in axes:
+        row[0].set_ylabel("proxy accuracy (not certified)" if proxy else "certified accuracy", fontsize=8)
     fig.suptitle(title)
     save(fig, path)
 

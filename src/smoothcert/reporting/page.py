@@ -1,0 +1,199 @@
+"""The results page of a run: one markdown file that answers "does it reproduce the papers?" from the report.
+
+:func:`page` turns the report's tables (summary, claims, memory, objectives, training) and the run's config
+into ``page.md`` next to the report's figures; :func:`publish` copies it with the figures it links to
+(``docs/results/<dataset>.md`` + ``docs/results/<dataset>/``). Every number on the page comes from the
+tables; the headline is computed, never written by hand.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from smoothcert.artifacts import write_text
+from smoothcert.errors import require
+from smoothcert.reporting import CURVE_FIGURES, theta_figures
+from smoothcert.reporting import tables as rep
+
+PAGE = "page.md"
+SHOWN = ["objective", "sigma_mode", "method", "sigma"]
+FIGURE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)/]+\.png)\)")
+
+
+def _radii(cfg: dict, norm: str) -> list[float]:
+    """Radii worth a column: the decided radii in sequential 'decide' mode (the table's radii are those),
+    else the report grid."""
+    c = cfg["certify"]
+    if c["mode"] == "sequential" and c["sequential"]["target"] == "decide":
+        return [float(r) for r in c["sequential"]["radii"]]
+    return [float(r) for r in cfg["report"]["radii"][norm]]
+
+
+def _table(df: pd.DataFrame, cols: list[str]) -> str:
+    cols = [c for c in cols if c in df]
+    return rep.markdown(df[cols].reset_index(drop=True)) if len(df) else "(none in this run)\n"
+
+
+def headline(summ: pd.DataFrame, claims: pd.DataFrame, radius: float) -> str:
+    """One line: how many claim rows reproduced, and the best certified accuracy at ``radius`` / ACR."""
+    parts = []
+    if len(claims):
+        counts = claims["verdict"].value_counts()
+        parts.append(
+            f"{int(counts.get('reproduced', 0))} of {len(claims)} claim rows reproduced, "
+            f"{int(counts.get('not reproduced', 0))} not reproduced, {int(counts.get('inconclusive', 0))} inconclusive"
+        )
+    col = f"acc@{rep.rlabel(radius)}"
+    if len(summ) and col in summ and summ[col].notna().any():
+        best = summ.loc[summ[col].idxmax()]
+        parts.append(
+            f"best certified accuracy at ℓ2 r = {radius:g}: {best[col]:.1%} ({best['method']}, σ = {best['sigma']:g}, "
+            f"{best['objective']} training)"
+        )
+    if len(summ) and summ["acr"].notna().any():
+        best = summ.loc[summ["acr"].idxmax()]
+        parts.append(f"best ACR {best['acr']:.3f} ({best['method']}, σ = {best['sigma']:g}, {best['objective']})")
+    return "; ".join(parts) + "." if parts else "no experiments."
+
+
+def _setup(cfg: dict, summ: pd.DataFrame) -> str:
+    c, s, t = cfg["certify"], cfg["certify"]["sequential"], cfg["train"]
+    models = "; ".join(
+        f"{m['objective']}/{m['sigma_mode']} {m['norm']} σ ∈ {{{', '.join(f'{x:g}' for x in m['sigmas'])}}} "
+        f"certified by {', '.join(m['methods'])}"
+        for m in cfg["models"]
+    )
+    if c["mode"] == "sequential":
+        cert = (
+            f"sequential ({s['target']} at r ∈ {{{', '.join(f'{r:g}' for r in s['radii'])}}}, "
+            f"n from {s['n_min']:,} to n_max = {s['n_max']:,}, ×{s['ratio']:g} per round, {s['bound']} bound)"
+        )
+    else:
+        cert = f"fixed n = {c['n']:,}"
+    inputs = int(summ["inputs"].max()) if len(summ) else 0
+    sel = cfg["test"]
+    lines = [
+        f"- **Data**: {cfg['data']['dataset']}; test inputs: {inputs} per experiment "
+        f"(start {sel['start']}, every {sel['step']}, limit {sel['limit']}); train_limit {cfg['data']['train_limit']}.",
+        f"- **Base model**: {cfg['model']['arch']}; {t['epochs']} epochs, batch {t['batch_size']}, SGD lr {t['lr']:g} "
+        f"(×{t['lr_gamma']:g} every {t['lr_step']} epochs).",
+        f"- **Experiments**: {models}.",
+        f"- **Certification**: {cert}; n0 = {c['n0']} selection draws; α = {c['alpha']:g} per certificate.",
+    ]
+    from smoothcert.methods import registry
+
+    methods = registry()
+    used = [m for spec in cfg["models"] for m in spec["methods"] if m in methods]
+    for section in dict.fromkeys(methods[m].section for m in used if methods[m].section):
+        if section in cfg:
+            values = ", ".join(f"{k} {v}" for k, v in cfg[section].items())
+            lines.append(f"- **{section}** (methods' section of params.yaml): {values}.")
+    return "\n".join(lines) + "\n"
+
+
+def page(cfg: dict, summ, claims, mem, objectives, train, report_files: set[str]) -> tuple[str, str]:
+    """(markdown, headline) of the results page; figures are linked by file name (in the report folder)."""
+    dataset = cfg["data"]["dataset"]
+    radius = 0.5
+    head = headline(summ[summ["norm"] == "l2"] if len(summ) else summ, claims, radius)
+
+    def fig(name: str, alt: str) -> str:
+        return f"![{alt}]({name})\n" if name in report_files else ""
+
+    out = [
+        f"# {dataset}: does it reproduce the papers?\n",
+        "_Generated by `smoothcert report` from the run's tables (report/page.md); published with "
+        "`smoothcert publish`. Do not edit by hand._\n",
+        f"**Headline**: {head}\n",
+        "## Setup\n",
+        _setup(cfg, summ),
+        "## Claims checked\n",
+        "Each row pairs two experiments over the same test inputs: difference = first method minus the one it is "
+        "compared with, per input (ACR: certified radius counted when correct; certified@r: 0/1; log-volume and "
+        "proxy radius over inputs both certify), mean and 95 % t-interval. Reproduced when the interval is above 0 "
+        "(memory step: at most 1 point of certificates lost).\n",
+        rep.markdown(claims) if len(claims) else "No pair of experiments in this run checks a claim.\n",
+    ]
+    for norm, part in summ.groupby("norm", sort=False) if len(summ) else []:
+        grid = [f"acc@{rep.rlabel(r)}" for r in _radii(cfg, norm)]
+        out += [
+            f"## Certified accuracy ({norm})\n",
+            "acc@r: fraction of test inputs classified correctly with a certified radius ≥ r (abstentions count as "
+            "wrong); ACR: average certified radius.",
+            " In sequential *decide* mode an input's radius is the largest decided radius it certifies, so ACR is "
+            "a step-function lower bound and only the decided radii are columns.\n"
+            if cfg["certify"]["mode"] == "sequential" and cfg["certify"]["sequential"]["target"] == "decide"
+            else "\n",
+        ]
+        for name in CURVE_FIGURES:
+            out.append(fig(name, name[:-4].replace("_", " ")))
+        out.append(_table(part, SHOWN + ["inputs", "clean", "abstain", "acr", *grid]))
+    if len(summ):
+        proxy = [c for c in summ if c.startswith(rep.PROXY_PREFIX) and summ[c].notna().any()]
+        vol = summ[summ["median_log_volume"].notna()]
+        out += [
+            "## Certified regions: volume and proxy radius\n",
+            "Median log-volume (nats) of the certified region over certified correct inputs, and proxy accuracy "
+            "(the proxy radius is the radius of the ball with the region's volume — ANCER's figure of merit, NOT a "
+            "certificate; equal to the certified radius for isotropic methods).\n",
+            fig("log_volume.png", "log-volume"),
+            fig("certified_accuracy_proxy.png", "proxy accuracy"),
+            _table(vol, SHOWN + ["median_log_volume", *proxy]),
+        ]
+    out += ["## Memory step (data-dependent σ made sound)\n", fig("memory_effect.png", "memory step")]
+    if len(mem):
+        acc0 = mem["before_acc@0"] - mem["after_acc@0"]
+        view = mem.assign(
+            **{
+                "acc@0 lost (points)": 100 * acc0,
+                "ACR lost": mem["before_acr"] - mem["after_acr"],
+            }
+        )
+        out.append(
+            _table(
+                view,
+                SHOWN
+                + ["inputs", "before_acc@0", "after_acc@0", "acc@0 lost (points)", "before_acr", "after_acr"]
+                + ["ACR lost", *rep.MEMORY_ACTIONS],
+            )
+        )
+    else:
+        out.append("No experiment in this run uses the memory step.\n")
+    out += [
+        "## Training objectives under one certification\n",
+        "ACR (and certified accuracy at r = 0.5) of each base model under each certification method.\n",
+        _table(objectives, list(objectives.columns)) if len(objectives) else "(one objective only)\n",
+        "## Certification cost (per input)\n",
+        "opt_time / opt_evals: σ/θ search seconds and forward passes; time / evals: certification seconds and "
+        "forward passes (Smooth-Reduce: one per patch); evals_certified: evals per non-abstaining input.\n",
+        fig("draws.png", "draws per input"),
+        _table(summ, SHOWN + rep.COST + ["evals_certified"]),
+        "## Per-pixel θ and training\n",
+        *[fig(name, name[:-4]) for name in theta_figures()],
+        fig("training.png", "training curves"),
+        _table(train, ["model_id", "epochs", "train_acc", "test_clean_acc", "test_noisy_acc", "train_time"]),
+    ]
+    return "\n".join(x for x in out if x), head
+
+
+def publish(report: str | Path, out: str | Path) -> str:
+    """Copy ``report/page.md`` to ``out`` and the figures it links into ``out``'s stem folder; returns the
+    headline line. Links are rewritten to ``<stem>/<figure>.png``; a missing figure is an error."""
+    report, out = Path(report), Path(out)
+    src = report / PAGE
+    require(src.is_file(), f"no results page {src} (run 'smoothcert report' first)")
+    text = src.read_text()
+    figures = sorted(set(FIGURE_LINK.findall(text)), key=lambda x: x[1])
+    missing = [f for _, f in figures if not (report / f).is_file()]
+    require(not missing, f"{src} links figures missing from {report}: {missing}")
+    folder = out.parent / out.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    for _, name in figures:
+        shutil.copyfile(report / name, folder / name)
+    write_text(out, FIGURE_LINK.sub(lambda m: f"![{m.group(1)}]({out.stem}/{m.group(2)})", text))
+    found = [line for line in text.splitlines() if line.startswith("**Headline**")]
+    return found[0] if found else ""
