@@ -378,3 +378,24 @@ def test_claims_are_paired_over_the_same_inputs(tmp_path):
     assert (rows["metric"] == "certified@0 lost").any()
     n, mean, low, high = paired(pd.Series([1.0, 2.0, 3.0]), pd.Series([0.0, 0.0, 0.0]))
     assert (n, mean) == (3, 2.0) and low == pytest.approx(2 - sps.t.ppf(0.975, 2) / np.sqrt(3))
+
+
+def test_curve_panels_ask_one_question_each():
+    """Methods at one σ, σ for one method, objectives under one certification: each panel fixes the rest."""
+    from smoothcert.reporting.build import curve_panels
+
+    df = pd.DataFrame({"idx": [0], "label": [0], "predict": [0], "radius": [0.1], "correct": [1]})
+    grid = [
+        rep.Experiment(f"{obj}-fixed-l2-{s:g}", obj, "fixed", m, s, "l2", df)
+        for obj in ("gaussian", "macer")
+        for s in (0.25, 0.5)
+        for m in ("cohen", "ddrs")
+    ]
+    by_method = curve_panels(grid, ("norm", "training", "sigma"), "method")
+    assert len(by_method) == 4 and all(len(p) == 2 for _, p in by_method)
+    assert by_method[0] == ("ℓ2 · gaussian/fixed · σ=0.25", [(grid[0].key, "cohen"), (grid[1].key, "ddrs")])
+    by_sigma = curve_panels(grid, ("norm", "training", "method"), "sigma", 2)
+    assert [label for _, label in by_sigma[0][1]] == ["σ=0.25", "σ=0.5"]
+    by_objective = curve_panels(grid, ("norm", "method", "sigma"), "training", 2)
+    assert len(by_objective) == 4 and {label for _, label in by_objective[0][1]} == {"gaussian/fixed", "macer/fixed"}
+    assert curve_panels(grid[:2], ("norm", "training", "method"), "sigma", 2) == []  # one σ: no σ panel
