@@ -61,13 +61,14 @@ def headline(summ: pd.DataFrame, claims: pd.DataFrame, radius: float) -> str:
 
 
 def _setup(cfg: dict, summ: pd.DataFrame) -> str:
-    c, s, t = cfg["certify"], cfg["certify"]["sequential"], cfg["train"]
+    c, t = cfg["certify"], cfg["train"]
     models = "; ".join(
         f"{m['objective']}/{m['sigma_mode']} {m['norm']} σ ∈ {{{', '.join(f'{x:g}' for x in m['sigmas'])}}} "
         f"certified by {', '.join(m['methods'])}"
         for m in cfg["models"]
     )
     if c["mode"] == "sequential":
+        s = c["sequential"]
         cert = (
             f"sequential ({s['target']} at r ∈ {{{', '.join(f'{r:g}' for r in s['radii'])}}}, "
             f"n from {s['n_min']:,} to n_max = {s['n_max']:,}, ×{s['ratio']:g} per round, {s['bound']} bound)"
@@ -78,7 +79,7 @@ def _setup(cfg: dict, summ: pd.DataFrame) -> str:
     sel = cfg["test"]
     lines = [
         f"- **Data**: {cfg['data']['dataset']}; test inputs: {inputs} per experiment "
-        f"(start {sel['start']}, every {sel['step']}, limit {sel['limit']}); train_limit {cfg['data']['train_limit']}.",
+        f"(start {sel['start']}, every {sel['step']}, limit {sel['limit']}); train_limit {cfg['data'].get('train_limit')}.",
         f"- **Base model**: {cfg['model']['arch']}; {t['epochs']} epochs, batch {t['batch_size']}, SGD lr {t['lr']:g} "
         f"(×{t['lr_gamma']:g} every {t['lr_step']} epochs).",
         f"- **Experiments**: {models}.",
