@@ -49,10 +49,12 @@ def curve_panels(
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (name, shown) in zip(axes.flat, panels):
-        norm = None
+        norm, right = None, 0.0
         for i, (key, label) in enumerate(shown):
             c = curves[curves["experiment"] == key]
             norm = c["norm"].iloc[0] if len(c) else norm
+            certified = c.loc[c["certified_accuracy"] > 0, "radius"]
+            right = max(right, float(certified.max()) if len(certified) else 0.0)
             ax.plot(
                 c["radius"],
                 c["certified_accuracy"],
@@ -64,7 +66,7 @@ def curve_panels(
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(("proxy " if proxy else "") + AXIS.get(norm, f"{norm} radius"), fontsize=8)
         ax.set_ylim(0, 1.02)
-        ax.set_xlim(left=0)
+        ax.set_xlim(0, 1.08 * right if right > 0 else None)  # each panel spans the radii its curves certify
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, loc="upper right")

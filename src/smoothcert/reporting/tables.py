@@ -247,7 +247,7 @@ def headline_metrics(summ: pd.DataFrame) -> dict:
 
 
 def curve_radii(
-    experiments: list[Experiment], radii_by_norm: dict, norm: str, points: int = 201, column: str = "radius"
+    experiments: list[Experiment], radii_by_norm: dict, norm: str, points: int = 801, column: str = "radius"
 ) -> np.ndarray:
     """A fine radius grid for ``norm``: 0 to the larger of the configured grid and the largest radius seen."""
     top = max(radii_by_norm.get(norm, [0.0]) or [0.0])
@@ -258,7 +258,7 @@ def curve_radii(
 
 
 def curves(
-    experiments: list[Experiment], radii_by_norm: dict, column: str = "radius", points: int = 201
+    experiments: list[Experiment], radii_by_norm: dict, column: str = "radius", points: int = 801
 ) -> pd.DataFrame:
     """Long table (experiment, method, sigma, norm, radius, certified_accuracy) on a fine grid per norm."""
     parts = []
