@@ -24,12 +24,17 @@ SHOWN = ["objective", "sigma_mode", "method", "sigma"]
 FIGURE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)/]+\.png)\)")
 
 
+def _decides(cfg: dict) -> bool:
+    """Whether certification is sequential with decide-at-radius targets."""
+    c = cfg["certify"]
+    return c["mode"] == "sequential" and c["sequential"]["target"] == "decide"
+
+
 def _radii(cfg: dict, norm: str) -> list[float]:
     """Radii worth a column: the decided radii in sequential 'decide' mode (where its stopping rule aims), else
     the report grid."""
-    c = cfg["certify"]
-    if c["mode"] == "sequential" and c["sequential"]["target"] == "decide":
-        return [float(r) for r in c["sequential"]["radii"]]
+    if _decides(cfg):
+        return [float(r) for r in cfg["certify"]["sequential"]["radii"]]
     return [float(r) for r in cfg["report"]["radii"][norm]]
 
 
@@ -129,7 +134,7 @@ def page(cfg: dict, summ, claims, mem, objectives, train, report_files: set[str]
             "of reach), so certified accuracy at the decided radii (the columns) is close to what fixed n = n_max gives "
             "(within 1 point on MNIST-5k: README, Performance), while an input's radius is σ·Φ⁻¹(p̲A) where it stopped: ACR and the curves between "
             "decided radii sit below fixed-n ones.\n"
-            if cfg["certify"]["mode"] == "sequential" and cfg["certify"]["sequential"]["target"] == "decide"
+            if _decides(cfg)
             else "\n",
         ]
         for name in CURVE_FIGURES:
