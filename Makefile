@@ -34,8 +34,10 @@ experiment: setup  ## one experiment config in runs/<name>/, resumable, page -> 
 	@test -n "$(CONFIG)" || { echo "usage: make experiment CONFIG=config/<name>.yaml [QUICK=1]" >&2; exit 2; }
 	PUBLISH=$(if $(QUICK),0,1) PATH=$(CURDIR)/$(BIN):$$PATH workflow/scripts/experiment.sh $(CONFIG) $(if $(QUICK),config/quick.yaml)
 
-dag: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --dag | dot -Tpng > dag.png
+dag: setup  ## dag.png: the rule graph (one node per rule; `snakemake --dag` would draw every job)
+	@command -v dot >/dev/null || { echo "make dag: graphviz's dot is not installed (apt-get install graphviz)" >&2; exit 1; }
+	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --rulegraph > .dag.dot.tmp && dot -Tpng .dag.dot.tmp > .dag.png.tmp \
+		&& test -s .dag.png.tmp && mv .dag.png.tmp dag.png; status=$$?; rm -f .dag.dot.tmp .dag.png.tmp; exit $$status
 
 clean:
-	rm -rf data/prepared models results report metrics report.html logs .smoothcert .snakemake
+	rm -rf data/prepared models results report metrics report.html logs .smoothcert .snakemake dag.png
