@@ -222,7 +222,7 @@ def test_whole_report_from_fixtures(tmp_path):
     assert mem[mem["method"] == "ddrs"].iloc[0]["before_acc@0"] == pytest.approx(before["correct"].mean())
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics[f"{L2}/cohen"]) >= {"acr", "acc@0.5", "abstain", "clean"}
-    assert "import/locuslab" in metrics
+    assert "import-l2-0.25/locuslab" in metrics
     curves = pd.read_csv(out / "curves.csv")
     assert curves.columns[0] == "experiment" and {"norm", "radius", "certified_accuracy"} <= set(curves.columns)
     first = curves[curves["experiment"] == f"{L2}/cohen"].iloc[0]
@@ -247,10 +247,11 @@ def _check_page(out: Path, s: pd.DataFrame, tmp: Path) -> None:
     for section in ("## Claims checked", "## Certified accuracy (l2)", "## Memory step", "## Certification cost"):
         assert section in text
     links = {name for _, name in FIGURE_LINK.findall(text)}
-    assert {"certified_accuracy.png", "certified_accuracy_sigma.png", "memory_effect.png"} <= links
+    assert {"certified_accuracy.png", "memory_effect.png"} <= links
+    assert "certified_accuracy_sigma.png" not in links  # one σ per method here: a placeholder, left out
     assert main(["publish", "--report", str(out), "--out", str(tmp / "docs" / "toy.md")]) == 0
     published = (tmp / "docs" / "toy.md").read_text()
-    assert "](toy/certified_accuracy_sigma.png)" in published and "](certified_accuracy.png)" not in published
+    assert "](toy/certified_accuracy.png)" in published and "](certified_accuracy.png)" not in published
     assert all((tmp / "docs" / "toy" / name).stat().st_size > 1000 for name in links)
     assert main(["publish", "--report", str(tmp), "--out", str(tmp / "x.md")]) == 2  # no page there
 

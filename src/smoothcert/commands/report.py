@@ -24,13 +24,17 @@ def add_arguments(p):
     p.add_argument(
         "--import",
         dest="imports",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
-        metavar="NAME[:NORM][@SIGMA]=PATH",
-        help="add a certify table as method NAME, its format told by its header: locuslab/smoothing "
-        "(idx label predict radius correct time), DDRS certify_ds.py (… correct sigma time: per-input σ) or "
-        "ANCER (idx label predict radius radius_proxy correct min_sigma time); NORM l1 or l2 (default l2; "
-        "the tables do not record it); σ from @SIGMA or a noise_<σ>/sigma_<σ> part of PATH",
+        metavar="NAME[:NORM][:FORMAT][@SIGMA]=PATH",
+        help="add certify tables (one or more; the option may repeat), each as method NAME at its σ and norm: "
+        "smoothcert's own certify.tsv (σ and norm from its columns), locuslab/smoothing (idx label predict radius "
+        "correct time), DDRS certify_ds.py (… correct sigma time: per-input σ) or ANCER (… radius radius_proxy "
+        "correct min_sigma time), told from the header (FORMAT forces one: smoothcert, locuslab, ddrs, ancer, "
+        "ancer_root); NORM l1 or l2 (default l2; seed tables do not record it); σ from @SIGMA, the table's sigma "
+        "column or a noise_<σ>/sigma_<σ> part of PATH, else refused. Every row is checked; a bad one is refused "
+        "naming file, row and column",
     )
     p.add_argument(
         "--video",

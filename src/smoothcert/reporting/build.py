@@ -18,9 +18,9 @@ from smoothcert import config as config_mod
 from smoothcert.artifacts import atomic_path, write_json, write_text
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.methods import get as get_method
-from smoothcert.reporting import CURVE_FIGURES, THETA_FIGURE, theta_methods
+from smoothcert.reporting import CURVE_FIGURES, THETA_FIGURE, importers, theta_methods
 from smoothcert.reporting import tables as rep
-from smoothcert.reporting.importers import IMPORT_MODEL, load_import, nonempty_table, read_locuslab
+from smoothcert.reporting.importers import IMPORTED, nonempty_table, read_locuslab
 
 MEMORY_COLUMNS = ["memory", "gap_original", "predict_original"]
 TRAINING_COLUMNS = ["epoch", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
@@ -200,10 +200,11 @@ def build_report(
     rc = cfg["report"]
     radii_by_norm = {k: [float(r) for r in v] for k, v in rc["radii"].items()}
     require(results is not None or imports, "report: nothing to report (give --results and/or --import)")
-    experiments = (load_experiments(cfg, results) if results is not None else []) + [load_import(t) for t in imports]
+    loaded = [importers.load(t) for t in imports]
+    experiments = (load_experiments(cfg, results) if results is not None else []) + [e for e, _ in loaded]
     keys = [e.key for e in experiments]
     dup = sorted({k for k in keys if keys.count(k) > 1})
-    require(not dup, f"two experiments share a name: {dup} (give each --import its own NAME)")
+    require(not dup, f"two experiments share a name: {dup} (give each --import at one σ and norm its own NAME)")
     for e in experiments:
         require(e.norm in radii_by_norm, f"{e.key}: no report.radii.{e.norm} in the config")
     dataset = cfg["data"]["dataset"]
@@ -234,7 +235,7 @@ def build_report(
     train = rep.training_table(metrics, config_mod.model_specs(cfg))
     mid = radii_by_norm.get("l2", [0.5])
     objectives = rep.objective_table(
-        summ[summ["model_id"] != IMPORT_MODEL] if len(summ) else summ, 0.5 if 0.5 in mid else None
+        summ[summ["objective"] != IMPORTED] if len(summ) else summ, 0.5 if 0.5 in mid else None
     )
     write_csv(out / "training.csv", train)
     write_csv(out / "objectives.csv", objectives)
@@ -283,11 +284,13 @@ def build_report(
     write_csv(dvc_dir / "curves.csv", curves)
     write_csv(dvc_dir / "curves_proxy.csv", curves_proxy)
 
-    if plot:
-        _figures(out, cfg, experiments, curves, curves_proxy, mem, metrics, data)
+    held = _figures(out, cfg, experiments, curves, curves_proxy, mem, metrics, data) if plot else set()
     from smoothcert.reporting.page import PAGE, page
 
-    text, _ = page(cfg, summ, checked, mem, objectives, train, {p.name for p in out.glob("*.png")})
+    shown = {p.name for p in out.glob("*.png")} - held
+    text, _ = page(
+        cfg, summ, checked, mem, objectives, train, shown, imports=[d for _, d in loaded], run=results is not None
+    )
     write_text(out / PAGE, text)
     return head
 
@@ -317,7 +320,9 @@ def curve_panels(
     ]
 
 
-def _placeholder(path: Path, title: str, why: str) -> None:
+def _placeholder(path: Path, title: str, why: str) -> str:
+    """A figure saying why it is not available (the report's outputs are fixed); returns its name, which the
+    results page leaves out."""
     import matplotlib.pyplot as plt
 
     from smoothcert.reporting import plots
@@ -326,11 +331,14 @@ def _placeholder(path: Path, title: str, why: str) -> None:
     ax.axis("off")
     ax.text(0.5, 0.5, f"{title}\n(not available: {why})", ha="center", va="center")
     plots.save(fig, path)
+    return path.name
 
 
-def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, data) -> None:
+def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, data) -> set[str]:
+    """Write every figure; returns the names of those that are placeholders."""
     from smoothcert.reporting import plots
 
+    held: set[str] = set()
     dataset = cfg["data"]["dataset"]
     questions = {"method": "methods at one σ", "sigma": "σ for one method", "training": "training objectives"}
     for name, (fixed, vary, fewest) in CURVE_FIGURES.items():
@@ -340,8 +348,10 @@ def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, da
                 curves, panels, out / name, f"{dataset}: certified accuracy vs radius, {questions[vary]}"
             )
         else:
-            _placeholder(
-                out / name, f"certified accuracy, {questions[vary]}", f"no two experiments differ only in {vary}"
+            held.add(
+                _placeholder(
+                    out / name, f"certified accuracy, {questions[vary]}", f"no two experiments differ only in {vary}"
+                )
             )
     plots.curve_panels(
         curves_proxy,
@@ -354,7 +364,7 @@ def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, da
     if len(mem):
         plots.memory_effect(mem, out / "memory_effect.png", f"{dataset}: effect of the memory step")
     else:
-        _placeholder(out / "memory_effect.png", "memory step", "no experiment uses it")
+        held.add(_placeholder(out / "memory_effect.png", "memory step", "no experiment uses it"))
     for method in theta_methods():
         path = out / THETA_FIGURE.format(method=method)
         panels, why = theta_panels(experiments, method, cfg, data)
@@ -362,12 +372,15 @@ def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, da
             plots.theta_maps(panels, path, f"{dataset}: {method} per-pixel θ")
         else:
             print(f"smoothcert report: {path.name} is a placeholder ({why})", file=sys.stderr)
-            _placeholder(path, f"{method} θ maps", why)
+            held.add(_placeholder(path, f"{method} θ maps", why))
     if any(e.table["n"].nunique() > 1 for e in experiments if "n" in e.table):
         plots.draws(experiments, out / "draws.png", f"{dataset}: estimation draws per input (sequential)")
     else:
-        _placeholder(out / "draws.png", "draws per input", "every input used the same n (certify.mode: fixed)")
+        held.add(
+            _placeholder(out / "draws.png", "draws per input", "every input used the same n (certify.mode: fixed)")
+        )
     if metrics:
         plots.training(metrics, out / "training.png", f"{dataset}: training")
     else:
-        _placeholder(out / "training.png", "training curves", "no --models folder given")
+        held.add(_placeholder(out / "training.png", "training curves", "no --models folder given"))
+    return held

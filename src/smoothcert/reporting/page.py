@@ -101,9 +101,26 @@ def _setup(cfg: dict, summ: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def page(cfg: dict, summ, claims, mem, objectives, train, report_files: set[str]) -> tuple[str, str]:
-    """(markdown, headline) of the results page; figures are linked by file name (in the report folder)."""
-    dataset = cfg["data"]["dataset"]
+def _imports_setup(cfg: dict, imports: list[str]) -> str:
+    """Setup lines of a page built from imported tables: what each import is, and the config's report settings."""
+    rc = cfg["report"]
+    radii = "; ".join(f"{n} {{{', '.join(f'{r:g}' for r in v)}}}" for n, v in rc["radii"].items())
+    lines = [f"- **Imported** {line}." for line in imports]
+    lines.append(
+        f"- **Report settings** (params.yaml): radius grids {radii}; App.-D bound at ρ = {rc['rho']:g} with the "
+        f"tables' α (else {cfg['certify']['alpha']:g})."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def page(
+    cfg: dict, summ, claims, mem, objectives, train, report_files: set[str], imports=(), run: bool = True
+) -> tuple[str, str]:
+    """(markdown, headline) of the results page; figures are linked by file name (in the report folder).
+
+    ``imports``: one line per imported table; ``run`` False: the page is about the imports alone (title and
+    setup describe them, not params.yaml's experiments)."""
+    dataset = cfg["data"]["dataset"] if run else "imported tables"
     radius = 0.5
     head = headline(summ[summ["norm"] == "l2"] if len(summ) else summ, claims, radius)
 
@@ -116,7 +133,7 @@ def page(cfg: dict, summ, claims, mem, objectives, train, report_files: set[str]
         "`smoothcert publish`. Do not edit by hand._\n",
         f"**Headline**: {head}\n",
         "## Setup\n",
-        _setup(cfg, summ),
+        (_setup(cfg, summ) if run else "") + (_imports_setup(cfg, list(imports)) if imports else ""),
         "## Claims checked\n",
         "Each row pairs two experiments over the same test inputs: difference = first method minus the one it is "
         "compared with, per input (ACR: certified radius counted when correct; certified@r: 0/1; log-volume and "
