@@ -30,11 +30,11 @@ def add_arguments(p):
         metavar="NAME[:NORM][:FORMAT][@SIGMA]=PATH",
         help="add certify tables (one or more; the option may repeat), each as method NAME at its σ and norm: "
         "smoothcert's own certify.tsv (σ and norm from its columns), locuslab/smoothing (idx label predict radius "
-        "correct time), DDRS certify_ds.py (… correct sigma time: per-input σ) or ANCER (… radius radius_proxy "
-        "correct min_sigma time), told from the header (FORMAT forces one: smoothcert, locuslab, ddrs, ancer, "
-        "ancer_root); NORM l1 or l2 (default l2; seed tables do not record it); σ from @SIGMA, the table's sigma "
-        "column or a noise_<σ>/sigma_<σ> part of PATH, else refused. Every row is checked; a bad one is refused "
-        "naming file, row and column",
+        "correct time), the DDRS reference code (… correct sigma time: per-input σ) or the ANCER reference code "
+        "(… radius radius_proxy correct min_sigma time), told from the header (FORMAT forces a layout: the names "
+        "in smoothcert.reporting.importers.FORMATS); NORM l1 or l2 (default l2; seed tables do not record it); σ "
+        "from @SIGMA, the table's sigma column or a noise_<σ>/sigma_<σ> part of PATH, else refused. Every row is "
+        "checked; a bad one is refused naming file, row and column",
     )
     p.add_argument(
         "--video",
