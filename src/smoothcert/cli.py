@@ -23,6 +23,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one: not on required options, nor where "not given" is None or
+    empty, nor twice where the help already says it."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, argparse.SUPPRESS, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
 
@@ -45,7 +55,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="smoothcert",
         description="smoothcert: certified robustness by randomized smoothing, one subcommand per pipeline stage",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     parser.add_argument(
         "--config",
@@ -61,7 +71,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             mod.replace("_", "-"),
             help=module.HELP,
             description=module.HELP,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_Help,
         )
         module.add_arguments(p)
         p.set_defaults(func=module.run)

@@ -182,15 +182,32 @@ def _check_semantics(cfg: dict, source: str) -> None:
     info(cfg["data"]["dataset"])
 
 
-def load(path: str | Path = "params.yaml") -> dict:
-    """Read and validate a YAML config file."""
-    path = Path(path)
+def _read(path: Path):
     require(path.is_file(), f"config file not found: {path}")
     try:
-        cfg = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SmoothcertError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return validate(cfg, str(path))
+
+
+def load(path: str | Path = "params.yaml", overrides: tuple[str | Path, ...] = ()) -> dict:
+    """Read a YAML config file, merge ``overrides`` over it in order, and validate the result.
+
+    The merge is Snakemake's own (``snakemake.utils.update_config``, what ``--configfile`` does): mappings
+    merge key by key, any other value (a list included) replaces the one before it.
+    """
+    path = Path(path)
+    cfg = _read(path)
+    if not overrides:
+        return validate(cfg, str(path))
+    from snakemake.utils import update_config
+
+    for override in map(Path, overrides):
+        extra = _read(override)
+        require(isinstance(extra, dict), f"{override}: an override must be a mapping of params.yaml keys")
+        require(isinstance(cfg, dict), f"{path}: the config must be a mapping")
+        update_config(cfg, extra)
+    return validate(cfg, " + ".join(map(str, (path, *overrides))))
 
 
 def freeze(cfg: dict, folder: str | Path) -> str:

@@ -2,7 +2,7 @@
 
 from smoothcert.reporting import paper
 
-HELP = "compare report/<dataset>/summary.csv with Cohen et al. (2019)'s CIFAR-10 table; write markdown (+ csv)"
+HELP = "compare a report's summary.csv (report/summary.csv) with Cohen et al. (2019)'s CIFAR-10 table; write markdown (+ csv)"
 
 
 def add_arguments(p):

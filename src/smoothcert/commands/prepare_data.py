@@ -10,7 +10,7 @@ HELP = "download (where allowed) and prepare the configured dataset into OUT/{tr
 
 def add_arguments(p):
     add_config(p)
-    p.add_argument("--out", required=True, help="output folder, e.g. data/digits")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/prepared/digits")
 
 
 def run(args):
