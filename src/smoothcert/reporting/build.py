@@ -239,15 +239,16 @@ def build_report(
     )
     write_csv(out / "training.csv", train)
     write_csv(out / "objectives.csv", objectives)
-    from smoothcert.reporting.claims import claims
+    from smoothcert.reporting import claims as claims_mod
 
-    checked = claims(experiments)
+    cc = rc["claims"]
+    checked = claims_mod.claims(experiments, cc["level"], cc["min_inputs"], cc["resamples"], cfg["seed"])
     write_csv(out / "claims.csv", checked)
     write_text(
         out / "claims.md",
-        "# Claims of the seed papers, on this run\n\nPaired over the same test inputs: mean difference (first method "
-        "minus the one it is compared with) and its 95 % t-interval; reproduced when the interval is above 0 (for "
-        "the memory step: at most 1 point lost).\n\n"
+        "# Claims of the seed papers, on this run\n\n"
+        + claims_mod.explain(checked, cc["level"], cc["min_inputs"])
+        + "\n"
         + (rep.markdown(checked) if len(checked) else "No pair of experiments in this run checks a claim.\n"),
     )
     md = "# Training\n\n"
@@ -285,11 +286,12 @@ def build_report(
     write_csv(dvc_dir / "curves_proxy.csv", curves_proxy)
 
     held = _figures(out, cfg, experiments, curves, curves_proxy, mem, metrics, data) if plot else set()
-    from smoothcert.reporting.page import PAGE, page
+    from smoothcert.reporting.page import PAGE, extras, page
 
     shown = {p.name for p in out.glob("*.png")} - held
+    imported = [d for _, d in loaded]
     text, _ = page(
-        cfg, summ, checked, mem, objectives, train, shown, imports=[d for _, d in loaded], run=results is not None
+        cfg, summ, checked, mem, objectives, train, shown, imported, results is not None, extras(experiments)
     )
     write_text(out / PAGE, text)
     return head

@@ -12,15 +12,26 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from smoothcert.artifacts import write_text
 from smoothcert.errors import require
 from smoothcert.reporting import CURVE_FIGURES, theta_figures
+from smoothcert.reporting import claims as claims_mod
 from smoothcert.reporting import tables as rep
+from smoothcert.reporting.importers import IMPORTED
 
 PAGE = "page.md"
 SHOWN = ["objective", "sigma_mode", "method", "sigma"]
+MEDIAN_RADIUS = "median_radius"  # median certified radius among certified correct inputs
+SIGMA_SPREAD = ["σ_median", "σ_p95", "σ_max"]  # per-input σ of data-dependent experiments
+ACR_NOTE = (
+    "What ACR rewards: it averages radii, so a few inputs certified at very large radii can carry it — a per-input σ "
+    "grown without bound on inputs whose class the model gives to heavy noise certifies huge radii there (sound, but "
+    "about the noise label, not the method; see σ_max). Certified accuracy at fixed radii, the papers' metric, does "
+    "not reward that: read the acc@r columns first, ACR beside the median certified radius."
+)
 FIGURE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)/]+\.png)\)")
 
 
@@ -43,26 +54,54 @@ def _table(df: pd.DataFrame, cols: list[str]) -> str:
     return rep.markdown(df[cols].reset_index(drop=True)) if len(df) else "(none in this run)\n"
 
 
-def headline(summ: pd.DataFrame, claims: pd.DataFrame, radius: float) -> str:
-    """One line: how many claim rows reproduced, and the best certified accuracy at ``radius`` / ACR."""
+def headline(summ: pd.DataFrame, claims: pd.DataFrame, radius: float, level: float) -> str:
+    """One line, the papers' metric first: the best certified accuracy at ``radius``, the claim verdicts at the
+    family-wise ``level``, then the best ACR with its median certified radius among correct inputs."""
     parts = []
-    if len(claims):
-        counts = claims["verdict"].value_counts()
-        parts.append(
-            f"{int(counts.get('reproduced', 0))} of {len(claims)} claim rows reproduced, "
-            f"{int(counts.get('not reproduced', 0))} not reproduced, {int(counts.get('inconclusive', 0))} inconclusive"
-        )
     col = f"acc@{rep.rlabel(radius)}"
     if len(summ) and col in summ and summ[col].notna().any():
         best = summ.loc[summ[col].idxmax()]
         parts.append(
             f"best certified accuracy at ℓ2 r = {radius:g}: {best[col]:.1%} ({best['method']}, σ = {best['sigma']:g}, "
-            f"{best['objective']} training)"
+            f"{best['objective']}{'' if best['objective'] == IMPORTED else ' training'})"
+        )
+    if len(claims):
+        n = claims_mod.counts(claims)
+        parts.append(
+            f"claims at family-wise level {level:g} (Holm): {n['reproduced']} of {len(claims)} rows reproduced, "
+            f"{n['not reproduced']} not reproduced, {n['inconclusive']} inconclusive, {n['too few inputs']} with too "
+            "few inputs"
         )
     if len(summ) and summ["acr"].notna().any():
         best = summ.loc[summ["acr"].idxmax()]
-        parts.append(f"best ACR {best['acr']:.3f} ({best['method']}, σ = {best['sigma']:g}, {best['objective']})")
+        med = best.get(MEDIAN_RADIUS, float("nan"))
+        beside = f", median certified radius {med:.3f}" if pd.notna(med) else ""
+        parts.append(
+            f"best ACR {best['acr']:.3f} ({best['method']}, σ = {best['sigma']:g}, {best['objective']}{beside})"
+        )
     return "; ".join(parts) + "." if parts else "no experiments."
+
+
+def extras(experiments) -> pd.DataFrame:
+    """Per experiment: median certified radius among certified correct inputs, and for per-input-σ experiments the
+    distribution of the per-input σ (median, 95th percentile, max; DDRS's σ, ANCER's geometric-mean θ, min θ where
+    an import records only that)."""
+    from smoothcert.methods import get
+    from smoothcert.reporting.claims import family
+
+    rows = []
+    for e in experiments:
+        t = e.table
+        ok = (t["correct"] > 0) & (t["predict"] >= 0)
+        row = {"model_id": e.model_id, "method": e.method, MEDIAN_RADIUS: t["radius"][ok].median()}
+        fam = family(e)
+        if fam is not None and get(fam).per_input_sigma:
+            col = next((c for c in ("sigma_gmean", "sigma_min") if c in t and t[c].notna().any()), None)
+            if col is not None:
+                v = t[col].dropna().to_numpy(dtype=float)
+                row.update(zip(SIGMA_SPREAD, (np.median(v), np.quantile(v, 0.95), v.max())))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["model_id", "method", MEDIAN_RADIUS, *SIGMA_SPREAD])
 
 
 def _setup(cfg: dict, summ: pd.DataFrame) -> str:
@@ -114,15 +153,27 @@ def _imports_setup(cfg: dict, imports: list[str]) -> str:
 
 
 def page(
-    cfg: dict, summ, claims, mem, objectives, train, report_files: set[str], imports=(), run: bool = True
+    cfg: dict,
+    summ,
+    claims,
+    mem,
+    objectives,
+    train,
+    report_files: set[str],
+    imports=(),
+    run: bool = True,
+    more: pd.DataFrame | None = None,
 ) -> tuple[str, str]:
     """(markdown, headline) of the results page; figures are linked by file name (in the report folder).
 
     ``imports``: one line per imported table; ``run`` False: the page is about the imports alone (title and
-    setup describe them, not params.yaml's experiments)."""
+    setup describe them, not params.yaml's experiments); ``more``: :func:`extras` of the experiments."""
     dataset = cfg["data"]["dataset"] if run else "imported tables"
-    radius = 0.5
-    head = headline(summ[summ["norm"] == "l2"] if len(summ) else summ, claims, radius)
+    radius = claims_mod.RADIUS
+    cc = cfg["report"]["claims"]
+    if more is not None and len(summ):
+        summ = summ.merge(more, on=["model_id", "method"], how="left")
+    head = headline(summ[summ["norm"] == "l2"] if len(summ) else summ, claims, radius, cc["level"])
 
     def fig(name: str, alt: str) -> str:
         return f"![{alt}]({name})\n" if name in report_files else ""
@@ -135,28 +186,28 @@ def page(
         "## Setup\n",
         (_setup(cfg, summ) if run else "") + (_imports_setup(cfg, list(imports)) if imports else ""),
         "## Claims checked\n",
-        "Each row pairs two experiments over the same test inputs: difference = first method minus the one it is "
-        "compared with, per input (ACR: certified radius counted when correct; certified@r: 0/1; log-volume and "
-        "proxy radius over inputs both certify), mean and 95 % t-interval. Reproduced when the interval is above 0 "
-        "(memory step: at most 1 point of certificates lost).\n",
+        claims_mod.explain(claims, cc["level"], cc["min_inputs"]),
         rep.markdown(claims) if len(claims) else "No pair of experiments in this run checks a claim.\n",
     ]
     for norm, part in summ.groupby("norm", sort=False) if len(summ) else []:
-        grid = [f"acc@{rep.rlabel(r)}" for r in _radii(cfg, norm)]
+        grid = [f"acc@{rep.rlabel(r)}" for r in (_radii(cfg, norm) if run else cfg["report"]["radii"][norm])]
         out += [
             f"## Certified accuracy ({norm})\n",
             "acc@r: fraction of test inputs classified correctly with a certified radius ≥ r (abstentions count as "
-            "wrong); ACR: average certified radius.",
+            "wrong), the papers' metric; then ACR (average certified radius) and the median certified radius among "
+            "certified correct inputs; for per-input-σ experiments the distribution of the per-input σ (median, 95th "
+            f"percentile, max). {ACR_NOTE}",
             " In sequential *decide* mode each input draws until every decided radius is settled (certified or out "
             "of reach), so certified accuracy at the decided radii (the columns) is close to what fixed n = n_max gives "
             "(within 1 point on MNIST-5k: README, Performance), while an input's radius is σ·Φ⁻¹(p̲A) where it stopped: ACR and the curves between "
             "decided radii sit below fixed-n ones.\n"
-            if _decides(cfg)
+            if run and _decides(cfg)
             else "\n",
         ]
         for name in CURVE_FIGURES:
             out.append(fig(name, name[:-4].replace("_", " ")))
-        out.append(_table(part, SHOWN + ["inputs", "clean", "abstain", "acr", *grid]))
+        spread = [c for c in SIGMA_SPREAD if c in part and part[c].notna().any()]
+        out.append(_table(part, SHOWN + ["inputs", "clean", "abstain", *grid, "acr", MEDIAN_RADIUS, *spread]))
     if len(summ):
         proxy = [c for c in summ if c.startswith(rep.PROXY_PREFIX) and summ[c].notna().any()]
         vol = summ[summ["median_log_volume"].notna()]
