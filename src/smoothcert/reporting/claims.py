@@ -164,6 +164,22 @@ def family(e: Experiment) -> str | None:
     return method_family(e.method) if e.objective == IMPORTED else e.method
 
 
+# claims between two methods on the same model (imports: the same σ and norm): (method, compared with, only on
+# Gaussian training) → (claim, paper, metrics)
+SAME_MODEL = {
+    ("ddrs", "cohen", True): (
+        "DDRS raises certified accuracy / ACR over Cohen at the same σ",
+        "Alfarra et al.: +9 points at r = 0.5 (CIFAR-10)",
+        (f"certified@{RADIUS:g}", "acr"),
+    ),
+    ("ancer", "ddrs", False): (
+        "ANCER's certified volume and proxy radius exceed DDRS's",
+        "Eiras et al.",
+        ("log_volume", "proxy_radius"),
+    ),
+}
+
+
 def _named(setting: str, imported: bool, x: Experiment, y: Experiment | None = None) -> str:
     return f"{setting} {x.method}" + (f" vs {y.method}" if imported and y is not None else "")
 
@@ -181,28 +197,12 @@ def _pairs(experiments: list[Experiment]):
         imported = e.objective == IMPORTED
         setting = f"{e.objective}/{e.sigma_mode} {e.norm} σ={e.sigma:g}" if not imported else f"{e.norm} σ={e.sigma:g}"
 
-        if fam == "ddrs" and e.objective in ("gaussian", IMPORTED):
-            for cohen in same.get("cohen", []):
-                for metric in (f"certified@{RADIUS:g}", "acr"):
-                    yield (
-                        "DDRS raises certified accuracy / ACR over Cohen at the same σ",
-                        "Alfarra et al.: +9 points at r = 0.5 (CIFAR-10)",
-                        _named(setting, imported, e, cohen) if imported else setting,
-                        metric,
-                        e,
-                        cohen,
-                    )
-        if fam == "ancer":
-            for ddrs in same.get("ddrs", []):
-                for metric in ("log_volume", "proxy_radius"):
-                    yield (
-                        "ANCER's certified volume and proxy radius exceed DDRS's",
-                        "Eiras et al.",
-                        _named(setting, imported, e, ddrs) if imported else setting,
-                        metric,
-                        e,
-                        ddrs,
-                    )
+        for (first, second, trained), (claim, paper, metrics) in SAME_MODEL.items():
+            if fam != first or (trained and e.objective not in ("gaussian", IMPORTED)):
+                continue
+            for other in same.get(second, []):
+                for metric in metrics:
+                    yield claim, paper, _named(setting, imported, e, other) if imported else setting, metric, e, other
         if e.before is not None and "correct" in e.before:
             yield (
                 "memory-based certification costs few certificates (≤ 1 point)",
