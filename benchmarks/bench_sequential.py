@@ -31,7 +31,7 @@ from smoothcert import cli  # noqa: E402
 from smoothcert import config as config_mod  # noqa: E402
 from smoothcert import data as data_mod  # noqa: E402
 from smoothcert.engine import core, noise, sequential  # noqa: E402
-from smoothcert.training.loop import load_model  # noqa: E402
+from smoothcert.training.models import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = {"digits": "digits_cnn", "mnist5k": "mnist_cnn", "fashion-mnist": "mnist_cnn"}

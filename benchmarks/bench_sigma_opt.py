@@ -4,11 +4,11 @@ Times DDRS (isotropic σ) and ANCER (anisotropic θ) on the same model, the same
 iterations, samples and batch, each run in a fresh process (so that per-process settings count
 as they do in practice), alternating variants in a rotating order over repeats:
 
-* ``ours``: ``smoothcert.methods.ddrs.ddrs_sigma`` / ``smoothcert.methods.ancer.ancer_theta`` as the pipeline runs them
+* ``ours``: ``smoothcert.engine.surrogate.ddrs_sigma`` / ``smoothcert.methods.ancer.ancer_theta`` as the pipeline runs them
   (``smoothcert`` CLI: allocator tuned by :func:`smoothcert.runtime.tune_allocator`; model as
   ``load_model`` prepares it, channels-last; ``precision: auto``);
 * ``ours_float32`` (precision float32: DDRS then takes dR/dσ by central differences, two forward passes
-  and no backward, :data:`smoothcert.methods.ddrs.GRADIENT`), ``ours_float32_autograd`` (float32 with the exact
+  and no backward, :data:`smoothcert.engine.surrogate.GRADIENT`), ``ours_float32_autograd`` (float32 with the exact
   autograd gradient), ``ours_default_malloc`` (glibc's default allocator) and ``ours_plain`` (contiguous model,
   float32, autograd, default allocator), to attribute the gain;
 * ``reference``: ``ddsmoothing.optimize_isotropic_dds`` (ddsmoothing-python) and
@@ -129,13 +129,13 @@ def worker(args) -> None:
     """One variant, one method, one norm in this fresh process: warm up, time one run, save θ and seconds."""
     from smoothcert.engine import surrogate as sg
     from smoothcert.engine.noise import make_generator, stream_seed
-    from smoothcert.methods import ancer, ddrs
+    from smoothcert.methods import ancer
     from smoothcert.runtime import tune_allocator
     from smoothcert.training.models import prepare_for_inference
 
     variant = args.worker
     tuned = tune_allocator() if variant in ("ours", "ours_float32", "ours_float32_autograd") else False
-    ddrs.GRADIENT = "central" if variant in ("ours", "ours_float32", "ours_default_malloc") else "autograd"
+    sg.GRADIENT = "central" if variant in ("ours", "ours_float32", "ours_default_malloc") else "autograd"
     torch.set_num_threads(args.threads)
     device = _device(args.device)
     xte, model, _ = _digits(device)
@@ -177,7 +177,7 @@ def worker(args) -> None:
         def run(iterations):
             gens = [make_generator(stream_seed(0, i, "optimize"), device) for i in range(b)]
             if args.method == "ddrs":
-                return ddrs.ddrs_sigma(
+                return sg.ddrs_sigma(
                     m,
                     x,
                     sigma0,

@@ -18,10 +18,10 @@ from smoothcert.data import prepare
 from smoothcert.engine import surrogate as sg
 from smoothcert.engine.noise import make_generator, stream_seed
 from smoothcert.errors import SmoothcertError
-from smoothcert.methods import ancer, ddrs
+from smoothcert.methods import ancer
 from smoothcert.pipeline import optimize
 from smoothcert.pipeline.certify import load_theta
-from smoothcert.training.loop import make_model
+from smoothcert.training.models import make_model
 
 
 def _mlp64(seed: int = 0) -> nn.Module:
@@ -148,7 +148,7 @@ def test_ddrs_reaches_the_known_best_sigma_of_a_band_classifier(norm):
             0.75 * a,
         )
     sigma0 = torch.tensor(start)
-    sigma = ddrs.ddrs_sigma(
+    sigma = sg.ddrs_sigma(
         model,
         x,
         sigma0,
@@ -174,7 +174,7 @@ def test_ddrs_radius_approaches_but_never_exceeds_the_linear_margin(norm):
     w = torch.tensor([1.0, 0.0, 0.0, 0.0])
     model, x = SoftLinear(w, b=0.0, k=40.0), torch.tensor([[0.5, 0.1, -0.2, 0.3]] * 2)
     sigma0 = torch.tensor([0.03, 0.06])
-    sigma = ddrs.ddrs_sigma(
+    sigma = sg.ddrs_sigma(
         model, x, sigma0, norm, iterations=60, lr=0.04, samples=64, sigma_min=0.01, generator=make_generator(1, "cpu")
     )
     before, after = _evaluate(model, x, sigma0, norm), _evaluate(model, x, sigma, norm)
@@ -186,7 +186,7 @@ def test_ddrs_keeps_sigma_above_sigma_min_and_leaves_the_model_alone():
     model, x = _small_cnn(), torch.rand(3, 1, 4, 4)
     flags = [p.requires_grad for p in model.parameters()]
     seen = []
-    sigma = ddrs.ddrs_sigma(
+    sigma = sg.ddrs_sigma(
         model,
         x,
         torch.tensor([0.02, 0.3, 0.001]),
@@ -203,7 +203,7 @@ def test_ddrs_keeps_sigma_above_sigma_min_and_leaves_the_model_alone():
     assert all(p.grad is None for p in model.parameters())
     start = torch.tensor([0.3, 0.2, 0.4])
     assert torch.equal(
-        ddrs.ddrs_sigma(model, x, start, "l2", iterations=0, lr=1.0, samples=4, sigma_min=0.01, generator=None), start
+        sg.ddrs_sigma(model, x, start, "l2", iterations=0, lr=1.0, samples=4, sigma_min=0.01, generator=None), start
     )
 
 
@@ -273,10 +273,10 @@ def test_per_input_generators_make_results_batch_independent(norm):
     model, x, idx = _small_cnn(), torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(3)), np.arange(10, 15)
     kw = dict(iterations=4, lr=0.05, samples=8)
     sigma0 = torch.full((5,), 0.3)
-    joint = ddrs.ddrs_sigma(model, x, sigma0, norm, sigma_min=0.01, generator=_gens(idx), **kw)
+    joint = sg.ddrs_sigma(model, x, sigma0, norm, sigma_min=0.01, generator=_gens(idx), **kw)
     alone = torch.cat(
         [
-            ddrs.ddrs_sigma(
+            sg.ddrs_sigma(
                 model, x[i : i + 1], sigma0[i : i + 1], norm, sigma_min=0.01, generator=_gens(idx[i : i + 1]), **kw
             )
             for i in range(5)
@@ -284,7 +284,7 @@ def test_per_input_generators_make_results_batch_independent(norm):
     )
     torch.testing.assert_close(joint, alone, rtol=1e-6, atol=1e-7)
     # the check has teeth: one shared generator for the batch draws different noise
-    shared = ddrs.ddrs_sigma(model, x, sigma0, norm, sigma_min=0.01, generator=make_generator(0, "cpu"), **kw)
+    shared = sg.ddrs_sigma(model, x, sigma0, norm, sigma_min=0.01, generator=make_generator(0, "cpu"), **kw)
     assert not torch.allclose(shared, alone, rtol=1e-4)
 
     theta0 = joint.unsqueeze(1).expand(5, 16)
@@ -435,8 +435,8 @@ def test_bfloat16_search_lands_where_float32_does(norm):
     model, x, idx = _small_cnn(), torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(5)), np.arange(6)
     kw = dict(iterations=15, lr=0.05, samples=16, sigma_min=0.01)
     s0 = torch.full((6,), 0.3)
-    s32 = ddrs.ddrs_sigma(model, x, s0, norm, generator=_gens(idx), **kw)
-    s16 = ddrs.ddrs_sigma(model, x, s0, norm, generator=_gens(idx), amp=torch.bfloat16, **kw)
+    s32 = sg.ddrs_sigma(model, x, s0, norm, generator=_gens(idx), **kw)
+    s16 = sg.ddrs_sigma(model, x, s0, norm, generator=_gens(idx), amp=torch.bfloat16, **kw)
     assert s16.dtype == torch.float32
     assert not torch.equal(s16, s32)  # bfloat16 really ran
     torch.testing.assert_close(s16, s32, rtol=0.05, atol=0.01)
@@ -474,6 +474,6 @@ def test_bfloat16_search_lands_where_float32_does(norm):
     assert float((t16 - t32).abs().mean()) < 0.01 and score(t16) >= score(t32) - 0.02 * abs(score(t32))
 
     m64, x64 = _mlp64(), x.double().reshape(6, 1, 2, 8)[..., :2, :2]
-    a = ddrs.ddrs_sigma(m64, x64, s0.double(), norm, generator=_gens(idx), **kw)
-    b = ddrs.ddrs_sigma(m64, x64, s0.double(), norm, generator=_gens(idx), amp=torch.bfloat16, **kw)
+    a = sg.ddrs_sigma(m64, x64, s0.double(), norm, generator=_gens(idx), **kw)
+    b = sg.ddrs_sigma(m64, x64, s0.double(), norm, generator=_gens(idx), amp=torch.bfloat16, **kw)
     assert a.dtype == torch.float64 and torch.equal(a, b)

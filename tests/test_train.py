@@ -124,8 +124,7 @@ def test_resume_equals_uninterrupted_training(cfg, digits_dir, tmp_path):
 
 def test_load_model_uses_channels_last_unless_configured_off(cfg, tmp_path):
     """Channels-last changes the memory layout, not the function: same logits up to float rounding."""
-    from smoothcert.training.loop import load_model
-    from smoothcert.training.models import prepare_for_inference
+    from smoothcert.training.models import load_model, prepare_for_inference
 
     model = make_model(cfg).eval()
     save_torch(tmp_path / "model.pt", {"arch": cfg["model"]["arch"], "state_dict": model.state_dict()})

@@ -29,7 +29,7 @@ def load_model(checkpoint: str | Path, cfg: dict | None = None, device=None):
     """
     from smoothcert.artifacts import load_torch
     from smoothcert.errors import require
-    from smoothcert.training.loop import load_model as load
+    from smoothcert.training.models import load_model as load
 
     if cfg is None:
         blob = load_torch(checkpoint, what="checkpoint")

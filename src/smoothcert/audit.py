@@ -8,7 +8,7 @@ classifier whose *exact* answer is known, and counts the trials whose certificat
   hyperplane: in the θ-scaled ℓp metric the exact gap is |wᵀx + b| / ‖θ ⊙ w‖_q (q the dual norm:
   ℓ2 → ℓ2, ℓ1 → ℓ∞). A certificate fails when it predicts the wrong class or its gap exceeds this.
   Checks: ``cohen_l2`` (isotropic Gaussian; ``cohen_clip_l2`` on (T, C, H, W) clips), ``ddrs_l2``
-  (per-input σ from ``optimize.ddrs_sigma``), ``ancer_l2`` (per-dimension θ from ``optimize.ancer_theta``),
+  (per-input σ from ``engine.surrogate.ddrs_sigma``), ``ancer_l2`` (per-dimension θ from ``optimize.ancer_theta``),
   ``cohen_l1`` and ``ddrs_l1`` (isotropic uniform noise, fixed or DDRS σ, on an axis-aligned classifier,
   where the ℓ1 bound is tight), ``ancer_l1`` (per-dimension uniform noise, generic w in d = 4: here the
   exact smoothed probability is computed in closed form, and both p̲A > pA and a region that crosses the
@@ -189,7 +189,7 @@ def cohen_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=0, broken=Fal
 
 def ddrs_l2(trials=1000, n=500, n0=50, alpha=0.1, seed=1, iterations=3) -> dict:
     """Per-input σ optimized by DDRS (gradient ascent on the radius surrogate) before certification."""
-    from smoothcert.methods.ddrs import ddrs_sigma
+    from smoothcert.engine.surrogate import ddrs_sigma
 
     rng = np.random.default_rng(seed)
     w, b = rng.normal(size=16), -0.2
@@ -304,7 +304,7 @@ def cohen_l1(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=3) -> dict:
 
 def ddrs_l1(trials=1000, n=500, n0=50, alpha=0.1, seed=8, iterations=3) -> dict:
     """Per-input σ optimized by DDRS for ℓ1 (uniform noise) on an axis-aligned classifier, where 2(p̲A − ½) is tight."""
-    from smoothcert.methods.ddrs import ddrs_sigma
+    from smoothcert.engine.surrogate import ddrs_sigma
 
     rng = np.random.default_rng(seed)
     d = 16
@@ -816,7 +816,8 @@ def train_digits(folder: Path, epochs: int = 4, sigma: float = 0.25, seed: int =
 
     from smoothcert import config as config_mod
     from smoothcert import data as data_mod
-    from smoothcert.training.loop import load_model, train
+    from smoothcert.training.loop import train
+    from smoothcert.training.models import load_model
 
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg.update(seed=seed, device="cpu")

@@ -354,3 +354,8 @@ def test_indices(n_test: int, start: int, step: int, limit: int | None) -> np.nd
     """Indices of the test inputs to certify: every ``step``-th from ``start``, at most ``limit``."""
     idx = np.arange(start, n_test, step)
     return idx if limit is None else idx[:limit]
+
+
+def shard_indices(indices: np.ndarray, shard: int, shards: int) -> np.ndarray:
+    """Contiguous block ``shard`` of ``shards`` of the certified test indices."""
+    return np.array_split(np.asarray(indices), shards)[shard]

@@ -1,4 +1,8 @@
-"""Arguments and setup shared by the subcommands."""
+"""Arguments and setup shared by the subcommands.
+
+It imports nothing from ``smoothcert.pipeline``: every command imports it, so whatever it imports is code
+every stage runs, and an edit there reruns every job (the stage map hashes each stage's import closure).
+"""
 
 from __future__ import annotations
 
@@ -39,12 +43,11 @@ def add_model_inputs(p: argparse.ArgumentParser) -> None:
 def shard_inputs(cfg: dict, args: argparse.Namespace):
     """The test inputs of ``args.shard``: (x, y, idx), selected by the config's ``test`` section."""
     from smoothcert import data as data_mod
-    from smoothcert.pipeline.certify import shard_indices
 
     shard, shards = config_mod.parse_shard(args.shard)
     x, y = data_mod.load_split(args.data, "test", cfg["data"]["dataset"])
     t = cfg["test"]
-    idx = shard_indices(data_mod.test_indices(len(x), t["start"], t["step"], t["limit"]), shard, shards)
+    idx = data_mod.shard_indices(data_mod.test_indices(len(x), t["start"], t["step"], t["limit"]), shard, shards)
     return x, y, idx
 
 

@@ -15,7 +15,7 @@ from smoothcert.commands._common import (
 )
 from smoothcert.errors import require
 from smoothcert.pipeline.certify import certify_shard, load_theta
-from smoothcert.training.loop import load_model
+from smoothcert.training.models import load_model
 
 HELP = "certify one shard of the test set with one method; rows are written as they finish (resumable)"
 

@@ -23,7 +23,7 @@ from smoothcert.commands._common import (
 from smoothcert.errors import require
 from smoothcert.pipeline.certify import load_theta
 from smoothcert.pipeline.optimize import optimize_shard
-from smoothcert.training.loop import load_model
+from smoothcert.training.models import load_model
 
 HELP = "search per-input noise (σ or θ) for one shard with a per-input-σ method"
 

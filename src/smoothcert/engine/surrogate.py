@@ -1,4 +1,5 @@
-"""The differentiable radius surrogate that per-input σ / θ searches climb (DDRS, ANCER, data-dependent training).
+"""The differentiable radius surrogate that per-input σ / θ searches climb (DDRS, ANCER, data-dependent training),
+and DDRS's σ ascent on it (:func:`ddrs_sigma`), which the DDRS method and data-dependent training both run.
 
 ψ = E_ε softmax f(x + scale ⊙ ε) is estimated from M reparameterized draws per step, so gradients reach σ / θ
 through the noise; all inputs of a batch and all their draws go through the base classifier in one forward pass.
@@ -17,7 +18,7 @@ soundness of its certificate, which certification computes afresh in float32. No
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +31,8 @@ from smoothcert.errors import require
 PSI_CLAMP = 1e-3
 Generators = torch.Generator | Sequence[torch.Generator] | None
 PRECISIONS = ("auto", "float32", "bfloat16")
+GRADIENT = "central"  # DDRS ascent in float32: "central" differences (two forward passes, same draws) or "autograd"
+FD_STEP = 1e-2  # relative step h / σ of the central difference
 
 
 def resolve_precision(name: str, device) -> torch.dtype | None:
@@ -169,3 +172,63 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def ddrs_sigma(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigma0: torch.Tensor,
+    norm: str,
+    *,
+    iterations: int,
+    lr: float,
+    samples: int,
+    sigma_min: float,
+    generator: Generators,
+    amp: torch.dtype | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """DDRS: per-input σ (B,) by plain gradient ascent σ ← max(σ + lr·∇σ R(σ), sigma_min) on R = :func:`surrogate`.
+
+    ``iterations`` steps of ``samples`` draws per input, one forward for the batch per step
+    (the model under autocast(``amp``) when given, e.g. ``torch.bfloat16``).
+    Guarantees: the result is ≥ sigma_min, detached, of x's dtype; with a list of per-input
+    generators, row i depends only on x[i], sigma0[i] and generator[i].
+    ``callback(step, sigma)`` (optional) sees σ after each step.
+    """
+    x = x.detach()
+    sigma = torch.as_tensor(sigma0, device=x.device).detach().to(x.dtype).clamp_min(sigma_min).clone()
+    require(sigma.shape == (x.shape[0],), f"sigma0 has shape {tuple(sigma.shape)}, expected ({x.shape[0]},)")
+    if GRADIENT == "central" and amp is None and x.dtype == torch.float32:
+        with frozen(model), torch.no_grad():
+            for step in range(iterations):
+                grad = _central_gradient(model, x, sigma, norm, samples, generator)
+                sigma = (sigma + lr * grad).clamp_min(sigma_min)
+                if callback is not None:
+                    callback(step, sigma)
+        return sigma
+    with frozen(model), torch.enable_grad():
+        for step in range(iterations):
+            sigma.requires_grad_(True)
+            radius = surrogate(model, x, sigma, norm, samples, generator, amp)
+            (grad,) = torch.autograd.grad(radius.sum(), sigma)
+            sigma = (sigma.detach() + lr * grad).clamp_min(sigma_min)
+            if callback is not None:
+                callback(step, sigma)
+    return sigma.detach()
+
+
+def _central_gradient(
+    model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, norm: str, samples: int, generator: Generators
+) -> torch.Tensor:
+    """dR/dσ (B,) of :func:`surrogate` by a central difference (R(σ + h) − R(σ − h)) / 2h, h = FD_STEP·σ, on the
+    same draws ε for both (the step's one draw, as the autograd step takes it); one forward pass of 2·B·samples rows."""
+    b, shape = x.shape[0], tuple(x.shape[1:])
+    eps = standard_noise(x, samples, noise_kind(norm), generator)
+    h = sigma * FD_STEP
+    both = torch.cat([sigma + h, sigma - h])  # (2B,)
+    view = (2, b, 1, *([1] * len(shape)))
+    z = (x.unsqueeze(1).unsqueeze(0) + both.reshape(view) * eps.unsqueeze(0)).reshape(2 * b * samples, *shape)
+    psi = torch.softmax(forward(model, z, None), dim=1).reshape(2 * b, samples, -1).mean(1)
+    r = both * proxy_gap(psi.topk(2, dim=1).values, norm)
+    return (r[:b] - r[b:]) / (2 * h)

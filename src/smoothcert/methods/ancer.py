@@ -92,7 +92,7 @@ def ancer_theta(
     Noise N(0, diag θ²) for ℓ2, U[-θ, θ] for ℓ1. After every Adam step θ ← max(θ, θ0), so the
     returned θ ≥ θ0 elementwise (the anisotropic region contains the isotropic one when θ0 is
     the DDRS σ broadcast). θ0 must be positive. Rows are independent across inputs, as in
-    :func:`ddrs_sigma`; ``amp`` as there. ``callback(step, theta)`` (optional) sees θ after each projection.
+    :func:`smoothcert.engine.surrogate.ddrs_sigma`; ``amp`` as there. ``callback(step, theta)`` (optional) sees θ after each projection.
     """
     import torch
 

@@ -53,11 +53,6 @@ COLUMNS = [
 ]
 
 
-def shard_indices(indices: np.ndarray, shard: int, shards: int) -> np.ndarray:
-    """Contiguous block ``shard`` of ``shards`` of the certified test indices."""
-    return np.array_split(np.asarray(indices), shards)[shard]
-
-
 def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """θ, seconds and evals of the inputs ``idx`` from one θ shard file (:func:`smoothcert.artifacts.read_theta`)."""
     return read_theta(path, idx, dim)

@@ -21,50 +21,11 @@ from smoothcert import data as data_mod
 from smoothcert.artifacts import fingerprint, load_torch, log, resume_conflict, save_torch, sha256_tensors, write_table
 from smoothcert.config import OBJECTIVE_SECTIONS, SIGMA_MODE_SECTIONS, ModelSpec
 from smoothcert.engine.noise import make_generator, noisy_copies, stream_seed
-from smoothcert.errors import SmoothcertError, require
-from smoothcert.training.models import build_model, prepare_for_inference
+from smoothcert.errors import require
+from smoothcert.training.models import make_model
 from smoothcert.training.objectives import OBJECTIVES, SIGMA_UPDATERS, TrainContext
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
-
-
-def make_model(cfg: dict) -> nn.Module:
-    """The configured architecture for the configured dataset, normalization first."""
-    meta = data_mod.info(cfg["data"]["dataset"])
-    return build_model(
-        cfg["model"]["arch"], meta.channels, meta.num_classes, meta.size, list(meta.mean), list(meta.std)
-    )
-
-
-def load_model(cfg: dict, path: str | Path, device) -> nn.Module:
-    """Build the configured model and load a checkpoint into it, checking arch and shapes."""
-    blob = load_torch(path, what="checkpoint")
-    require(isinstance(blob, dict) and "state_dict" in blob, f"checkpoint {path} has no state_dict")
-    arch = cfg["model"]["arch"]
-    require(blob.get("arch") == arch, f"checkpoint {path} is for arch {blob.get('arch')!r}, the config says {arch!r}")
-    state = blob["state_dict"]
-    require(
-        isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()),
-        f"checkpoint {path}: state_dict is not a mapping of names to tensors",
-    )
-    model = make_model(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise SmoothcertError(
-            f"checkpoint {path} does not fit {arch} for {cfg['data']['dataset']} "
-            f"(wrong class count or shapes): {(lines[1] if len(lines) > 1 else lines[0] if lines else str(exc))[:200]}"
-        ) from exc
-    # NaN/inf weights make NaN logits, whose argmax is an arbitrary class: certificates would be meaningless
-    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    require(
-        not bad,
-        f"checkpoint {path} holds NaN or inf values in {bad[:3]}{' ...' if len(bad) > 3 else ''} "
-        f"(diverged training?); refusing to certify with it",
-    )
-    model = model.to(device).eval()
-    return prepare_for_inference(model) if cfg["channels_last"] else model
 
 
 def _accuracy(

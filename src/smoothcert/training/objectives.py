@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothcert.engine.noise import broadcast_scale, fill_standard, noisy_copies
-from smoothcert.engine.surrogate import frozen
-from smoothcert.methods.ddrs import ddrs_sigma
+from smoothcert.engine.surrogate import ddrs_sigma, frozen
 
 # ψ is clamped into [MACER_CLAMP, 1 - MACER_CLAMP] before Φ⁻¹: Φ⁻¹(1 - 1e-6) ≈ 4.75, so a
 # saturated pair (ψ₁ → 1, ψ₂ → 0) has gap ≈ 9.5 > γ = 8 and falls outside the hinge, as the
@@ -197,7 +196,7 @@ def data_dependent_sigma(
     """Per-sample σ (B,): ``steps`` DDRS ascent steps on the radius surrogate from the buffer's σ.
 
     Maximizes σ/2·(Φ⁻¹(ψ₁) - Φ⁻¹(ψ₂)) (gaussian) or σ·(ψ₁ - ψ₂) (uniform) per input with
-    :func:`smoothcert.methods.ddrs.ddrs_sigma` (``ctx.cfg['data_dependent']``: steps, lr, samples),
+    :func:`smoothcert.engine.surrogate.ddrs_sigma` (``ctx.cfg['data_dependent']``: steps, lr, samples),
     keeping σ ≥ ``data_dependent.sigma_min``. Runs in eval mode (restored); parameters are neither changed
     nor given gradients.
     """
