@@ -30,7 +30,7 @@ Certificates per model (norm, σ), shared by its methods: 90 % right, 5 % abstai
 it (started from, and kept above, the DDRS σ); sequential draws per input n ∈ {1,000 … 64,000}. Steps
 (``--steps``), each measured in a fresh process (``spawn``) so that peaks do not mix:
 
-1. ``memory``: ``run_memory`` (smoothcert.engine.regions) with the ANCER θ (n × 784) for each
+1. ``memory``: the memory step (``smoothcert.pipeline.memory.final_table``) with the ANCER θ (n × 784) for each
    ``--memory-runs`` NORM:σ (default ℓ2 0.25 / 0.5 / 1.0, ℓ1 0.5 / 2.0, as at d = 64);
 2. ``report``: a results folder shaped like a pipeline run (``<model_id>/<method>/certify.tsv``,
    ``final.tsv`` for ddrs / ancer, ``theta/<i>-of-<shards>.pt`` written by ``smoothcert.artifacts.write_theta``
@@ -72,7 +72,8 @@ from scipy.stats import norm as normal
 from sklearn.datasets import load_digits
 
 import harness
-from smoothcert.engine.regions import candidate_pairs, run_memory
+from smoothcert.engine.regions import candidate_pairs
+from smoothcert.pipeline.memory import final_table
 
 
 def synthetic(n: int, norm: str, sigma: float, seed: int = 0, workload: str = "duplicates"):
@@ -120,7 +121,7 @@ def synthetic(n: int, norm: str, sigma: float, seed: int = 0, workload: str = "d
 
 def bench(n: int, norm: str, sigma: float, workload: str) -> dict:
     table, centers, theta = synthetic(n, norm, sigma, workload=workload)
-    (final, arrays), seconds, cpu = harness.timed(lambda: run_memory(table, centers, theta, norm))
+    (final, arrays), seconds, cpu = harness.timed(lambda: final_table(table, centers, theta, norm))
     counts = final["memory"].value_counts().to_dict()
     predict = table["predict"].to_numpy()
     pairs = len(candidate_pairs(centers, theta, np.where(predict >= 0, table["gap"], 0.0), predict, norm)[1])
@@ -199,10 +200,11 @@ def load_centres(data_dir: Path, dataset: str, n: int) -> tuple[np.ndarray, np.n
 
 
 def certificates(label: np.ndarray, d: int, norm: str, sigma: float, method: str, seed: int = 0):
-    """A certify.tsv table (every column of ``smoothcert.pipeline.certify.COLUMNS``) and θ (n, d) of one
-    experiment; None for θ where the method has no per-pixel θ (cohen, ddrs: isotropic)."""
+    """A certify.tsv table (every column of ``smoothcert.engine.certificates.COLUMNS``, the certificate by
+    :func:`smoothcert.engine.certificates.certificate`) and θ (n, d) of one experiment; None for θ where the
+    method has no per-pixel θ (cohen, ddrs: isotropic)."""
     from smoothcert.engine import stats
-    from smoothcert.pipeline.certify import COLUMNS
+    from smoothcert.engine.certificates import ABSTAIN, COLUMNS, certificate
 
     n = len(label)
     rng = np.random.default_rng([seed, n, int(round(1000 * sigma)), norm == "l1"])  # shared by the model's methods
@@ -210,33 +212,23 @@ def certificates(label: np.ndarray, d: int, norm: str, sigma: float, method: str
     predict = np.where(wrong, (label + rng.integers(1, 10, n)) % 10, label)
     p_lower = 0.5 + 0.4999 * rng.beta(2.0, 1.0, n)
     abstain = rng.random(n) < 0.05
-    predict = np.where(abstain, -1, predict)
-    gap = np.where(abstain, 0.0, normal.ppf(p_lower) if norm == "l2" else 2.0 * (p_lower - 0.5))
+    predict = np.where(abstain, ABSTAIN, predict)
     draws = 1000 * 2 ** rng.integers(0, 7, n)  # sequential: 1,000 … 64,000 draws per input
     sigma_i = sigma * np.exp(rng.normal(0.0, 0.15, n))  # DDRS σ per input
     theta = None
-    if method == "cohen":
-        iso = np.full(n, sigma)
-    elif method == "ddrs":
-        iso = sigma_i
+    if method in ("cohen", "ddrs"):
+        scale = np.broadcast_to((np.full(n, sigma) if method == "cohen" else sigma_i)[:, None], (n, d))
     else:
-        theta = sigma_i[:, None] * np.exp(
+        theta = scale = sigma_i[:, None] * np.exp(
             np.abs(np.random.default_rng([seed, n, int(round(1000 * sigma)), norm == "l1", 1]).normal(0.0, 0.3, (n, d)))
         )
-    if theta is None:
-        lo = gm = hi = iso
-        log_volume = stats.region_log_volume(np.broadcast_to(iso[:, None], (n, d)), gap, norm)
-    else:
-        lo, gm, hi = theta.min(1), np.exp(np.log(theta).mean(1)), theta.max(1)
-        log_volume = stats.region_log_volume(theta, gap, norm)
-    ok = predict >= 0
+    ok = predict != ABSTAIN
     opt = method != "cohen"
     table = pd.DataFrame(
         {
             "idx": np.arange(n),
             "label": label,
             "predict": predict,
-            "radius": np.where(ok, lo * gap, 0.0),
             "correct": (predict == label).astype(int),
             "time": draws / 5000.0,
             "method": method,
@@ -247,12 +239,7 @@ def certificates(label: np.ndarray, d: int, norm: str, sigma: float, method: str
             "n0": 100,
             "n": draws,
             "alpha": 0.001,
-            "gap": gap,
-            "proxy_radius": np.where(ok, gm * gap, 0.0),
-            "log_volume": log_volume,
-            "sigma_min": lo,
-            "sigma_gmean": gm,
-            "sigma_max": hi,
+            **certificate(predict, stats.gap(p_lower, norm), scale, 1.0, norm),
             "evals": draws + 100,
             "opt_time": 2.0 if opt else 0.0,
             "opt_evals": 1600 if opt else 0,
@@ -369,7 +356,7 @@ def child_memory(data_dir: str, dataset: str, n: int, norm: str, sigma: float) -
     """``run_memory`` on n ANCER certificates (n × 784 θ), in this (fresh) process."""
     centers, label = load_centres(Path(data_dir), dataset, n)
     table, theta = certificates(label, centers.shape[1], norm, sigma, "ancer")
-    row = _measured(lambda: run_memory(table, centers, theta, norm))
+    row = _measured(lambda: final_table(table, centers, theta, norm))
     final, arrays = row.pop("result")
     counts = final["memory"].value_counts().to_dict()
     predict = table["predict"].to_numpy()

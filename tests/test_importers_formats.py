@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from smoothcert.engine.certificates import COLUMNS
 from smoothcert.errors import SmoothcertError
-from smoothcert.pipeline.certify import COLUMNS
 from smoothcert.reporting import importers as imp
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,9 +20,9 @@ from smoothcert.engine.regions import (
     load_memory,
     may_intersect,
     region_gauge,
-    run_memory,
     save_memory,
 )
+from smoothcert.pipeline.memory import final_table
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -280,8 +280,8 @@ def scenarios(draw):
 @given(scenarios())
 def test_memory_invariants(case):
     table, centers, thetas, norm = case
-    final, arrays = run_memory(table, centers, thetas, norm)
-    again, arrays2 = run_memory(table, centers, thetas, norm)
+    final, arrays = final_table(table, centers, thetas, norm)
+    again, arrays2 = final_table(table, centers, thetas, norm)
     pd.testing.assert_frame_equal(final, again)  # deterministic
     for key in ("idx", "center", "label", "theta", "gap"):
         assert np.array_equal(arrays[key], arrays2[key])
@@ -331,7 +331,7 @@ def test_many_inputs_high_dimension_stay_disjoint(norm):
     predict = rng.integers(0, 4, n)
     gaps = rng.uniform(0.5, 3.0, n) * (4.0 if norm == "l1" else 1.0)
     table = pd.DataFrame({"idx": np.arange(n), "label": predict, "predict": predict, "gap": gaps, "norm": norm})
-    final, arrays = run_memory(table, centers, thetas, norm)
+    final, arrays = final_table(table, centers, thetas, norm)
     assert set(final["memory"]) >= {"shrunk"}
     c, t, g, lab = arrays["center"], arrays["theta"], arrays["gap"], arrays["label"]
     for i in range(len(g)):
@@ -481,7 +481,7 @@ def test_first_pass_answers_as_scanning_the_whole_memory(norm):
     predict = rng.integers(-1, 3, n)
     gaps = np.where(predict >= 0, rng.uniform(0.1, 3.0, n), 0.0)
     table = pd.DataFrame({"idx": np.arange(n), "label": predict, "predict": predict, "gap": gaps, "norm": norm})
-    final, arrays = run_memory(table, centers, thetas, norm)
+    final, arrays = final_table(table, centers, thetas, norm)
     mem = Memory(norm, d)
     full = [mem.process(i, centers[i], int(predict[i]), thetas[i], gaps[i]) for i in range(n)]
     assert {"shrunk", "inside"} <= set(final["memory"])

@@ -78,7 +78,7 @@ def test_proxy_accuracy_is_never_ranked_as_a_certificate():
 
 
 def test_fill_imported_and_parse():
-    from smoothcert.pipeline.certify import COLUMNS
+    from smoothcert.engine.certificates import COLUMNS
     from smoothcert.reporting.importers import fill_imported, parse_import
 
     df = pd.DataFrame(

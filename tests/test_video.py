@@ -14,8 +14,8 @@ import yaml
 from smoothcert import data as data_mod
 from smoothcert.artifacts import load_torch
 from smoothcert.cli import main
+from smoothcert.engine.certificates import COLUMNS
 from smoothcert.errors import SmoothcertError
-from smoothcert.pipeline.certify import COLUMNS
 from smoothcert.pipeline.clips import FrameNet, make_moving_digits, run_video, settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,8 +23,7 @@ from torch import nn
 
 from smoothcert.engine import noise as noise_mod
 from smoothcert.engine import stats
-
-ABSTAIN = -1
+from smoothcert.engine.certificates import ABSTAIN
 
 
 @dataclass

@@ -37,14 +37,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy import optimize
 
 from smoothcert.artifacts import atomic_path
 from smoothcert.engine import stats
+from smoothcert.engine.certificates import MEMORY_ACTIONS
 from smoothcert.errors import SmoothcertError, require
 
-ACTIONS = ("none", "inside", "shrunk", "abstained")
+ACTIONS = MEMORY_ACTIONS
 _SAFETY = 1e-9  # relative margin applied to every computed gap (covers rounding)
 _ROUND = 1e-12  # relative floating error allowance inside the dual bounds
 _CHUNK = 64  # pairs solved together in the branch-and-bound refinement
@@ -457,37 +457,40 @@ def candidate_pairs(
 
 
 def run_memory(
-    table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, norm: str, answer_abstained: bool = False
-) -> tuple[pd.DataFrame, dict]:
-    """Run the memory over a certificate table (rows aligned with ``centers`` and ``thetas``, (n, d)).
+    idx: np.ndarray,
+    predict: np.ndarray,
+    gap: np.ndarray,
+    centers: np.ndarray,
+    thetas: np.ndarray,
+    norm: str,
+    answer_abstained: bool = False,
+) -> tuple[dict, dict]:
+    """Run the memory over certificates (``idx``, ``predict``, ``gap`` (n,), ``centers`` and ``thetas`` (n, d)).
 
-    Returns the table sorted by idx with ``memory`` (none|inside|shrunk|abstained), ``gap_original``,
-    ``predict_original`` added and ``predict, gap, radius, proxy_radius, log_volume, correct`` (and, for
-    ``inside`` rows, ``sigma_min/gmean/max`` of the answered region) recomputed from the final region;
-    plus the recorded regions as arrays (see :meth:`Memory.arrays`). Deterministic.
+    Inputs are processed in idx order. Returns ``(answers, regions)``: ``answers`` holds ``order`` (the
+    permutation sorting the inputs by idx) and, in that order, ``predict`` and ``gap`` of the region answered
+    with, its θ (``theta``: an earlier region's for ``inside``) and the ``memory`` action (one of
+    :data:`ACTIONS`); ``regions`` the recorded regions (see :meth:`Memory.arrays`). Deterministic. The table
+    columns are the caller's (:func:`smoothcert.engine.certificates.certificate`).
 
     Time: the vectorized first pass (:func:`candidate_pairs`) finds, for all inputs at once, the few earlier
     regions that can matter; the sequential pass then looks only at those, so it grows with n plus the
     number of close pairs of different classes rather than with n².
     """
     _check_norm(norm)
-    require(
-        {"idx", "label", "predict", "gap"} <= set(table.columns),
-        "certificate table needs columns idx, label, predict and gap",
-    )
+    idx = np.asarray(idx)
     centers = np.asarray(centers, dtype=float)
     thetas = np.asarray(thetas, dtype=float)
-    n = len(table)
+    n = len(idx)
     require(
         centers.ndim == 2 and centers.shape[0] == n and thetas.shape == centers.shape,
         f"memory needs centres and θ of shape (rows, d) = ({n}, d); got {centers.shape} and {thetas.shape}",
     )
-    require(not table["idx"].duplicated().any(), "certificate table lists an input (idx) more than once")
-    order = np.argsort(table["idx"].to_numpy(), kind="stable")
-    out = table.iloc[order].reset_index(drop=True).copy()
-    centers, thetas = centers[order], thetas[order].copy()
-    gaps = out["gap"].to_numpy(dtype=float)
-    predict = out["predict"].to_numpy(dtype=np.int64)
+    require(len(np.unique(idx)) == n, "certificate table lists an input (idx) more than once")
+    order = np.argsort(idx, kind="stable")
+    idx, centers, thetas = idx[order], centers[order], thetas[order].copy()
+    gaps = np.asarray(gap, dtype=float)[order]
+    predict = np.asarray(predict, dtype=np.int64)[order]
     require(np.isfinite(gaps).all() and (gaps >= 0).all(), "certificate table has NaN or negative gaps")
     mem = Memory(norm, centers.shape[1], capacity=max(16, n), answer_abstained=answer_abstained)
     new_pred, new_gap, action = np.empty(n, np.int64), np.empty(n), np.empty(n, dtype=object)
@@ -496,34 +499,17 @@ def run_memory(
     # memory position of input i's region, -1 while unrecorded or recorded as ``inside`` (such a region lies
     # in an earlier region of its class with the same θ, which dominates it in every later test)
     position = np.full(n, -1, dtype=np.int64)
-    idx_col = out["idx"].to_numpy()
     for i in range(n):
         cand = position[earlier[indptr[i] : indptr[i + 1]]]
         new_pred[i], new_gap[i], action[i] = mem.process(
-            int(idx_col[i]), centers[i], int(predict[i]), thetas[i], start_gaps[i], candidates=cand[cand >= 0]
+            int(idx[i]), centers[i], int(predict[i]), thetas[i], start_gaps[i], candidates=cand[cand >= 0]
         )
         if action[i] == "inside":
             thetas[i] = mem.last_theta
         elif new_pred[i] >= 0 and action[i] != "abstained":
             position[i] = len(mem) - 1
-    out["predict_original"] = predict
-    out["gap_original"] = gaps
-    out["memory"] = action
-    ok = new_pred >= 0
-    g = np.where(ok, new_gap, 0.0)
-    out["predict"] = new_pred
-    out["gap"] = g
-    out["radius"] = np.where(ok, thetas.min(1) * g, 0.0)
-    gmean = np.exp(np.log(thetas).mean(1))
-    out["proxy_radius"] = np.where(ok, gmean * g, 0.0)
-    out["log_volume"] = stats.region_log_volume(thetas, g, norm)
-    out["correct"] = (new_pred == out["label"].to_numpy()).astype(int)
-    inside = action == "inside"
-    if inside.any():
-        for col, val in (("sigma_min", thetas.min(1)), ("sigma_gmean", gmean), ("sigma_max", thetas.max(1))):
-            if col in out.columns:
-                out.loc[inside, col] = val[inside]
-    return out, mem.arrays()
+    answers = {"order": order, "predict": new_pred, "gap": new_gap, "theta": thetas, "memory": action}
+    return answers, mem.arrays()
 
 
 def save_memory(path: str | os.PathLike, arrays: dict) -> None:

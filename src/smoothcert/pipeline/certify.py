@@ -1,8 +1,9 @@
 """Certify one shard of the test set, writing rows incrementally and resumably.
 
-Every method lands in one row format (``COLUMNS``): Cohen's columns
+Every method lands in one row format (:data:`smoothcert.engine.certificates.COLUMNS`): Cohen's columns
 ``idx label predict radius correct time`` plus the method, norm, noise level(s),
-p̲A, the certified gap, proxy radius and log-volume of the certified region.
+p̲A, the certified gap, proxy radius and log-volume of the certified region
+(:func:`smoothcert.engine.certificates.certificate`).
 For per-input σ/θ methods these are the *per-input* certificates; they become
 sound for the data-dependent classifier only after the memory step.
 
@@ -22,35 +23,10 @@ from tqdm import tqdm
 from smoothcert import methods
 from smoothcert.artifacts import ShardWriter, fingerprint, read_theta, sha256_file, sha256_tensors
 from smoothcert.config import ModelSpec
-from smoothcert.engine import core, stats
+from smoothcert.engine import core
+from smoothcert.engine.certificates import COLUMNS, certificate
 from smoothcert.engine.noise import stream_seed
 from smoothcert.errors import require
-
-COLUMNS = [
-    "idx",
-    "label",
-    "predict",
-    "radius",
-    "correct",
-    "time",
-    "method",
-    "norm",
-    "sigma",
-    "pA_lower",
-    "count",
-    "n0",
-    "n",
-    "alpha",
-    "gap",
-    "proxy_radius",
-    "log_volume",
-    "sigma_min",
-    "sigma_gmean",
-    "sigma_max",
-    "evals",
-    "opt_time",
-    "opt_evals",
-]
 
 
 def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -189,7 +165,9 @@ def certify_shard(
                 th.min(1) * target.radius_factor,
             )
         elapsed = (time.time() - t0) / len(pos)
-        new = rows(out, th, idx[pos], y[pos].numpy(), method_name, spec, cfg, target.radius_factor, elapsed)
+        new = rows(
+            out, th, idx[pos], y[pos].numpy(), method_name, spec, cc["n0"], cc["alpha"], target.radius_factor, elapsed
+        )
         for r, p, n in zip(new, pos, out["n"]):
             r.update(
                 n=int(n),
@@ -227,19 +205,14 @@ def rows(
     labels: np.ndarray,
     method: str,
     spec: ModelSpec,
-    cfg: dict,
+    n0: int,
+    alpha: float,
     radius_factor: float,
     elapsed: float,
 ) -> list[dict]:
-    """Certificate rows from ``core.certify_batch`` output and the per-input θ (B, d)."""
-    cc = cfg["certify"]
-    theta_min, theta_max = theta.min(1), theta.max(1)
-    gmean = np.exp(np.log(theta).mean(1))
-    ok = out["predict"] != core.ABSTAIN
-    gap = np.where(ok, out["gap"], 0.0)
-    radius = np.where(ok, theta_min * gap * radius_factor, 0.0)
-    proxy = np.where(ok, gmean * gap * radius_factor, 0.0)
-    logvol = stats.region_log_volume(theta * radius_factor, gap, spec.norm)
+    """Certificate rows from ``core.certify_batch`` output and the per-input θ (B, d)
+    (the certificate by :func:`~smoothcert.engine.certificates.certificate`)."""
+    cert = certificate(out["predict"], out["gap"], theta, radius_factor, spec.norm)
     result = []
     for i in range(len(idx)):
         result.append(
@@ -247,7 +220,6 @@ def rows(
                 "idx": int(idx[i]),
                 "label": int(labels[i]),
                 "predict": int(out["predict"][i]),
-                "radius": float(radius[i]),
                 "correct": int(out["predict"][i] == labels[i]),
                 "time": float(elapsed),
                 "method": method,
@@ -255,15 +227,10 @@ def rows(
                 "sigma": spec.sigma,
                 "pA_lower": float(out["pA_lower"][i]),
                 "count": int(out["count"][i]),
-                "n0": cc["n0"],
+                "n0": n0,
                 "n": int(out["n"][i]),
-                "alpha": cc["alpha"],
-                "gap": float(gap[i]),
-                "proxy_radius": float(proxy[i]),
-                "log_volume": float(logvol[i]),
-                "sigma_min": float(theta_min[i]),
-                "sigma_gmean": float(gmean[i]),
-                "sigma_max": float(theta_max[i]),
+                "alpha": alpha,
+                **{k: float(v[i]) for k, v in cert.items()},
             }
         )
     return result

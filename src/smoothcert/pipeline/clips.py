@@ -9,7 +9,7 @@ frames and averages their logits over time; it is trained with Gaussian noise of
 the experiment's σ on whole clips (half of the noisy frames resized and cropped as
 Smooth-Reduce will present them). Certification is
 :func:`smoothcert.pipeline.certify.certify_shard` itself (seeds from ``noise.stream_seed``,
-rows in ``certify.COLUMNS``); for ``smooth_reduce_*`` its wrapper
+rows in ``engine.certificates.COLUMNS``); for ``smooth_reduce_*`` its wrapper
 (:func:`smoothcert.methods.smooth_reduce.wrap`) cuts clips into temporal windows × spatial
 patches. Radii are ℓ2 in clip space (all T·C·canvas² pixel values): for the
 uncorrelated variant the wrapper divides the radius of the stacked sub-clips by the

@@ -17,6 +17,7 @@ import torch
 
 from smoothcert import data as data_mod
 from smoothcert.artifacts import read_table, read_theta, write_table
+from smoothcert.engine.certificates import certificate
 from smoothcert.engine.regions import run_memory, save_memory
 from smoothcert.errors import require
 
@@ -41,6 +42,47 @@ def _certified_table(path: str | Path) -> tuple[pd.DataFrame, str]:
     gaps = table["gap"].to_numpy(dtype=float)
     require(np.isfinite(gaps).all() and (gaps >= 0).all(), f"certified table {path} has NaN or negative gaps")
     return table, norm
+
+
+def final_table(
+    table: pd.DataFrame, centers: np.ndarray, thetas: np.ndarray, norm: str, answer_abstained: bool = False
+) -> tuple[pd.DataFrame, dict]:
+    """The memory step over a certificate table (rows aligned with ``centers`` and ``thetas``, (n, d)).
+
+    Returns the table sorted by idx with the memory columns (``memory``, ``gap_original``,
+    ``predict_original``) added, the certificate (:func:`~smoothcert.engine.certificates.certificate`) and
+    ``correct`` of the region answered with (and, for ``inside`` rows, its θ summaries), and the recorded
+    regions (:func:`smoothcert.engine.regions.run_memory`).
+    """
+    require(
+        {"idx", "label", "predict", "gap"} <= set(table.columns),
+        "certificate table needs columns idx, label, predict and gap",
+    )
+    answers, regions = run_memory(
+        table["idx"].to_numpy(),
+        table["predict"].to_numpy(),
+        table["gap"].to_numpy(),
+        centers,
+        thetas,
+        norm,
+        answer_abstained,
+    )
+    out = table.iloc[answers["order"]].reset_index(drop=True).copy()
+    out["predict_original"] = out["predict"].to_numpy(dtype=np.int64)
+    out["gap_original"] = out["gap"].to_numpy(dtype=float)
+    out["memory"] = answers["memory"]
+    predict = answers["predict"]  # a class, or ABSTAIN
+    cert = certificate(predict, answers["gap"], answers["theta"], 1.0, norm)
+    out["predict"] = predict
+    for col in ("gap", "radius", "proxy_radius", "log_volume"):
+        out[col] = cert[col]
+    out["correct"] = (predict == out["label"].to_numpy()).astype(int)
+    inside = answers["memory"] == "inside"
+    if inside.any():
+        for col in ("sigma_min", "sigma_gmean", "sigma_max"):
+            if col in out.columns:
+                out.loc[inside, col] = cert[col][inside]
+    return out, regions
 
 
 def memory_check(
@@ -71,7 +113,7 @@ def memory_check(
         if col in table.columns:
             ok = np.allclose(table[col].to_numpy(dtype=float), reduce(thetas, axis=1), rtol=1e-4, atol=1e-7)
             require(ok, f"θ files do not match {certified} ({col} differs): θ from another model or method?")
-    final, arrays = run_memory(table, centers, thetas, norm)
+    final, arrays = final_table(table, centers, thetas, norm)
     write_table(out_table, final)
     save_memory(out_memory, arrays)
     return final, arrays

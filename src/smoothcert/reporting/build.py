@@ -16,21 +16,19 @@ import pandas as pd
 
 from smoothcert import config as config_mod
 from smoothcert.artifacts import atomic_path, write_json, write_text
+from smoothcert.engine.certificates import COLUMNS, MEMORY_COLUMNS
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.methods import get as get_method
 from smoothcert.reporting import CURVE_FIGURES, THETA_FIGURE, importers, theta_methods
 from smoothcert.reporting import tables as rep
 from smoothcert.reporting.importers import IMPORTED, nonempty_table, read_locuslab
 
-MEMORY_COLUMNS = ["memory", "gap_original", "predict_original"]
 TRAINING_COLUMNS = ["epoch", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
 THETA_PANELS = 6  # inputs shown per θ figure
 
 
 def load_experiments(cfg: dict, results: str | Path) -> list[rep.Experiment]:
     """Every configured experiment's final table (and, for memory methods, the table before memory)."""
-    from smoothcert.pipeline.certify import COLUMNS
-
     results = Path(results)
     specs = {s.id: s for s in config_mod.model_specs(cfg)}
     with_theta = set(theta_methods())

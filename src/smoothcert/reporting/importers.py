@@ -11,7 +11,7 @@ dropped instead of shifting the columns.
 Layouts, told from the header (:func:`detect_format`) and, for ANCER's ℓ1 tables, from the values; ``:FORMAT``
 forces one. Where each was read (the writing script's ``print`` of its header):
 
-* ``smoothcert`` — this pipeline's ``certify.tsv``/``final.tsv`` (:data:`smoothcert.pipeline.certify.COLUMNS`):
+* ``smoothcert`` — this pipeline's ``certify.tsv``/``final.tsv`` (:data:`smoothcert.engine.certificates.COLUMNS`):
   σ and norm from its own ``sigma`` and ``norm`` columns (one value each; ``@SIGMA``/``:NORM`` must agree).
 * ``locuslab`` ``idx label predict radius correct time`` — locuslab/smoothing ``code/certify.py`` (ℓ2,
   Gaussian). MotasemAlfarra/Data_Dependent_Randomized_Smoothing ``ddsmoothing/scripts/certify_dataset.py`` writes
@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 
 from smoothcert.artifacts import read_table
+from smoothcert.engine.certificates import COLUMNS
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.reporting.tables import Experiment
 
@@ -213,8 +214,6 @@ def _times(raw: pd.DataFrame, path) -> np.ndarray:
 
 def check_rows(raw: pd.DataFrame, fmt: Format, path) -> pd.DataFrame:
     """Typed columns of a raw table in layout ``fmt``, every rule of the module docstring checked."""
-    from smoothcert.pipeline.certify import COLUMNS
-
     df = raw.copy()
     idx = _ints(raw, "idx", path, minimum=0)
     dup = pd.Series(idx).duplicated().to_numpy()
@@ -328,8 +327,6 @@ def _sigma_of(spec: ImportSpec, fmt: Format, df: pd.DataFrame, norm: str, notes:
 
 def read_spec(spec: ImportSpec) -> tuple[Format, pd.DataFrame, str, float, list[str]]:
     """(format, rows mapped onto the pipeline's columns, norm, σ, conversions said) of one import."""
-    from smoothcert.pipeline.certify import COLUMNS
-
     what = f"imported table {spec.name}"
     raw = read_raw(spec.path, what)
     found = detect_format(raw.columns, f"{what} {spec.path}")
@@ -393,8 +390,6 @@ def _per_input(name: str) -> bool:
 
 def read_locuslab(path: str | Path, name: str, sigma: float, what: str) -> pd.DataFrame:
     """A table with at least locuslab's columns, completed to the pipeline's (:func:`fill_imported`)."""
-    from smoothcert.pipeline.certify import COLUMNS
-
     return fill_imported(nonempty_table(path, LOCUSLAB_COLUMNS, what), name, COLUMNS, sigma=sigma)
 
 

@@ -1,6 +1,6 @@
 """Comparison metrics over certificate tables (pure functions: DataFrames in, DataFrames out).
 
-A certificate table has the columns of :data:`smoothcert.pipeline.certify.COLUMNS` (one row per
+A certificate table has the columns of :data:`smoothcert.engine.certificates.COLUMNS` (one row per
 test input). An input counts as certified at radius r when it is classified
 correctly (not abstained) and its radius is ≥ r, as in Cohen et al. (2019).
 """
@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 
 from smoothcert.engine import stats
-from smoothcert.engine.regions import ACTIONS as MEMORY_ACTIONS
+from smoothcert.engine.certificates import ABSTAIN, MEMORY_ACTIONS
 
-ABSTAIN = -1
 KEYS = ["model_id", "objective", "sigma_mode", "method", "sigma", "norm"]
 # Summary columns compared across rows (+1: higher is better, -1: lower). Cost columns are not ranked, and
 # neither is proxy_acc@r: ANCER's volume-equivalent radius is no ball certificate, so it never ranks a method.
