@@ -1,11 +1,10 @@
-"""The real-data experiment configs (issue #17): valid as they are and with their quick / smoke overrides, and the
-MNIST-5k one runs end to end through ``workflow/scripts/experiment.sh`` (what ``make experiment`` calls) in its
-smoke version: a few hundred training images, a few test inputs, every stage.
+"""The real-data experiment configs (issue #17): overrides of params.yaml, valid merged over it and with their
+quick / smoke overrides, and the MNIST-5k one runs end to end through ``workflow/scripts/experiment.sh`` (what
+``make experiment`` calls) in its smoke version: a few hundred training images, a few test inputs, every stage.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -22,21 +21,37 @@ BIN = Path(sys.executable).parent
 EXPERIMENTS = ["mnist5k", "fashion_mnist"]
 
 
-def merged(base: dict, override: dict) -> dict:
-    """``override`` merged into ``base`` key by key, as Snakemake merges --configfile files."""
-    out = copy.deepcopy(base)
+PARAMS = REPO / "params.yaml"
+OVERRIDES = ("cifar10_paper",)  # other configs, merged over params.yaml alone
+VARIANTS = ("quick", "smoke")  # merged over an experiment config
+
+
+def _copied(override: dict, base: dict, path: str = ""):
+    """Dotted keys whose value in ``override`` equals params.yaml's (a copy, not an override)."""
     for key, value in override.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            yield from _copied(value, base[key], f"{path}{key}.")
+        elif key in base and base[key] == value:
+            yield f"{path}{key}"
+
+
+def test_every_config_is_an_override():
+    """config/*.yaml hold only what differs from params.yaml (the variants: from the config they refine)."""
+    names = {p.stem for p in (REPO / "config").glob("*.yaml")}
+    assert names == {*EXPERIMENTS, *OVERRIDES, *VARIANTS}, "name each new config/*.yaml here"
+    base = yaml.safe_load(PARAMS.read_text())
+    for name in (*EXPERIMENTS, *OVERRIDES):
+        copies = list(_copied(yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text()), base))
+        assert not copies, f"config/{name}.yaml repeats params.yaml's {copies}: keep only what differs"
+    assert config_mod.load(PARAMS, (REPO / "config" / "cifar10_paper.yaml",))["data"]["dataset"] == "cifar10"
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-@pytest.mark.parametrize("override", [None, "quick", "smoke"])
+@pytest.mark.parametrize("override", [None, *VARIANTS])
 def test_experiment_configs_are_valid(name, override):
-    cfg = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
-    if override:
-        cfg = merged(cfg, yaml.safe_load((REPO / "config" / f"{override}.yaml").read_text()))
-    config_mod.validate(cfg, f"{name}+{override}")
+    """Each config merged over params.yaml (and a variant over that), as Snakemake's --configfile merges."""
+    files = (REPO / "config" / f"{name}.yaml", *([REPO / "config" / f"{override}.yaml"] if override else []))
+    cfg = config_mod.load(PARAMS, files)
     assert cfg["certify"]["mode"] == "sequential" and cfg["certify"]["alpha"] == 0.001
     if override is None:
         assert cfg["certify"]["sequential"]["n_max"] == 100_000
