@@ -331,7 +331,7 @@ def test_compare_paper(tmp_path):
 def test_cifar10_paper_config_is_valid():
     from smoothcert import config
 
-    cfg = config.load(ROOT / "config" / "cifar10_paper.yaml")
+    cfg = config.load(ROOT / "params.yaml", (ROOT / "config" / "cifar10_paper.yaml",))  # an override
     assert cfg["data"]["dataset"] == "cifar10" and cfg["model"]["arch"] == "cifar_resnet110"
     assert [s.sigma for s in config.model_specs(cfg)] == [0.12, 0.25, 0.5, 1.0]
     cc = cfg["certify"]
