@@ -1039,6 +1039,27 @@ def test_every_torch_load_is_weights_only():
 # ---------------------------------------------------------------------------------------- a real process
 
 
+@pytest.mark.parametrize(
+    "device, fake, locks, match",
+    [
+        ("cuda", None, "locks", r"device = 'cuda' but no CUDA device is visible"),
+        ("auto", "two", "locks", r"SMOOTHCERT_FAKE_GPUS = 'two' is not allowed; expected a number of GPUs >= 0"),
+        ("auto", "1", "blocker/locks", r"gpu_locks = '.*blocker/locks': cannot create the folder"),
+    ],
+)
+def test_bad_gpu_settings(ws, tmp_path, monkeypatch, device, fake, locks, match):
+    """No GPU to take: one line before anything is trained (no slot is held afterwards)."""
+    if torch.cuda.is_available():
+        pytest.skip("checks what a machine without CUDA says")
+    (tmp_path / "blocker").write_text("a file where the lock folder should be")
+    monkeypatch.delenv("SMOOTHCERT_FAKE_GPUS", raising=False)
+    if fake is not None:
+        monkeypatch.setenv("SMOOTHCERT_FAKE_GPUS", fake)
+    cfg = write_config(tmp_path / "c.yaml", {**ws.cfg, "device": device, "gpu_locks": str(tmp_path / locks)})
+    out = tmp_path / "m"
+    fails("--config", cfg, "train", "--model", MODEL, "--data", ws.data, "--out", out, match=match, outputs=[out])
+
+
 def test_console_script_fails_cleanly(ws, tmp_path):
     """The installed entry point, not just main(): one line, exit 2, nothing written, no code run."""
     marker = tmp_path / "pwned"

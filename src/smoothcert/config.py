@@ -284,11 +284,25 @@ def parse_shard(label: str) -> tuple[int, int]:
 
 
 def resolve_device(cfg: dict):
-    """The torch device named by ``cfg['device']`` (auto: CUDA when present)."""
+    """The torch device named by ``cfg['device']`` (auto: CUDA when present).
+
+    CUDA means one GPU of this host taken for the life of the process (:func:`runtime.take_gpu`, under
+    ``cfg['gpu_locks']``): ``cuda:i`` of a free device, made the current one; while every device is taken,
+    the call waits. With ``SMOOTHCERT_FAKE_GPUS`` (tests only) the slot is taken and the job computes on the CPU.
+    """
     import torch
 
+    from smoothcert import runtime
+
     want = cfg.get("device", "auto")
-    if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    require(want != "cuda" or torch.cuda.is_available(), "device = 'cuda' but no CUDA device is visible")
-    return torch.device(want)
+    if want == "cpu":
+        return torch.device("cpu")
+    gpus = runtime.fake_gpus() is not None or torch.cuda.is_available()
+    if want == "auto" and not gpus:
+        return torch.device("cpu")
+    require(gpus, "device = 'cuda' but no CUDA device is visible")
+    slot = runtime.take_gpu(cfg["gpu_locks"])
+    if slot.fake:
+        return torch.device("cpu")
+    torch.cuda.set_device(slot.index)
+    return torch.device("cuda", slot.index)

@@ -51,12 +51,14 @@ def shard_inputs(cfg: dict, args: argparse.Namespace):
     return x, y, idx
 
 
-def setup(args: argparse.Namespace) -> tuple[dict, torch.device]:
-    """Load + validate the config, set torch threads, pick the device."""
+def setup(args: argparse.Namespace, device: bool = True) -> tuple[dict, torch.device | None]:
+    """Load + validate the config, set torch threads, pick the device (with ``device``: a job that
+    computes on it; on CUDA that takes one GPU of the host for the process's life, see
+    :func:`config.resolve_device`; without: None, no GPU taken)."""
     cfg = config_mod.load(args.config)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    return cfg, config_mod.resolve_device(cfg)
+    return cfg, config_mod.resolve_device(cfg) if device else None
 
 
 def _positive(text: str) -> int:

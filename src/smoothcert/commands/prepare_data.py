@@ -14,6 +14,6 @@ def add_arguments(p):
 
 
 def run(args):
-    cfg, _ = setup(args)
+    cfg, _ = setup(args, device=False)  # no GPU needed: none taken
     summary = data.prepare({**cfg["data"], "seed": cfg["seed"]}, args.out)
     print(json.dumps(summary))

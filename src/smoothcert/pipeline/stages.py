@@ -65,6 +65,7 @@ SIGMA_MODE_READS = config_mod.SIGMA_MODE_SECTIONS
 # Keys no stage's result depends on, and why.
 NOT_READ = {
     "device": "where jobs run, not what they compute (auto resolves per machine)",
+    "gpu_locks": "which GPU a job takes, not what it computes",
     "train.workers": "how batches are fed; no number depends on it",
 }
 
