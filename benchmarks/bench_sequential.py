@@ -16,18 +16,15 @@ batch size, over all passes). Results: ``benchmarks/results/sequential_<dataset>
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from smoothcert import cli  # noqa: E402
 from smoothcert import config as config_mod  # noqa: E402
 from smoothcert import data as data_mod  # noqa: E402
 from smoothcert.engine import core, noise, sequential  # noqa: E402
@@ -39,43 +36,8 @@ ARCH = {"digits": "digits_cnn", "mnist5k": "mnist_cnn", "fashion-mnist": "mnist_
 
 def workspace(args) -> tuple[dict, Path, Path]:
     """The config, prepared data and trained models of this benchmark (made once, reused)."""
-    work = ROOT / "benchmarks" / "work" / args.dataset
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    cfg["data"]["dataset"] = args.dataset
-    cfg["model"]["arch"] = ARCH[args.dataset]
-    cfg["train"]["epochs"] = args.epochs
-    cfg["models"] = [
-        {"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": args.sigmas, "methods": ["cohen"]}
-    ]
-    cfg["test"].update(start=0, step=1, limit=args.inputs, shards=1)
-    cfg["video"]["enabled"] = False
-    path = work / "params.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    cfg = config_mod.load(path)
-    data = work / "data"
-    if not (data / "test.pt").exists():
-        assert cli.main(["--config", str(path), "prepare-data", "--out", str(data)]) == 0
-    for spec in config_mod.model_specs(cfg):
-        out = work / "models" / spec.id
-        if not (out / "model.pt").exists():
-            assert (
-                cli.main(
-                    [
-                        "--config",
-                        str(path),
-                        "train",
-                        "--model",
-                        spec.id,
-                        "--data",
-                        str(data),
-                        "--out",
-                        str(out),
-                        "--no-progress",
-                    ]
-                )
-                == 0
-            )
+    work = Path(args.work) if args.work else ROOT / "benchmarks" / "work" / args.dataset
+    cfg, data = harness.trained_workspace(work, args.dataset, ARCH[args.dataset], args.epochs, args.sigmas, args.inputs)
     return cfg, data, work
 
 
@@ -181,6 +143,9 @@ def main(argv=None):
     p.add_argument("--modes", nargs="+", default=["fixed", "decide", "estimate"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--work", default=None, help="data, models and per-input caches (default: benchmarks/work/<dataset>)"
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.threads:

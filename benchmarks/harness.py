@@ -10,6 +10,8 @@ Scripts in ``benchmarks/`` use it as ``import harness`` (Python puts a script's 
   fast forward passes and noise run), torch and the GPU beside every result.
 * :func:`emit` prints one JSON line per measurement as it goes; :func:`write_result` writes the
   results file atomically at the end (``benchmarks/results/<name>.json`` by default).
+* :func:`trained_workspace` makes (once) the prepared data and Gaussian-trained models a benchmark
+  certifies, with the pipeline's own commands.
 """
 
 from __future__ import annotations
@@ -195,6 +197,43 @@ def rate(count: float, seconds: list[float]) -> float:
     import numpy as np
 
     return round(count / float(np.median(seconds)), 1)
+
+
+# ------------------------------------------------------------------------------------------ workspace
+def trained_workspace(
+    work: Path, dataset: str, arch: str, epochs: int, sigmas: list[float], inputs: int | None
+) -> tuple[dict, Path]:
+    """(config, prepared data folder) in ``work``: params.yaml with ``dataset``/``arch``/``epochs``, one
+    Gaussian-trained Cohen ℓ2 model per σ of ``sigmas``, the first ``inputs`` test inputs in one shard;
+    data and models are made by ``smoothcert prepare-data`` / ``train`` the first time and reused after."""
+    import yaml
+
+    from smoothcert import cli
+    from smoothcert import config as config_mod
+
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg["data"]["dataset"] = dataset
+    cfg["model"]["arch"] = arch
+    cfg["train"]["epochs"] = epochs
+    cfg["models"] = [
+        {"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": list(sigmas), "methods": ["cohen"]}
+    ]
+    cfg["test"].update(start=0, step=1, limit=inputs, shards=1)
+    cfg["video"]["enabled"] = False
+    path = work / "params.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cfg = config_mod.load(path)
+    data = work / "data"
+    steps = [] if (data / "test.pt").exists() else [["prepare-data", "--out", str(data)]]
+    for spec in config_mod.model_specs(cfg):
+        out = work / "models" / spec.id
+        if not (out / "model.pt").exists():
+            steps.append(["train", "--model", spec.id, "--data", str(data), "--out", str(out), "--no-progress"])
+    for step in steps:
+        if cli.main(["--config", str(path), *step]) != 0:
+            raise RuntimeError(f"smoothcert {' '.join(step)} failed")
+    return cfg, data
 
 
 # ------------------------------------------------------------------------------------------------ JSON

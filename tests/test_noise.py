@@ -206,6 +206,7 @@ def test_non_finite_logits_vote_for_no_class_in_both_counting_paths(monkeypatch)
     assert (got[0].sum(1) < 300).all()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_draws_are_keyed_by_the_whole_seed():
     outs = []
