@@ -141,7 +141,7 @@ def test_fake_gpu_count_is_checked(monkeypatch):
 
 SETUP = """
 import argparse, os, pathlib, sys
-from smoothcert import runtime
+from smoothcert import config, runtime
 from smoothcert.commands import _common
 locks = pathlib.Path(".smoothcert/gpu-locks")  # params.yaml's gpu_locks, relative to the job's folder
 args = argparse.Namespace(config=sys.argv[1])
@@ -152,7 +152,7 @@ cfg, device = _common.setup(args, device=False)
 print("no-device", device, locks.exists())
 cfg, device = _common.setup(argparse.Namespace(config=sys.argv[2]))
 print("cpu", device, locks.exists())
-cfg, device = _common.setup(args)
+device = config.resolve_device({"device": "auto"})  # a checkpoint's older config: params.yaml's gpu_locks
 print("fake", device, runtime._held[1].ident, sorted(p.name.split("-")[-1] for p in locks.iterdir()))
 print("again", _common.setup(args)[1], runtime._held[1].ident)
 """

@@ -301,7 +301,9 @@ def resolve_device(cfg: dict):
     if want == "auto" and not gpus:
         return torch.device("cpu")
     require(gpus, "device = 'cuda' but no CUDA device is visible")
-    slot = runtime.take_gpu(cfg["gpu_locks"])
+    # a config stored in an older checkpoint has no gpu_locks: the project's params.yaml says where they are
+    locks = cfg["gpu_locks"] if "gpu_locks" in cfg else yaml.safe_load((ROOT / "params.yaml").read_text())["gpu_locks"]
+    slot = runtime.take_gpu(locks)
     if slot.fake:
         return torch.device("cpu")
     torch.cuda.set_device(slot.index)
