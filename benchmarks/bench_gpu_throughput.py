@@ -109,10 +109,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = harness.pick_device(args.device)
+    use_cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.n or (10000 if use_cuda else 500)

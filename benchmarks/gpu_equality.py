@@ -121,10 +121,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", default=str(harness.REPO / "benchmarks" / "work" / "gpu_equality"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    dev = torch.device("cuda" if use_cuda else "cpu")
+    dev = harness.pick_device(args.device)
+    use_cuda = dev.type == "cuda"
     cpu = torch.device("cpu")
 
     cfg, data = harness.trained_workspace(Path(args.work), "digits", "digits_cnn", args.epochs, [SIGMA], args.inputs)

@@ -126,6 +126,17 @@ def copy_repo(dest: str | Path) -> Path:
     return dest
 
 
+def pick_device(name: str):
+    """``--device auto|cpu|cuda`` as a torch device (auto: CUDA when torch sees a GPU); exits if cuda is
+    asked for and there is none."""
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if cuda else "cpu")
+
+
 # ---------------------------------------------------------------------------------------------- timing
 def sync(device=None) -> None:
     """Wait for queued CUDA work, so that a timer around it measures it (no-op on the CPU)."""
