@@ -100,12 +100,19 @@ def machine(**extra: Any) -> dict:
 
 
 def commit() -> dict:
-    """The repository's commit and whether the working tree differs from it."""
+    """The repository's commit and whether the working tree differs from it (None for a copy without
+    git or .git, as a GPU machine may get)."""
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        except OSError:
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
 
-    return {"commit": git("rev-parse", "HEAD"), "worktree_dirty": bool(git("status", "--porcelain"))}
+    head = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if head else None
+    return {"commit": head, "worktree_dirty": None if status is None else bool(status)}
 
 
 def copy_repo(dest: str | Path) -> Path:
