@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 27): one command, about 5 min (at most 9) on one H100, every figure as JSON.
+# The prepared GPU check (issue 27): one command, 3-4 min expected (at most 9) on one H100, every figure as JSON.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR            # on a machine with a CUDA GPU
 #   bash benchmarks/gpu_check.sh OUTDIR --smoke    # the same steps on the CPU at tiny sizes (CI; 1-2 min)
@@ -92,7 +92,7 @@ step() {
 
 CUDA_TESTS=$(grep -l "pytest.mark.cuda" tests/test_*.py | tr '\n' ' ')
 # shellcheck disable=SC2086
-step tests 90 tests.json "$PY" -m pytest -q -p no:cacheprovider -m cuda --junitxml="$WORK/junit.xml" $CUDA_TESTS
+step tests "$([ $SMOKE = 1 ] && echo 120 || echo 60)" tests.json "$PY" -m pytest -q -p no:cacheprovider -m cuda --junitxml="$WORK/junit.xml" $CUDA_TESTS
 "$PY" - "$WORK/junit.xml" "$OUT/tests.json" <<'EOF' || say "no test report (the test step failed to start)"
 import json, sys, xml.etree.ElementTree as ET
 cases = []
@@ -115,16 +115,16 @@ if [ $SMOKE = 1 ]; then
   step sequential 120 sequential.json "$PY" benchmarks/bench_sequential.py --dataset digits --device cpu \
     --sigmas 0.25 --inputs 8 --epochs 2 --n-max 4000 --batch-size 1000 --work "$WORK/sequential" \
     --out "$OUT/sequential.json"
-else
-  step equality 90 equality.json "$PY" benchmarks/gpu_equality.py --device cuda --inputs 100 --epochs 20 \
-    --work "$WORK/equality" --out "$OUT/equality.json"
-  step throughput 150 throughput.json "$PY" benchmarks/bench_gpu_throughput.py --device cuda \
-    --out "$OUT/throughput.json"
-  step certify_efficiency 90 certify_efficiency.json "$PY" benchmarks/bench_certify.py --device cuda \
+else  # limits: 60 + 75 + 150 + 75 + 60 s, under a 10-minute call with the setup; expected total 3-4 min
+  step equality 75 equality.json "$PY" benchmarks/gpu_equality.py --device cuda --inputs 100 --epochs 20 \
+    --work "$WORK/digits" --out "$OUT/equality.json"
+  step throughput 150 throughput.json "$PY" benchmarks/bench_gpu_throughput.py --device cuda --inputs 16 \
+    --repeats 2 --out "$OUT/throughput.json"
+  step certify_efficiency 75 certify_efficiency.json "$PY" benchmarks/bench_certify.py --device cuda \
     --efficiency-only --out "$OUT/certify_efficiency.json"
-  step sequential 75 sequential.json "$PY" benchmarks/bench_sequential.py --dataset digits --device cuda \
-    --sigmas 0.25 --inputs 100 --epochs 20 --batch-size 16000 --work "$WORK/sequential" \
-    --out "$OUT/sequential.json"
+  step sequential 60 sequential.json "$PY" benchmarks/bench_sequential.py --dataset digits --device cuda \
+    --sigmas 0.25 --inputs 100 --epochs 20 --batch-size 16000 --work "$WORK/digits" \
+    --out "$OUT/sequential.json"  # the same digits model as the equality step (same settings, same folder)
 fi
 
 "$PY" - "$STEPS" "$OUT" "$MODE" <<'EOF'
