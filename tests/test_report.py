@@ -328,6 +328,20 @@ def test_compare_paper(tmp_path):
     )
 
 
+def test_compare_paper_every_sigma_of_one_import_name(tmp_path):
+    """One NAME imported at two σ: compare-paper fills both σ rows of the published table in one call."""
+    table = FIX / "locuslab_noise_0.25.tsv"
+    out = tmp_path / "r"
+    argv = ["--config", str(REPO / "params.yaml"), "report", "--no-plots", "--out", str(out), "--import"]
+    assert main([*argv, f"cohen@0.25={table}", f"cohen@0.5={table}"]) == 0
+    assert main(["compare-paper", "--summary", str(out / "summary.csv"), "--out", str(out / "paper.md")]) == 0
+    t = pd.read_csv(out / "paper.csv")
+    assert set(t.dropna(subset=["ours"])["sigma"]) == {0.25, 0.5}
+    s = pd.read_csv(out / "summary.csv").set_index("sigma")
+    row = t[(t["sigma"] == 0.5) & (t["radius"] == 0.25)].iloc[0]
+    assert row["ours"] == pytest.approx(s.loc[0.5, "acc@0.25"])
+
+
 def test_cifar10_paper_config_is_valid():
     from smoothcert import config
 
