@@ -318,6 +318,7 @@ def test_optimize_shard_does_not_depend_on_batch_size_or_sharding():
                 "batch_size": bs,
                 "sigma0": None,
                 "sigma_min": 0.01,
+                "sigma_max": None,
                 "precision": "float32",
             },
             "ancer": {
@@ -327,6 +328,7 @@ def test_optimize_shard_does_not_depend_on_batch_size_or_sharding():
                 "batch_size": bs,
                 "kappa": 2.0,
                 "precision": "float32",
+                "sigma_max": None,
             },
         }
 

@@ -149,6 +149,25 @@ def _check_certificates(cfg: dict, source: str) -> None:
             )
 
 
+def _check_sigma_caps(cfg: dict, source: str) -> None:
+    """A method section's ``sigma_max``, when set, exceeds the σ floor of its search: its own ``sigma_min``, or that
+    of the method it starts from (``init_from``)."""
+    from smoothcert import methods
+
+    for m in methods.registry().values():
+        section = cfg.get(m.section) if m.section else None
+        if not section or section.get("sigma_max") is None:
+            continue
+        floor_name = (
+            m.section if "sigma_min" in section else (methods.get(m.init_from).section if m.init_from else None)
+        )
+        floor = (cfg.get(floor_name) or {}).get("sigma_min") if floor_name else None
+        require(
+            floor is None or section["sigma_max"] > floor,
+            f"{source}: {m.section}.sigma_max = {section['sigma_max']} must exceed {floor_name}.sigma_min = {floor}",
+        )
+
+
 def _check_semantics(cfg: dict, source: str) -> None:
     for key, value in _numbers(cfg):
         require(math.isfinite(value), f"{source}: {key} = {value!r} is not allowed; numbers must be finite")
@@ -169,6 +188,7 @@ def _check_semantics(cfg: dict, source: str) -> None:
         )
     _check_root(cfg, source)
     _check_certificates(cfg, source)
+    _check_sigma_caps(cfg, source)
     ids = [m.id for m in model_specs(cfg)]
     require(len(ids) == len(set(ids)), f"{source}: models lists the same (objective, sigma_mode, norm, sigma) twice")
     from smoothcert.data import info

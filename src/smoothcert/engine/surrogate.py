@@ -134,6 +134,11 @@ def proxy_gap(top2: torch.Tensor, norm: str) -> torch.Tensor:
     return top2[:, 0] - top2[:, 1]
 
 
+def bounded(scale: torch.Tensor, low: float | None, high: float | None) -> torch.Tensor:
+    """σ / θ clamped into [low, high] (either bound None: none on that side); the searches' only projection."""
+    return scale.clamp(min=low, max=high) if low is not None or high is not None else scale
+
+
 def log_geometric_mean(theta: torch.Tensor) -> torch.Tensor:
     """log (∏ θᵢ)^{1/d} per row of θ (B, ...), computed in log space (no under/overflow)."""
     return theta.reshape(theta.shape[0], -1).log().mean(1)
@@ -185,25 +190,27 @@ def ddrs_sigma(
     samples: int,
     sigma_min: float,
     generator: Generators,
+    sigma_max: float | None = None,
     amp: torch.dtype | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """DDRS: per-input σ (B,) by plain gradient ascent σ ← max(σ + lr·∇σ R(σ), sigma_min) on R = :func:`surrogate`.
+    """DDRS: per-input σ (B,) by plain gradient ascent σ ← clamp(σ + lr·∇σ R(σ), sigma_min, sigma_max) on
+    R = :func:`surrogate` (``sigma_max`` None: no upper bound, as the paper).
 
     ``iterations`` steps of ``samples`` draws per input, one forward for the batch per step
     (the model under autocast(``amp``) when given, e.g. ``torch.bfloat16``).
-    Guarantees: the result is ≥ sigma_min, detached, of x's dtype; with a list of per-input
+    Guarantees: the result lies in [sigma_min, sigma_max], detached, of x's dtype; with a list of per-input
     generators, row i depends only on x[i], sigma0[i] and generator[i].
     ``callback(step, sigma)`` (optional) sees σ after each step.
     """
     x = x.detach()
-    sigma = torch.as_tensor(sigma0, device=x.device).detach().to(x.dtype).clamp_min(sigma_min).clone()
+    sigma = bounded(torch.as_tensor(sigma0, device=x.device).detach().to(x.dtype), sigma_min, sigma_max).clone()
     require(sigma.shape == (x.shape[0],), f"sigma0 has shape {tuple(sigma.shape)}, expected ({x.shape[0]},)")
     if GRADIENT == "central" and amp is None and x.dtype == torch.float32:
         with frozen(model), torch.no_grad():
             for step in range(iterations):
                 grad = _central_gradient(model, x, sigma, norm, samples, generator)
-                sigma = (sigma + lr * grad).clamp_min(sigma_min)
+                sigma = bounded(sigma + lr * grad, sigma_min, sigma_max)
                 if callback is not None:
                     callback(step, sigma)
         return sigma
@@ -212,7 +219,7 @@ def ddrs_sigma(
             sigma.requires_grad_(True)
             radius = surrogate(model, x, sigma, norm, samples, generator, amp)
             (grad,) = torch.autograd.grad(radius.sum(), sigma)
-            sigma = (sigma.detach() + lr * grad).clamp_min(sigma_min)
+            sigma = bounded(sigma.detach() + lr * grad, sigma_min, sigma_max)
             if callback is not None:
                 callback(step, sigma)
     return sigma.detach()

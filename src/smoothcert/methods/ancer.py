@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from smoothcert.errors import require
 from smoothcert.methods import Method
-from smoothcert.methods.ddrs import SEARCH
+from smoothcert.methods.ddrs import SEARCH, SIGMA_MAX
 
 if TYPE_CHECKING:
     import torch
@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 SCHEMA = {
     "type": "object",
     "additionalProperties": False,
-    "required": [*SEARCH, "kappa"],
+    "required": [*SEARCH, "kappa", "sigma_max"],
     "properties": {
         **SEARCH,
         "kappa": {"type": "number", "minimum": 0, "description": "weight of min θ in the objective"},
+        "sigma_max": SIGMA_MAX,
     },
 }
 
@@ -46,6 +47,7 @@ def optimize(
         samples=int(settings["samples"]),
         kappa=float(settings["kappa"]),
         generator=generator,
+        sigma_max=settings["sigma_max"],
         amp=amp,
     )
 
@@ -84,14 +86,16 @@ def ancer_theta(
     samples: int,
     kappa: float,
     generator: sg.Generators,
+    sigma_max: float | None = None,
     amp: torch.dtype | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """ANCER: per-input, per-dimension θ (B, d) maximizing :func:`ancer_objective` with Adam(lr).
 
-    Noise N(0, diag θ²) for ℓ2, U[-θ, θ] for ℓ1. After every Adam step θ ← max(θ, θ0), so the
-    returned θ ≥ θ0 elementwise (the anisotropic region contains the isotropic one when θ0 is
-    the DDRS σ broadcast). θ0 must be positive. Rows are independent across inputs, as in
+    Noise N(0, diag θ²) for ℓ2, U[-θ, θ] for ℓ1. After every Adam step θ ← min(max(θ, θ0), sigma_max), θ0
+    itself capped at sigma_max first, so the returned θ ≥ min(θ0, sigma_max) elementwise (the anisotropic region
+    contains the isotropic one when θ0 is the DDRS σ broadcast and within the cap) and ≤ sigma_max (None: no
+    upper bound, as the paper). θ0 must be positive. Rows are independent across inputs, as in
     :func:`smoothcert.engine.surrogate.ddrs_sigma`; ``amp`` as there. ``callback(step, theta)`` (optional) sees θ after each projection.
     """
     import torch
@@ -100,7 +104,8 @@ def ancer_theta(
 
     x = x.detach()
     b = x.shape[0]
-    theta_init = torch.as_tensor(theta0, device=x.device).detach().to(x.dtype).reshape(b, -1).clone()
+    theta_init = torch.as_tensor(theta0, device=x.device).detach().to(x.dtype).reshape(b, -1)
+    theta_init = sg.bounded(theta_init, None, sigma_max).clone()
     require(
         theta_init.shape[1] == x[0].numel(),
         f"theta0 has {theta_init.shape[1]} entries per input, inputs have {x[0].numel()}",
@@ -115,6 +120,8 @@ def ancer_theta(
             opt.step()
             with torch.no_grad():
                 torch.maximum(theta, theta_init, out=theta)
+                if sigma_max is not None:
+                    theta.clamp_(max=sigma_max)
             if callback is not None:
                 callback(step, theta.detach())
     return theta.detach()

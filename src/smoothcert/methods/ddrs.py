@@ -27,10 +27,15 @@ SEARCH = {  # the keys every per-input σ / θ search has (ANCER's section uses 
     "batch_size": {"type": "integer", "minimum": 1, "description": "inputs searched together"},
     "precision": PRECISION,
 }
+SIGMA_MAX = {
+    "oneOf": [{"type": "null"}, {"type": "number", "exclusiveMinimum": 0}],
+    "description": "upper bound on every σ / θ entry during the search (null: unbounded, as the papers); when set, "
+    "it must exceed sigma_min (checked by smoothcert validate)",
+}
 SCHEMA = {
     "type": "object",
     "additionalProperties": False,
-    "required": [*SEARCH, "sigma0", "sigma_min"],
+    "required": [*SEARCH, "sigma0", "sigma_min", "sigma_max"],
     "properties": {
         **SEARCH,
         "sigma0": {
@@ -38,6 +43,7 @@ SCHEMA = {
             "description": "starting σ (null: the model's training σ)",
         },
         "sigma_min": {"type": "number", "exclusiveMinimum": 0, "description": "σ is kept at least this"},
+        "sigma_max": SIGMA_MAX,
     },
 }
 
@@ -60,6 +66,7 @@ def optimize(
         lr=float(settings["lr"]),
         samples=int(settings["samples"]),
         sigma_min=float(settings["sigma_min"]),
+        sigma_max=settings["sigma_max"],
         generator=generator,
         amp=amp,
     )
