@@ -15,6 +15,8 @@ configfile: "params.yaml"
 
 
 try:
+    for path in workflow.configfiles:  # Snakemake's own YAML reader lets a duplicate key win silently
+        sc_config.read_yaml(path)
     sc_config.validate(config, "config")
 except SmoothcertError as exc:
     sys.stderr.write(f"smoothcert: invalid configuration: {exc}\n")

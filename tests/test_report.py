@@ -109,6 +109,7 @@ def _layout(tmp: Path) -> Path:
         {"objective": "gaussian", "sigma_mode": "fixed", "norm": "l1", "sigmas": [0.5], "methods": ["cohen"]},
         {"objective": "macer", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.25], "methods": ["cohen"]},
     ]
+    cfg["test"].update(start=0, step=1, limit=24)  # the fixture tables hold idx 0..23 of the 30 test inputs
     (tmp / "params.yaml").write_text(yaml.safe_dump(cfg))
     res = tmp / "results"
     for method in ALL:

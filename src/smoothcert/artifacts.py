@@ -13,10 +13,15 @@ why in one line on stderr (:func:`resume_conflict`).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import glob
 import hashlib
+import io
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import warnings
@@ -39,13 +44,63 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+HOST = socket.gethostname()
+
+
+def _tmp_prefix(path: Path) -> str:
+    """Temporary files of ``path`` are ``.<name>.<pid>@<host>.<random>.tmp``: the owner can be told."""
+    return f".{path.name}.{os.getpid()}@{HOST}."
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+_OWNER = re.compile(r"\.(\d+)@(.+)\.[^.]+\.tmp$")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of ``path`` (from :func:`atomic_path`) left by a killed writer; return them.
+
+    A temporary is stale when its writer process is gone: one named by a process of this host that no
+    longer runs, or one without an owner in its name (an older version's). A temporary of a live process,
+    or of another host, is left alone. Each removal is said in one line.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        owner = _OWNER.search(tmp.name[len(path.name) + 1 :])
+        if owner is not None and (owner.group(2) != HOST or pid_alive(int(owner.group(1)))):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+            log(f"removed {tmp}, a temporary file left by a killed writer")
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    Any write error in the body (``OSError``: a full disk, a read-only folder) becomes one line naming
+    ``path``, and the temporary file is removed. Stale temporaries of ``path`` are removed first
+    (:func:`remove_stale_temporaries`).
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
         os.close(fd)
     except OSError as exc:
@@ -107,12 +162,29 @@ def write_table(path: str | os.PathLike, df: pd.DataFrame) -> None:
         df.to_csv(tmp, sep="\t", index=False)
 
 
-def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically ``torch.save`` ``obj``."""
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` of ``obj`` as bytes, the same for the same ``obj``: saved into memory, so the zip
+    archive's records are named ``archive/...`` rather than after a (random) temporary file name."""
     import torch  # lazily: table-only commands (gather) start without torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically write ``data`` to ``path`` (flushed to disk before the rename)."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically ``torch.save`` ``obj``: byte-identical for identical ``obj`` (:func:`torch_bytes`), and a
+    write error (a full disk) is one line naming ``path``, as for every other write."""
+    write_bytes(path, torch_bytes(obj))
 
 
 def load_torch(path: str | os.PathLike, what: str = "file") -> Any:
@@ -135,6 +207,8 @@ def load_torch(path: str | os.PathLike, what: str = "file") -> Any:
             )
         elif path.stat().st_size == 0:
             reason = "the file is empty"
+        elif _all_zero(path):
+            reason = "the file holds only zero bytes (its data never reached the disk: a crash or full disk?)"
         else:
             boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
             lines = [
@@ -145,11 +219,17 @@ def load_torch(path: str | os.PathLike, what: str = "file") -> Any:
         raise SmoothcertError(f"cannot load {what} {path}: {reason}") from exc
 
 
+def _all_zero(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return not any(block.strip(b"\0") for block in iter(lambda: fh.read(1 << 20), b""))
+
+
 def read_table(
     path: str | os.PathLike, required: list[str] | tuple[str, ...] = (), what: str = "table"
 ) -> pd.DataFrame:
     """Read a TSV and check that ``required`` columns are present."""
     path = Path(path)
+    require(not path.is_dir(), f"{what} {path} is a folder, not a table file")
     require(path.is_file(), f"{what} not found: {path}")
     try:
         df = pd.read_csv(path, sep="\t")
@@ -158,6 +238,102 @@ def read_table(
     missing = [c for c in required if c not in df.columns]
     require(not missing, f"{what} {path} lacks columns {missing}")
     return df
+
+
+# ------------------------------------------------------------------ whole tables
+
+
+def _integer(v: np.ndarray, low: int) -> np.ndarray:
+    return np.isfinite(v) & (np.mod(v, 1) == 0) & (v >= low)
+
+
+def _between(low: float, high: float, closed: bool = True):
+    if closed:
+        return lambda v: np.isfinite(v) & (v >= low) & (v <= high)
+    return lambda v: np.isfinite(v) & (v > low) & (v < high)
+
+
+# What a cell of a certificate table may hold (pipeline.certify.COLUMNS and the memory step's columns):
+# column -> (in words, test on the column as float64). Any other column only has to be non-empty.
+CELL_RULES = {
+    **{c: ("an integer >= 0", lambda v: _integer(v, 0)) for c in ("idx", "label", "count", "n0", "n", "evals")},
+    "opt_evals": ("an integer >= 0", lambda v: _integer(v, 0)),
+    **{c: ("an integer >= -1", lambda v: _integer(v, -1)) for c in ("predict", "predict_original")},
+    "correct": ("0 or 1", lambda v: (v == 0) | (v == 1)),
+    **{c: ("a number >= 0", _between(0, np.inf)) for c in ("radius", "proxy_radius", "gap", "gap_original")},
+    **{c: ("a number >= 0", _between(0, np.inf)) for c in ("time", "opt_time")},
+    "pA_lower": ("a number in [0, 1]", _between(0, 1)),
+    "alpha": ("a number in (0, 1)", _between(0, 1, closed=False)),
+    **{
+        c: ("a number > 0", lambda v: np.isfinite(v) & (v > 0))
+        for c in ("sigma", "sigma_min", "sigma_gmean", "sigma_max")
+    },
+    "log_volume": ("a number (or -inf)", lambda v: ~np.isnan(v) & (v != np.inf)),
+}
+
+
+def check_rows(path: str | os.PathLike, df: pd.DataFrame, expected=None, key: str = "idx", what: str = "table") -> None:
+    """Refuse, in one line naming ``path`` and the first bad ``key``, a table that is not whole.
+
+    Whole means: the file ends with a line end (a cut last row has none), every cell is filled and valid
+    (:data:`CELL_RULES`), every ``key`` appears once, and — given ``expected``, the keys the table must hold —
+    none is missing and none is extra. Problems are named in ``key`` order, the first one in words, then
+    how many of each kind; the advice is to delete the file so that the stage that writes it runs again.
+    """
+    path = Path(path)
+    problems: list[tuple[float, str]] = []  # (key or position, words)
+    keys = (
+        pd.to_numeric(df[key], errors="coerce").to_numpy(dtype=float) if key in df.columns else np.full(len(df), np.nan)
+    )
+    counts = {"damaged": 0, "twice": 0, "missing": 0, "extra": 0}
+
+    def name(row: int) -> tuple[float, str]:
+        k = keys[row]
+        return (k, f"{key} {int(k)}") if np.isfinite(k) and k == int(k) else (np.inf, f"row {row + 1}")
+
+    bad = np.zeros(len(df), dtype=bool)
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        cut = False
+        if size > 0:
+            fh.seek(-1, os.SEEK_END)
+            cut = fh.read(1) != b"\n"
+    if cut and len(df):
+        order, label = name(len(df) - 1)
+        problems.append((order, f"{label} is cut short (the file ends inside its row: truncated?)"))
+        bad[-1] = True
+    for col in df.columns:
+        words, rule = CELL_RULES.get(col, ("filled", None))
+        if rule is not None:
+            ok = rule(pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float))
+        else:
+            ok = df[col].notna().to_numpy()
+        for row in np.flatnonzero(~ok & ~bad):
+            order, label = name(row)
+            value = df[col].iloc[row]
+            shown = "is empty" if pd.isna(value) else f"= {value.item() if hasattr(value, 'item') else value!r}"
+            problems.append((order, f"{label} is damaged ({col} {shown}, expected {words})"))
+        bad |= ~ok
+    counts["damaged"] = int(bad.sum())
+    good = keys[np.isfinite(keys)]
+    uniq, times = np.unique(good, return_counts=True)
+    for k in uniq[times > 1]:
+        problems.append((k, f"{key} {int(k)} appears {int(times[uniq == k][0])} times"))
+    counts["twice"] = int((times > 1).sum())
+    if expected is not None:
+        expected = np.asarray(expected, dtype=float)
+        missing, extra = np.setdiff1d(expected, good), np.setdiff1d(good, expected)
+        problems += [(k, f"{key} {int(k)} is missing") for k in missing[:1]]
+        problems += [(k, f"{key} {int(k)} is not one of its inputs (another shard, run or config?)") for k in extra[:1]]
+        counts["missing"], counts["extra"] = len(missing), len(extra)
+    if not problems:
+        return
+    first = min(problems, key=lambda p: p[0])[1]
+    total = f"; {len(expected)} expected" if expected is not None else ""
+    tally = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    raise SmoothcertError(
+        f"{what} {path} is incomplete or damaged: {first} ({tally}{total}); delete it and rerun to recompute it"
+    )
 
 
 # ------------------------------------------------------------------ fingerprints of resumable state
@@ -172,6 +348,7 @@ _HASH_LABELS = {
     "inputs": "other test inputs",
     "train_data": "other training data",
     "test_data": "other test data",
+    "code": "other code",
 }
 
 
@@ -304,6 +481,80 @@ def log(message: str) -> None:
 FINGERPRINT_PREFIX = "# fingerprint "
 
 
+class WriterLock:
+    """One writer per file: an exclusive ``fcntl`` lock on ``<path>.lock``, which names its holder (pid@host).
+
+    A second process asking for the lock while the holder lives is refused with one line naming the holder
+    (:class:`SmoothcertError`): it neither waits nor writes. The kernel drops the lock when its holder dies
+    (a kill, a node crash), so a lock file left behind is taken over, said in one line. POSIX locks work
+    across the hosts of a shared (NFS) file system, so a Slurm requeue that starts while the first job still
+    runs is refused too. :meth:`release` removes the lock file.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = "file"):
+        self.path = Path(path)
+        self.lock = self.path.with_name(self.path.name + ".lock")
+        self.key = os.path.abspath(self.lock)
+        self.me = f"pid {os.getpid()} on {HOST}"
+        self.fd: int | None = None
+        mine = _HELD.pop(self.key, None)
+        if mine is not None and mine.fd is not None:  # this process's own earlier writer (failed half-way)
+            self.fd, mine.fd = mine.fd, None  # hand its lock over: closing its fd would drop ours (POSIX locks)
+            _HELD[self.key] = self
+            return
+        try:
+            self.lock.parent.mkdir(parents=True, exist_ok=True)
+            while self.fd is None:
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    holder = _read_fd(fd) or "another process"
+                    os.close(fd)
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise
+                    raise SmoothcertError(
+                        f"{self.path} is being written by {holder} (lock {self.lock}); refusing to write it twice "
+                        f"at once: wait for that job, or stop it"
+                    ) from None
+                try:  # the holder before us may have removed the file after we opened it: lock the current one
+                    same = os.stat(self.lock).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+                before = _read_fd(fd)
+                if before and before != self.me:
+                    log(f"lock: {self.lock} names {before}, which no longer holds it (killed?); taking it over")
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, self.me.encode(), 0)
+                os.fsync(fd)
+                self.fd = fd
+                _HELD[self.key] = self
+        except OSError as exc:
+            raise SmoothcertError(f"cannot write {self.lock}: {_why(self.lock, exc)}") from exc
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (idempotent)."""
+        if self.fd is None:
+            return
+        _HELD.pop(self.key, None)
+        with contextlib.suppress(OSError):
+            self.lock.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+_HELD: dict[str, WriterLock] = {}  # the locks this process holds, by lock file
+
+
+def _read_fd(fd: int) -> str:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return os.pread(fd, 400, 0).decode().strip()
+    return ""
+
+
 class ShardWriter:
     """Append rows to a shard TSV incrementally, resumably and without duplicates.
 
@@ -316,6 +567,9 @@ class ShardWriter:
     file with another (or no readable) fingerprint or other columns is started over,
     with one line on stderr saying why (``verb``: "certified" → "was certified with ...").
     ``finish`` sorts by ``key`` and atomically renames onto ``path``.
+
+    One writer per shard: a :class:`WriterLock` on ``path`` is held from before the part file is read
+    until :meth:`finish` (or :meth:`close`); a second writer is refused in one line naming the first.
     """
 
     def __init__(
@@ -328,16 +582,35 @@ class ShardWriter:
         self.fingerprint = fingerprint
         self.verb = verb
         self.done: set[int] = set()
+        self.lock = WriterLock(self.path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.part.exists():
                 self._recover()
             else:
                 self._start()
         except OSError as exc:
+            self.close()
             raise SmoothcertError(f"cannot write {self.part}: {_why(self.part, exc)}") from exc
         except UnicodeDecodeError as exc:
+            self.close()
             raise SmoothcertError(f"cannot resume from {self.part}: not a text table; delete it to start over") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give up the lock (the part file stays, for a later run to resume)."""
+        self.lock.release()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a job that failed half-way gives the shard up when its writer goes
+        with contextlib.suppress(Exception):
+            self.close()
 
     def _head(self) -> list[str]:
         return [
@@ -405,10 +678,13 @@ class ShardWriter:
 
     def finish(self) -> pd.DataFrame:
         """Sort the rows by key, write ``path`` atomically and remove the part file."""
-        df = pd.read_csv(self.part, sep="\t", skiprows=1)  # line 1: the fingerprint
-        df = df.sort_values(self.key, kind="stable").reset_index(drop=True)
-        write_table(self.path, df)
-        self.part.unlink(missing_ok=True)
+        try:
+            df = pd.read_csv(self.part, sep="\t", skiprows=1)  # line 1: the fingerprint
+            df = df.sort_values(self.key, kind="stable").reset_index(drop=True)
+            write_table(self.path, df)
+            self.part.unlink(missing_ok=True)
+        finally:
+            self.close()
         return df
 
 

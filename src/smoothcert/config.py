@@ -7,6 +7,7 @@ an error names the key, the bad value and what is allowed, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,40 @@ VIDEO_NORM = "l2"  # clips are certified with Gaussian noise only (pipeline.clip
 # a training objective's own section, and what a σ mode adds (dd: the per-sample σ ascent's section).
 OBJECTIVE_SECTIONS = {"gaussian": (), "macer": ("macer",), "smoothadv": ("smoothadv",)}
 SIGMA_MODE_SECTIONS = {"fixed": (), "dd": ("data_dependent",)}
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping holding the same key twice (plain YAML lets the last one win
+    silently, so ``certify.n: 300`` written twice would drop one value unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            with contextlib.suppress(TypeError):  # an unhashable key: the base class says so
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping (lines {first[key]} and {line})"
+                    )
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The content of YAML file ``path``, read safely (no tags that build objects) and refusing duplicate keys;
+    a one-line :class:`SmoothcertError` naming the file otherwise."""
+    path = Path(path)
+    require(path.is_file(), f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        return yaml.load(text, Loader=UniqueKeySafeLoader)  # a SafeLoader subclass: builds only plain data
+    except yaml.constructor.ConstructorError as exc:
+        if exc.problem and "appears twice" in exc.problem:
+            raise SmoothcertError(f"{path}: {exc.problem}; keep one") from exc
+        raise SmoothcertError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    except yaml.YAMLError as exc:
+        raise SmoothcertError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
 
 
 def schema() -> dict:
@@ -187,6 +222,11 @@ def _check_semantics(cfg: dict, source: str) -> None:
             f"certify.chunk = {cc['chunk']}, with n_min <= n_max",
         )
     _check_root(cfg, source)
+    video = cfg.get("video")
+    require(
+        not (video and video["enabled"] and not video["methods"]),
+        f"{source}: video.enabled is true but video.methods is empty; name a method or set enabled: false",
+    )
     _check_certificates(cfg, source)
     _check_sigma_caps(cfg, source)
     ids = [m.id for m in model_specs(cfg)]
@@ -202,14 +242,6 @@ def _check_semantics(cfg: dict, source: str) -> None:
     info(cfg["data"]["dataset"])
 
 
-def _read(path: Path):
-    require(path.is_file(), f"config file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SmoothcertError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-
-
 def load(path: str | Path = "params.yaml", overrides: tuple[str | Path, ...] = ()) -> dict:
     """Read a YAML config file, merge ``overrides`` over it in order, and validate the result.
 
@@ -217,13 +249,13 @@ def load(path: str | Path = "params.yaml", overrides: tuple[str | Path, ...] = (
     merge key by key, any other value (a list included) replaces the one before it.
     """
     path = Path(path)
-    cfg = _read(path)
+    cfg = read_yaml(path)
     if not overrides:
         return validate(cfg, str(path))
     from snakemake.utils import update_config
 
     for override in map(Path, overrides):
-        extra = _read(override)
+        extra = read_yaml(override)
         require(isinstance(extra, dict), f"{override}: an override must be a mapping of params.yaml keys")
         require(isinstance(cfg, dict), f"{path}: the config must be a mapping")
         update_config(cfg, extra)

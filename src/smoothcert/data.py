@@ -21,6 +21,7 @@ import torch
 
 from smoothcert.artifacts import load_torch, save_torch
 from smoothcert.errors import SmoothcertError, require
+from smoothcert.inputs import shard_indices, test_indices  # noqa: F401  (re-exported: data.*_indices)
 
 
 @dataclass(frozen=True)
@@ -348,14 +349,3 @@ def load_split(data_dir: str | Path, split: str, name: str) -> tuple[torch.Tenso
         )
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     return x, y.long()
-
-
-def test_indices(n_test: int, start: int, step: int, limit: int | None) -> np.ndarray:
-    """Indices of the test inputs to certify: every ``step``-th from ``start``, at most ``limit``."""
-    idx = np.arange(start, n_test, step)
-    return idx if limit is None else idx[:limit]
-
-
-def shard_indices(indices: np.ndarray, shard: int, shards: int) -> np.ndarray:
-    """Contiguous block ``shard`` of ``shards`` of the certified test indices."""
-    return np.array_split(np.asarray(indices), shards)[shard]

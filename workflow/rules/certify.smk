@@ -1,5 +1,6 @@
 # Certification, one job per (model, method, shard); rows are appended as they finish,
-# so a killed job resumes where it stopped. A gather step merges shards in index order.
+# so a killed job resumes where it stopped. A gather step merges shards in index order, refusing a shard
+# that does not hold exactly its block of the configured test inputs.
 
 
 rule certify:
@@ -30,17 +31,19 @@ rule certify:
 
 rule gather:
     input:
-        expand(f"{RESULTS}/{{{{model}}}}/{{{{method}}}}/shards/{{shard}}.tsv", shard=SHARDS),
+        shards=expand(f"{RESULTS}/{{{{model}}}}/{{{{method}}}}/shards/{{shard}}.tsv", shard=SHARDS),
+        data=rules.prepare_data.output,
     output:
         f"{RESULTS}/{{model}}/{{method}}/certify.tsv",
     params:
+        data=lambda w, input: parent(input.data[0]),
         triggers=trigger_params(config, "gather"),
     conda:
         ENV
     log:
         f"logs/gather/{DATASET}/{{model}}/{{method}}.log",
     shell:
-        "smoothcert gather {input} --out {output} > {log} 2>&1"
+        "smoothcert gather {input.shards} --data {params.data} --out {output} > {log} 2>&1"
 
 
 rule certify_all:

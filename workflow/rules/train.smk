@@ -1,12 +1,13 @@
 # Noise-augmented training of each base model; resumes from checkpoint.pt after a crash.
+# update(): a failed job (e.g. on a damaged test.pt) restores the model it replaced, never deletes it.
 
 
 rule train:
     input:
         data=rules.prepare_data.output,
     output:
-        model=f"{MODELS}/{{model}}/model.pt",
-        metrics=f"{MODELS}/{{model}}/metrics.tsv",
+        model=update(f"{MODELS}/{{model}}/model.pt"),
+        metrics=update(f"{MODELS}/{{model}}/metrics.tsv"),
     params:
         data=lambda w, input: parent(input.data[0]),
         out=lambda w, output: parent(output.model),

@@ -3,6 +3,7 @@
 from smoothcert import config as config_mod
 from smoothcert.artifacts import check_writable
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
+from smoothcert.pipeline import stages
 from smoothcert.training.loop import train
 
 HELP = "train one noise-augmented base model (resumes from OUT/checkpoint.pt)"
@@ -21,4 +22,5 @@ def run(args):
     cfg, device = setup(args)
     spec = config_mod.model_spec(cfg, args.model)
     check_writable(args.out, folder=True)
-    train(cfg, spec, args.data, args.out, device, progress=not args.no_progress)
+    code = stages.code_fingerprint("train", cfg)  # a checkpoint of other code is not resumed
+    train(cfg, spec, args.data, args.out, device, progress=not args.no_progress, code=code)

@@ -27,6 +27,7 @@ from smoothcert.engine import core
 from smoothcert.engine.certificates import COLUMNS, certificate
 from smoothcert.engine.noise import stream_seed
 from smoothcert.errors import require
+from smoothcert.pipeline import stages
 
 
 def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,13 +104,16 @@ def certify_shard(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     theta_file: str | Path | None = None,
+    stage: str = "certify",
 ):
     """Certify inputs ``x`` (test indices ``idx``) and write ``out_path``; skip rows already written.
 
     ``theta``: for per-input methods, the (θ, opt_time, opt_evals) triple from :func:`load_theta`.
     ``checkpoint`` / ``theta_file``: the files ``model`` and ``theta`` were read from, whose hashes
     stamp the ``.part`` file (:func:`shard_fingerprint`); without them the model's state dict and
-    the θ arrays are hashed. Rows of a ``.part`` file with another fingerprint are not resumed.
+    the θ arrays are hashed, and so is the code of pipeline ``stage`` (the stage map's closure for this
+    method). Rows of a ``.part`` file with another fingerprint are not resumed. One process at a time writes
+    a shard (:class:`smoothcert.artifacts.ShardWriter`'s lock): a second one is refused in one line.
     """
     stamp = shard_fingerprint(
         cfg, spec, method_name, x, y, idx, model=model, checkpoint=checkpoint, theta=theta, theta_file=theta_file
@@ -122,7 +126,8 @@ def certify_shard(
     wrap = methods.function(method.wrap)
     target = wrap(model, cfg, method_name, tuple(x.shape[1:]), norm=spec.norm) if wrap else core.Certified(model)
     stamp["radius_factor"] = repr(float(target.radius_factor))  # the certificate's space, as the code computes it
-    writer = ShardWriter(out_path, COLUMNS, fingerprint=stamp, verb="certified")
+    stamp["code"] = stages.code_fingerprint(stage, method=method_name)  # rows of other code are not resumed
+    writer = ShardWriter(out_path, COLUMNS, fingerprint=stamp, verb="certified")  # one writer per shard
     todo = [i for i in range(len(idx)) if int(idx[i]) not in writer.done]
     # batch_size counts base-classifier rows: a patch classifier evaluates evals_per_draw rows per draw
     rows_per_batch = max(1, cc["batch_size"] // target.evals_per_draw)

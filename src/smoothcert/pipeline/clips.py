@@ -37,6 +37,7 @@ from smoothcert.engine import patches as patch_ops
 from smoothcert.engine.noise import make_generator, noisy_copies, stream_seed
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.methods.smooth_reduce import clip_geometry  # the clip crops follow the patch geometry
+from smoothcert.pipeline import stages
 from smoothcert.pipeline.certify import certify_shard
 from smoothcert.training.models import Normalize
 
@@ -185,6 +186,7 @@ def _fingerprint(cfg: dict, sigma: float) -> dict:
         "freqs": FREQS,
         "lr": LR,
         "geometry": clip_geometry(cfg, v["frames"], v["canvas"], v["canvas"]),
+        "code": stages.code_fingerprint("video"),  # a model trained by other code is trained again
     }
 
 
@@ -339,7 +341,7 @@ def certify_video(
         ],
     }
     return certify_shard(
-        run_cfg, spec, method, model.eval(), xte[idx], yte[idx], idx, out_path, device, progress=progress
+        run_cfg, spec, method, model.eval(), xte[idx], yte[idx], idx, out_path, device, progress=progress, stage="video"
     )
 
 

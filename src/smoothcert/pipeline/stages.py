@@ -250,6 +250,13 @@ def stage_code_digest(name: str, cfg: dict | None = None, *, method: str | None 
     return _digest(code_files(name, cfg, method=method, package_paths=True))
 
 
+def code_fingerprint(name: str, cfg: dict | None = None, *, method: str | None = None) -> str:
+    """:func:`stage_code_digest` as a fingerprint part (``"sha256:<hex>"``): resumable work (a certify ``.part``, a
+    training checkpoint) stamped with it is resumed only by the same code, so rows or epochs of two versions
+    of the code never mix."""
+    return "sha256:" + stage_code_digest(name, cfg, method=method)
+
+
 def _canonical(value):
     """``value`` with every mapping's keys in sorted order: Snakemake compares params by their text, so the
     order keys happen to have in a YAML file (params.yaml vs a --configfile override) must not matter."""
@@ -316,8 +323,13 @@ def _imports(module: str) -> tuple[str, ...]:
     return tuple(m for m in dict.fromkeys(found) if m != module and _module_file(m) is not None)
 
 
+# The stage map computes no result: jobs import it only to stamp their resumable work (:func:`code_fingerprint`),
+# so it is no stage's code (else every edit of the map would rerun every job).
+NOT_CODE = (__name__,)
+
+
 def _closure(modules) -> set[str]:
-    """``modules``, their parent packages and everything they import, transitively.
+    """``modules``, their parent packages and everything they import, transitively (not :data:`NOT_CODE`).
 
     The registry's own imports of its method modules are not followed (importing the registry loads
     every method): a stage gets the modules of the methods it runs from :func:`code_files`.
@@ -326,7 +338,7 @@ def _closure(modules) -> set[str]:
     todo = list(modules)
     while todo:
         module = todo.pop()
-        if module in seen or _module_file(module) is None:
+        if module in seen or module in NOT_CODE or _module_file(module) is None:
             continue
         seen.add(module)
         parts = module.split(".")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from smoothcert import config as config_mod
-from smoothcert.artifacts import atomic_path, write_json, write_text
+from smoothcert.artifacts import atomic_path, check_rows, write_json, write_text
 from smoothcert.engine.certificates import COLUMNS, MEMORY_COLUMNS
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.methods import get as get_method
@@ -27,18 +27,45 @@ TRAINING_COLUMNS = ["epoch", "train_loss", "train_acc", "test_clean_acc", "test_
 THETA_PANELS = 6  # inputs shown per θ figure
 
 
-def load_experiments(cfg: dict, results: str | Path) -> list[rep.Experiment]:
-    """Every configured experiment's final table (and, for memory methods, the table before memory)."""
+def configured_inputs(cfg: dict, data: str | Path | None) -> np.ndarray | None:
+    """The test indices the config certifies, counted on the prepared test split of ``data`` (None without)."""
+    if data is None:
+        return None
+    from smoothcert import data as data_mod
+    from smoothcert.inputs import configured_indices
+
+    return configured_indices(cfg, len(data_mod.load_split(data, "test", cfg["data"]["dataset"])[1]))
+
+
+def load_experiments(cfg: dict, results: str | Path, expected: np.ndarray | None = None) -> list[rep.Experiment]:
+    """Every configured experiment's final table (and, for memory methods, the table before memory).
+
+    Every table must be whole (:func:`smoothcert.artifacts.check_rows`) and hold exactly the ``expected``
+    test inputs; without ``expected``, every input any of them holds (every experiment certifies the same
+    inputs). A report on fewer inputs than the config asks for is refused, not written.
+    """
     results = Path(results)
     specs = {s.id: s for s in config_mod.model_specs(cfg)}
     with_theta = set(theta_methods())
-    out = []
+    out, read = [], []
     for model_id, method in config_mod.experiments(cfg):
-        spec, base, memory = specs[model_id], results / model_id / method, get_method(method).memory
+        base, memory = results / model_id / method, get_method(method).memory
         what = f"certificate table of {model_id}/{method}"
-        table = before = nonempty_table(base / "certify.tsv", COLUMNS, what)
+        tables = [(base / "certify.tsv", nonempty_table(base / "certify.tsv", COLUMNS, what), what)]
         if memory:
-            table = nonempty_table(base / "final.tsv", COLUMNS + MEMORY_COLUMNS, f"final (after memory) {what}")
+            what = f"final (after memory) {what}"
+            tables.append(
+                (base / "final.tsv", nonempty_table(base / "final.tsv", COLUMNS + MEMORY_COLUMNS, what), what)
+            )
+        read.append((model_id, method, tables))
+    if expected is None:
+        found = [pd.to_numeric(t["idx"], errors="coerce") for _, _, tables in read for _, t, _ in tables]
+        expected = np.unique(pd.concat(found).dropna().to_numpy()) if found else None
+    for model_id, method, tables in read:
+        for path, table, what in tables:
+            check_rows(path, table, expected, what=what)
+        spec, base, memory = specs[model_id], results / model_id / method, get_method(method).memory
+        before, table = tables[0][1], tables[-1][1]
         theta_files = sorted((base / "theta").glob("*-of-*.pt")) if method in with_theta else []
         out.append(
             rep.Experiment(
@@ -199,7 +226,8 @@ def build_report(
     radii_by_norm = {k: [float(r) for r in v] for k, v in rc["radii"].items()}
     require(results is not None or imports, "report: nothing to report (give --results and/or --import)")
     loaded = [importers.load(t) for t in imports]
-    experiments = (load_experiments(cfg, results) if results is not None else []) + [e for e, _ in loaded]
+    ran = load_experiments(cfg, results, configured_inputs(cfg, data)) if results is not None else []
+    experiments = ran + [e for e, _ in loaded]
     keys = [e.key for e in experiments]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     require(not dup, f"two experiments share a name: {dup} (give each --import at one σ and norm its own NAME)")

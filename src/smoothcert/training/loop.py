@@ -49,7 +49,9 @@ def _accuracy(
 NOT_FINGERPRINTED = ("epochs", "workers")
 
 
-def training_fingerprint(cfg: dict, spec: ModelSpec, train_split: tuple, test_split: tuple) -> dict:
+def training_fingerprint(
+    cfg: dict, spec: ModelSpec, train_split: tuple, test_split: tuple, code: str | None = None
+) -> dict:
     """:func:`smoothcert.artifacts.fingerprint` of everything a training checkpoint depends on.
 
     The experiment (objective, σ mode, norm, σ), the ``model`` section (arch), the ``train``
@@ -57,7 +59,9 @@ def training_fingerprint(cfg: dict, spec: ModelSpec, train_split: tuple, test_sp
     defaults filled in), for data-dependent σ the ``data_dependent`` section and
     ``ddrs.sigma_min``, ``seed``, the data section but where it is stored, and sha256 of the
     content of the prepared train and test splits, ``(x, y)`` each (the test split feeds the
-    per-epoch metrics).
+    per-epoch metrics), and ``code``: the digest of the training code
+    (:func:`smoothcert.pipeline.stages.code_fingerprint`, passed in by the caller), so a checkpoint of
+    other code is trained again rather than continued.
     """
     parts = {
         "spec": {"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm, "sigma": spec.sigma},
@@ -68,6 +72,8 @@ def training_fingerprint(cfg: dict, spec: ModelSpec, train_split: tuple, test_sp
         "train_data": sha256_tensors(*train_split),
         "test_data": sha256_tensors(*test_split),
     }
+    if code is not None:
+        parts["code"] = code
     for section in OBJECTIVE_SECTIONS[spec.objective]:
         parts[section] = cfg[section]
     for section in SIGMA_MODE_SECTIONS[spec.sigma_mode]:
@@ -87,9 +93,20 @@ def _resumable(blob, ckpt_path: Path, stamp: dict, epochs: int) -> str | None:
 
 
 def train(
-    cfg: dict, spec: ModelSpec, data_dir: str | Path, out_dir: str | Path, device, progress: bool = True
+    cfg: dict,
+    spec: ModelSpec,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    device,
+    progress: bool = True,
+    code: str | None = None,
 ) -> pd.DataFrame:
-    """Train ``spec``'s base model; write ``checkpoint.pt`` each epoch, then ``model.pt`` and ``metrics.tsv``."""
+    """Train ``spec``'s base model; write ``checkpoint.pt`` each epoch, then ``model.pt`` and ``metrics.tsv``.
+
+    ``code`` (the training code's digest) joins the checkpoint's fingerprint. ``model.pt`` holds no
+    wall-clock time and is saved byte-identically (:func:`smoothcert.artifacts.save_torch`): the same
+    settings, data and code give the same bytes.
+    """
     out_dir = Path(out_dir)
     tc = cfg["train"]
     require(
@@ -111,7 +128,7 @@ def train(
     history: list[dict] = []
     start = 0
     ckpt_path = out_dir / "checkpoint.pt"
-    stamp = training_fingerprint(cfg, spec, (xtr, ytr), (xte, yte))
+    stamp = training_fingerprint(cfg, spec, (xtr, ytr), (xte, yte), code=code)
     blob = load_torch(ckpt_path, what="checkpoint") if ckpt_path.exists() else None
     why = _resumable(blob, ckpt_path, stamp, tc["epochs"]) if blob is not None else None
     if why is not None:
