@@ -1,9 +1,9 @@
 """The training stage."""
 
+import smoothcert.pipeline.stages as stages  # the stamp only: not the training code (stages.NOT_CODE)
 from smoothcert import config as config_mod
 from smoothcert.artifacts import check_writable
 from smoothcert.commands._common import add_config, add_progress, add_threads, setup
-from smoothcert.pipeline import stages
 from smoothcert.training.loop import train
 
 HELP = "train one noise-augmented base model (resumes from OUT/checkpoint.pt)"

@@ -150,6 +150,7 @@ def _bad(path, raw: pd.DataFrame, mask: np.ndarray, col: str, why: str) -> None:
 def read_raw(path: str | Path, what: str) -> pd.DataFrame:
     """The table's fields as text (header → columns); ragged rows refused, one trailing empty field dropped."""
     path = Path(path)
+    require(not path.is_dir(), f"{what} {path} is a folder, not a table file")
     require(path.is_file(), f"{what} not found: {path}")
     try:
         lines = path.read_text().splitlines()
