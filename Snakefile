@@ -18,6 +18,10 @@ try:
     for path in workflow.configfiles:  # Snakemake's own YAML reader lets a duplicate key win silently
         sc_config.read_yaml(path)
     sc_config.validate(config, "config")
+    if any(spec.pretrained for spec in sc_config.model_specs(config)):  # model files vs the data, before any job
+        from smoothcert.training.pretrained import check_config
+
+        check_config(config, ".smoothcert")
 except SmoothcertError as exc:
     sys.stderr.write(f"smoothcert: invalid configuration: {exc}\n")
     sys.exit(2)
@@ -48,7 +52,7 @@ localrules:
 
 
 wildcard_constraints:
-    model=r"[a-z]+-[a-z]+-l[12]-[0-9.e+-]+",
+    model=r"[a-z]+-[a-z0-9_]+-l[12]-[0-9.e+-]+",
     method=r"[a-z_]+",
     shard=r"\d+-of-\d+",
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,27 @@ def _describe(error) -> str:
     return f"{key} = {error.instance!r} is not allowed; expected {allowed}"
 
 
+TRAINING_KEYS = ("objective", "sigma_mode", "sigmas")  # what a trained entry has and a checkpoint entry must not
+
+
+def _check_checkpoint_entries(cfg: Any, source: str) -> None:
+    """A checkpoint entry names a model that exists: training settings beside it are refused."""
+    entries = cfg.get("models") if isinstance(cfg, dict) else None
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        if isinstance(entry, dict) and "checkpoint" in entry:
+            extra = [k for k in TRAINING_KEYS if k in entry]
+            require(
+                not extra,
+                f"{source}: models.{i} has checkpoint {entry['checkpoint']!r} and the training settings {extra}: a "
+                f"checkpoint entry is trained already (give one sigma, no objective / sigma_mode / sigmas)",
+            )
+
+
 def validate(cfg: Any, source: str = "params.yaml") -> dict:
     """Validate ``cfg`` against the JSON schema; raise a one-line :class:`SmoothcertError`."""
     import jsonschema
+
+    _check_checkpoint_entries(cfg, source)
 
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
@@ -175,6 +194,8 @@ def _check_certificates(cfg: dict, source: str) -> None:
             f"(docs/soundness.md); proven norms: {list(allowed)}",
         )
     for i, entry in enumerate(cfg["models"]):
+        if "checkpoint" in entry:
+            continue  # trained already: reads no training section
         needs = OBJECTIVE_SECTIONS[entry["objective"]] + SIGMA_MODE_SECTIONS[entry["sigma_mode"]]
         for name in needs:
             require(
@@ -230,8 +251,13 @@ def _check_semantics(cfg: dict, source: str) -> None:
     _check_certificates(cfg, source)
     _check_sigma_caps(cfg, source)
     ids = [m.id for m in model_specs(cfg)]
-    require(len(ids) == len(set(ids)), f"{source}: models lists the same (objective, sigma_mode, norm, sigma) twice")
-    from smoothcert.data import info
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    require(
+        not twice,
+        f"{source}: models lists the same model twice: {twice} (same objective, sigma_mode, norm and sigma; "
+        f"for checkpoint entries, same file name: give each a distinct name)",
+    )
+    from smoothcert.data import FILE_DATASETS, info
 
     require(cfg["model"]["arch"] is not None, f"{source}: model.arch must be set")
     if cfg["data"]["dataset"] == "imagenet":
@@ -239,7 +265,8 @@ def _check_semantics(cfg: dict, source: str) -> None:
         require(
             root.is_dir(), f"{source}: data.root = {str(root)!r} does not exist; imagenet needs train/ and val/ there"
         )
-    info(cfg["data"]["dataset"])
+    if cfg["data"]["dataset"] not in FILE_DATASETS:
+        info(cfg["data"]["dataset"])
 
 
 def load(path: str | Path = "params.yaml", overrides: tuple[str | Path, ...] = ()) -> dict:
@@ -278,32 +305,85 @@ def freeze(cfg: dict, folder: str | Path) -> str:
     return str(path)
 
 
+PRETRAINED = "pretrained"  # the objective of a checkpoint entry (a model trained elsewhere)
+# A checkpoint entry's optional keys that say how its file is read (defaults: the schema's pretrained_model).
+LOADING_KEYS = ("format", "arch", "kwargs", "normalize", "outputs")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """One base model: training objective, fixed/data-dependent σ, norm (noise) and σ."""
+    """One base model: training objective, fixed/data-dependent σ, norm (noise) and σ.
+
+    A checkpoint entry (``objective`` = ``"pretrained"``, one σ) has ``checkpoint`` (the file), ``name``
+    (the id's middle part) and ``loading`` (format, arch, kwargs, normalize, outputs; defaults filled in).
+    """
 
     objective: str
     sigma_mode: str
     norm: str
     sigma: float
     methods: tuple[str, ...]
+    checkpoint: str | None = None
+    name: str | None = None
+    loading: dict | None = field(default=None, compare=False, hash=False)
 
     @property
     def id(self) -> str:
-        return f"{self.objective}-{self.sigma_mode}-{self.norm}-{self.sigma:g}"
+        middle = self.name if self.pretrained else self.sigma_mode
+        return f"{self.objective}-{middle}-{self.norm}-{self.sigma:g}"
+
+    @property
+    def pretrained(self) -> bool:
+        return self.checkpoint is not None
 
     @property
     def noise(self) -> str:
         return NOISE_OF_NORM[self.norm]
 
 
+def file_stem(path: str) -> str:
+    """A model id part from a file name: lower case, without its suffixes, other characters as ``_``."""
+    name = Path(path).name.lower()
+    for suffix in (".tar", ".pth", ".pt", ".ckpt", ".onnx", ".ts", ".jit", ".bin", ".zip"):
+        name = name.removesuffix(suffix)
+    return re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "model"
+
+
+def loading_defaults() -> dict:
+    """The defaults of a checkpoint entry's loading keys, as the schema states them."""
+    props = yaml.safe_load(SCHEMA.read_text())["definitions"]["pretrained_model"]["properties"]
+    return {k: props[k]["default"] for k in LOADING_KEYS}
+
+
+def _spec(entry: dict) -> list[ModelSpec]:
+    if "checkpoint" not in entry:
+        return [
+            ModelSpec(entry["objective"], entry["sigma_mode"], entry["norm"], float(s), tuple(entry["methods"]))
+            for s in entry["sigmas"]
+        ]
+    loading = {**loading_defaults(), **{k: entry[k] for k in LOADING_KEYS if k in entry}}
+    return [
+        ModelSpec(
+            PRETRAINED,
+            "fixed",
+            entry["norm"],
+            float(entry["sigma"]),
+            tuple(entry["methods"]),
+            checkpoint=str(entry["checkpoint"]),
+            name=entry.get("name") or file_stem(entry["checkpoint"]),
+            loading=loading,
+        )
+    ]
+
+
 def model_specs(cfg: dict) -> list[ModelSpec]:
     """Every base model the config asks for, in config order."""
-    return [
-        ModelSpec(e["objective"], e["sigma_mode"], e["norm"], float(s), tuple(e["methods"]))
-        for e in cfg["models"]
-        for s in e["sigmas"]
-    ]
+    return [spec for e in cfg["models"] for spec in _spec(e)]
+
+
+def trained_specs(cfg: dict) -> list[ModelSpec]:
+    """The models the pipeline trains (every entry but the checkpoint entries)."""
+    return [s for s in model_specs(cfg) if not s.pretrained]
 
 
 def model_spec(cfg: dict, model_id: str) -> ModelSpec:

@@ -5,7 +5,8 @@ and ``y`` (int64). ``digits`` and ``mnist5k`` ship inside installed wheels and
 need no network; ``fashion-mnist`` is read offline from its idx files (the Debian package
 ``dataset-fashion-mnist``, or ``data.root``; torchvision only downloads them when allowed);
 ``cifar10`` uses torchvision (which checks the md5 sums of what it downloads); ``imagenet``
-reads an ImageFolder tree from a user path. Every failure is a one-line :class:`SmoothcertError`.
+reads an ImageFolder tree from a user path; ``folder`` (``root/test/<class>/*``, optional ``root/train``) and
+``npz`` (arrays ``x``, ``y``) are a user's own images, their classes stored beside them. Every failure is a one-line :class:`SmoothcertError`.
 """
 
 from __future__ import annotations
@@ -283,41 +284,205 @@ def _imagenet(cfg: dict):
     return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
+# Datasets read from a user's files: their shape and classes come from the files, not from DATASETS.
+FILE_DATASETS = ("folder", "npz")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes read as one channel; every other mode as RGB
+
+
+def _folder_classes(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
+    """Sorted class folder names of ``split_dir`` and the image files of each (one line if any is empty)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    require(split_dir.is_dir(), f"image folder {split_dir} does not exist (expected <root>/test/<class>/*.png|jpg)")
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    require(classes, f"image folder {split_dir} has no class folders (expected {split_dir}/<class>/*.png|jpg)")
+    files = []
+    for name in classes:
+        found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+        require(found, f"image folder {split_dir}: class {name!r} has no images ({', '.join(IMG_EXTENSIONS)})")
+        files.append(found)
+    return classes, files
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, UnidentifiedImageError) as exc:
+        raise SmoothcertError(f"image {path} is unreadable: {_one_line(exc)}") from exc
+
+
+def folder_layout(cfg: dict) -> tuple[list[str], int, tuple[int, int]]:
+    """(classes, channels, (height, width)) of the ``folder`` dataset at ``cfg['root']``, from its test split's
+    class folders and first image, after ``resize`` and the ``image_size`` crop; nothing else is read."""
+    classes, files = _folder_classes(Path(cfg["root"]) / "test")
+    first = _open_image(files[0][0])
+    channels = 1 if first.mode in GRAY_MODES else 3
+    size = _folder_transform(cfg, channels)(first).shape[1:]
+    return classes, channels, tuple(int(v) for v in size)
+
+
+def _folder_transform(cfg: dict, channels: int):
+    from torchvision import transforms
+
+    steps = [transforms.Lambda(lambda im: im.convert("L" if channels == 1 else "RGB"))]
+    if cfg.get("resize"):
+        steps.append(transforms.Resize(int(cfg["resize"])))
+    if cfg.get("image_size"):
+        steps.append(transforms.CenterCrop(int(cfg["image_size"])))
+    return transforms.Compose([*steps, transforms.PILToTensor()])
+
+
+def _folder(cfg: dict):
+    """An ImageFolder tree ``root/test/<class>/*`` (and optional ``root/train/``, same classes), classes sorted by
+    name; images converted to the first test image's channel count, resized and centre-cropped as configured."""
+    root = Path(cfg["root"])
+    classes, channels, shape = folder_layout(cfg)
+    tf = _folder_transform(cfg, channels)
+    out = []
+    for split in ("train", "test"):
+        if split == "train" and not (root / "train").is_dir():
+            out.append((np.zeros((0, channels, *shape), np.uint8), np.zeros(0, np.int64)))
+            continue
+        names, files = _folder_classes(root / split)
+        require(names == classes, f"image folder {root}: train and test name different classes")
+        xs, ys = [], []
+        for label, paths in enumerate(files):
+            for path in paths:
+                img = tf(_open_image(path))
+                require(
+                    tuple(img.shape) == (channels, *shape),
+                    f"image {path} is {tuple(img.shape[1:])} after resize / crop, the first is {shape}; "
+                    f"set data.image_size to crop all alike",
+                )
+                xs.append(img.numpy())
+                ys.append(label)
+        out.append((np.stack(xs), np.asarray(ys, dtype=np.int64)))
+    return out[0][0], out[1][0], out[0][1], out[1][1], classes
+
+
+def _npz_images(x: np.ndarray, where: str) -> np.ndarray:
+    """N×C×H×W from N×C×H×W, N×H×W×C (C = 1 or 3) or N×H×W; uint8, or float in [0, 1] as float32."""
+    require(x.ndim in (3, 4), f"{where}: x has shape {x.shape}; expected N×C×H×W, N×H×W×C or N×H×W")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    require(x.shape[1] in (1, 3), f"{where}: images of shape {x.shape[1:]} have no 1- or 3-channel axis")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    require(np.issubdtype(x.dtype, np.floating), f"{where}: pixels must be uint8 or float in [0, 1], got {x.dtype}")
+    require(bool(np.isfinite(x).all()), f"{where}: pixels hold NaN or inf")
+    require(
+        x.size == 0 or (x.min() >= 0 and x.max() <= 1),
+        f"{where}: float pixels span [{x.min():g}, {x.max():g}], expected [0, 1]",
+    )
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _npz(cfg: dict):
+    """One ``.npz`` file at ``root``: ``x``, ``y`` (the test split), optional ``x_train``, ``y_train`` and
+    ``classes`` (names); read without pickles."""
+    path = Path(cfg["root"])
+    require(path.is_file(), f"npz file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as exc:
+        raise SmoothcertError(f"{path} is not a readable .npz file ({_one_line(exc)})") from exc
+    require("x" in arrays and "y" in arrays, f"npz file {path} needs arrays x and y; it has {sorted(arrays)}")
+    splits = {}
+    for split, (kx, ky) in {"test": ("x", "y"), "train": ("x_train", "y_train")}.items():
+        if kx not in arrays:
+            continue
+        x, y = _npz_images(arrays[kx], f"{path}: {kx}"), np.asarray(arrays.get(ky, np.zeros(0)))
+        require(
+            y.ndim == 1 and len(y) == len(x) and np.issubdtype(y.dtype, np.integer),
+            f"{path}: {ky} must hold one integer label per image of {kx} ({len(x)})",
+        )
+        splits[split] = (x, y.astype(np.int64))
+    xte, yte = splits["test"]
+    require(len(xte) > 0, f"npz file {path}: x holds no images")
+    xtr, ytr = splits.get("train", (np.zeros((0, *xte.shape[1:]), xte.dtype), np.zeros(0, np.int64)))
+    require(xtr.shape[1:] == xte.shape[1:], f"{path}: x_train images are {xtr.shape[1:]}, x images {xte.shape[1:]}")
+    k = int(max(yte.max(), ytr.max() if len(ytr) else 0)) + 1
+    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else [str(i) for i in range(k)]
+    require(
+        min(yte.min(), ytr.min() if len(ytr) else 0) >= 0 and k <= len(classes),
+        f"{path}: labels outside 0..{len(classes) - 1}",
+    )
+    return xtr, xte, ytr, yte, classes
+
+
 LOADERS = {
     "digits": _digits,
     "mnist5k": _mnist5k,
     "fashion-mnist": _fashion,
     "cifar10": _cifar10,
     "imagenet": _imagenet,
+    "folder": _folder,
+    "npz": _npz,
 }
+
+
+def source_info(cfg: dict) -> tuple[DatasetInfo, list[str] | None]:
+    """The :class:`DatasetInfo` of the configured data section and its class names (None for the built-ins),
+    without preparing it: a folder's class folders and first image, an npz file's arrays."""
+    name = cfg["dataset"]
+    if name not in FILE_DATASETS:
+        return info(name), None
+    if name == "folder":
+        classes, channels, (h, w) = folder_layout(cfg)
+        require(h == w, f"image folder {cfg['root']}: images are {h}×{w}; set data.image_size to crop them square")
+    else:
+        _, x, _, _, classes = _npz(cfg)
+        channels, h = int(x.shape[1]), int(x.shape[2])
+    return DatasetInfo(channels, h, len(classes), (), (), ""), classes
 
 
 def prepare(cfg: dict, out_dir: str | Path) -> dict:
     """Materialize ``cfg['dataset']`` into ``out_dir/{train,test}.pt``; return a summary."""
     name = cfg["dataset"]
-    meta = info(name)
-    xtr, xte, ytr, yte = LOADERS[name](cfg)
+    extra = {}
+    if name in FILE_DATASETS:
+        xtr, xte, ytr, yte, classes = LOADERS[name](cfg)
+        meta = DatasetInfo(int(xte.shape[1]), int(xte.shape[2]), len(classes), (), (), "")
+        extra = {"classes": list(classes)}
+    else:
+        meta = info(name)
+        xtr, xte, ytr, yte = LOADERS[name](cfg)
     limit = cfg.get("train_limit")  # validated configs always say; callers of this function may leave it out
     if limit is not None and limit < len(xtr):
         from sklearn.model_selection import train_test_split
 
         xtr, _, ytr, _ = train_test_split(xtr, ytr, train_size=int(limit), stratify=ytr, random_state=cfg["seed"])
     for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
-        require(len(x) > 0, f"dataset {name}: the {split} split is empty")
+        require(len(x) > 0 or (split == "train" and extra), f"dataset {name}: the {split} split is empty")
         expected = (meta.channels, meta.size, meta.size)
         require(
             tuple(x.shape[1:]) == expected,
             f"dataset {name}: {split} images have shape {tuple(x.shape[1:])}, expected {expected}",
         )
         save_torch(
-            Path(out_dir) / f"{split}.pt", {"x": torch.from_numpy(np.ascontiguousarray(x)), "y": torch.from_numpy(y)}
+            Path(out_dir) / f"{split}.pt",
+            {"x": torch.from_numpy(np.ascontiguousarray(x)), "y": torch.from_numpy(y), **extra},
         )
     return {"dataset": name, "train": int(len(xtr)), "test": int(len(xte)), "num_classes": meta.num_classes}
 
 
+def class_names(data_dir: str | Path, name: str) -> list[str] | None:
+    """The class names a prepared folder / npz dataset stores (None for the built-in datasets)."""
+    if name not in FILE_DATASETS:
+        return None
+    return list(load_torch(Path(data_dir) / "test.pt", what=f"{name} test data")["classes"])
+
+
 def load_split(data_dir: str | Path, split: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a prepared split as float32 pixels in [0, 1] and int64 labels, checking shapes."""
-    meta = info(name)
+    """Load a prepared split as float32 pixels in [0, 1] and int64 labels, checking shapes (a folder / npz
+    dataset's shape and classes are those its prepared files store)."""
     blob = load_torch(Path(data_dir) / f"{split}.pt", what=f"{name} {split} data")
     require(
         isinstance(blob, dict) and "x" in blob and "y" in blob,
@@ -325,6 +490,14 @@ def load_split(data_dir: str | Path, split: str, name: str) -> tuple[torch.Tenso
     )
     x, y = blob["x"], blob["y"]
     where = f"{data_dir}/{split}.pt"
+    if name in FILE_DATASETS:
+        require(
+            isinstance(blob.get("classes"), list) and isinstance(x, torch.Tensor) and x.ndim == 4,
+            f"{where} is not a prepared {name} dataset (needs x, y and classes)",
+        )
+        meta = DatasetInfo(int(x.shape[1]), int(x.shape[2]), len(blob["classes"]), (), (), "")
+    else:
+        meta = info(name)
     require(isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor), f"{where}: x and y must be tensors")
     expected = (meta.channels, meta.size, meta.size)
     require(

@@ -5,14 +5,14 @@
 
 rule certify:
     input:
-        model=f"{MODELS}/{{model}}/model.pt",
+        model=model_file,
         data=rules.prepare_data.output,
         theta=theta_input,
     output:
         f"{RESULTS}/{{model}}/{{method}}/shards/{{shard}}.tsv",
     params:
         data=lambda w, input: parent(input.data[0]),
-        triggers=lambda w: trigger_params(config, "certify", method=w.method),
+        triggers=lambda w: trigger_params(config, "certify", method=w.method, model=w.model),
         theta=lambda w, input: f"--theta {input.theta}" if input.theta else "",
     conda:
         ENV

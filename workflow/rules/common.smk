@@ -29,3 +29,12 @@ def init_input(w):
     """The θ shard a search starts from, for a method that starts from another's θ."""
     start = METHODS[w.method].init_from
     return f"{RESULTS}/{w.model}/{start}/theta/{w.shard}.pt" if start else []
+
+
+SPECS = {spec.id: spec for spec in sc_config.model_specs(config)}
+
+
+def model_file(w):
+    """The base model a job reads: the train job's model.pt, or a checkpoint entry's own file (no train job)."""
+    spec = SPECS.get(w.model)
+    return spec.checkpoint if spec is not None and spec.pretrained else f"{MODELS}/{w.model}/model.pt"

@@ -6,7 +6,7 @@ SEARCHED = [m.name for m in METHODS.values() if m.per_input_sigma]
 
 rule optimize:
     input:
-        model=f"{MODELS}/{{model}}/model.pt",
+        model=model_file,
         data=rules.prepare_data.output,
         init=init_input,
     output:
@@ -15,7 +15,7 @@ rule optimize:
         method="|".join(SEARCHED),
     params:
         data=lambda w, input: parent(input.data[0]),
-        triggers=lambda w: trigger_params(config, "optimize", method=w.method),
+        triggers=lambda w: trigger_params(config, "optimize", method=w.method, model=w.model),
         init=lambda w, input: f"--init {input.init}" if input.init else "",
     conda:
         ENV

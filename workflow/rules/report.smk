@@ -5,7 +5,7 @@ rule report:
     input:
         tables=[final_table(model, method) for model, method in EXPERIMENTS],
         pre=[f"{RESULTS}/{model}/{method}/certify.tsv" for model, method in EXPERIMENTS],
-        metrics=[f"{MODELS}/{m.id}/metrics.tsv" for m in sc_config.model_specs(config)],
+        metrics=[f"{MODELS}/{m.id}/metrics.tsv" for m in sc_config.trained_specs(config)],
         video=VIDEO_TABLES,
     output:
         summary=report(f"{REPORT}/summary.csv", caption="../report/summary.rst", category="Tables"),

@@ -28,4 +28,4 @@ rule train:
 
 rule train_all:
     input:
-        expand(f"{MODELS}/{{model}}/model.pt", model=[m.id for m in sc_config.model_specs(config)]),
+        expand(f"{MODELS}/{{model}}/model.pt", model=[m.id for m in sc_config.trained_specs(config)]),

@@ -13,9 +13,9 @@ from smoothcert.commands._common import (
     setup,
     shard_inputs,
 )
+from smoothcert.commands._model import load_base_model
 from smoothcert.errors import require
 from smoothcert.pipeline.certify import certify_shard, load_theta
-from smoothcert.training.models import load_model
 
 HELP = "certify one shard of the test set with one method; rows are written as they finish (resumable)"
 
@@ -45,7 +45,7 @@ def run(args):
     if method.per_input_sigma:
         require(args.theta is not None, f"method {args.method} needs --theta (from optimize-sigma)")
         theta = load_theta(args.theta, idx, int(np.prod(x.shape[1:])))
-    model = load_model(cfg, args.checkpoint, device)
+    model = load_base_model(cfg, spec, args.checkpoint, x, args.data, device)
     certify_shard(
         cfg,
         spec,

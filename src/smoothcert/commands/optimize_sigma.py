@@ -20,10 +20,10 @@ from smoothcert.commands._common import (
     setup,
     shard_inputs,
 )
+from smoothcert.commands._model import load_base_model
 from smoothcert.errors import require
 from smoothcert.pipeline.certify import load_theta
 from smoothcert.pipeline.optimize import optimize_shard
-from smoothcert.training.models import load_model
 
 HELP = "search per-input noise (σ or θ) for one shard with a per-input-σ method"
 
@@ -62,7 +62,7 @@ def run(args):
         init = load_theta(args.init, idx, int(np.prod(x.shape[1:])))
     else:
         require(args.init is None, f"--init is only for a method that starts from another's θ, not {args.method}")
-    model = load_model(cfg, args.checkpoint, device)
+    model = load_base_model(cfg, spec, args.checkpoint, x, args.data, device)
     out = optimize_shard(
         cfg,
         spec,

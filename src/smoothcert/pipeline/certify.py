@@ -56,8 +56,8 @@ def shard_fingerprint(
 
     The base classifier (sha256 of the ``checkpoint`` file's bytes, or of ``model``'s state dict
     when certifying a model held in memory), θ (sha256 of ``theta_file``, or of the ``theta``
-    triple), the method and its settings (Smooth-Reduce's ``smooth_reduce`` section; for clips the
-    ``video.window``), the experiment (objective, σ mode, norm, σ), ``seed``, ``channels_last``,
+    triple), for a checkpoint entry how its file is read (``ModelSpec.loading``), the method and its
+    settings (Smooth-Reduce's ``smooth_reduce`` section; for clips the ``video.window``), the experiment (objective, σ mode, norm, σ), ``seed``, ``channels_last``,
     the ``certify`` section but ``batch_size``, the data section but where it is stored
     (``root``, ``download``, ``verify_checksums``), the test selection (``test.start/step/limit``)
     and a hash of this shard's test indices, inputs and labels. Not device, threads, batch size
@@ -68,6 +68,7 @@ def shard_fingerprint(
     parts = {
         "method": method_name,
         "spec": {"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm, "sigma": spec.sigma},
+        **({"loading": spec.loading} if spec.pretrained else {}),
         "seed": cfg["seed"],
         "channels_last": cfg.get("channels_last"),
         "test": {k: (cfg.get("test") or {}).get(k) for k in ("start", "step", "limit")},

@@ -230,14 +230,24 @@ def _value(cfg: dict, key):
     return value
 
 
+# Stages whose jobs read a model file: for a checkpoint entry, the file is their input and how it is read
+# (models[].format, arch, kwargs, normalize, outputs) is among their rerun triggers; the DVC stage running them
+# depends on the files params.yaml names.
+MODEL_FILE_STAGES = ("optimize", "certify")
+
+
 def trigger_params(cfg: dict, name: str, *, model: str | None = None, method: str | None = None) -> dict:
     """A Snakemake ``params`` value holding everything one job of stage ``name`` reads.
 
     ``{"params": {key: value}, "code": digest}``: the values of :func:`reads` in ``cfg`` (keys sorted) and a sha256 of
     the content of :func:`code_files`, so an edit of either reruns the job (``--rerun-triggers params``).
     """
+    values = {_label(k): _value(cfg, k) for k in reads(name, cfg, model=model, method=method)}
+    spec = next((s for s in config_mod.model_specs(cfg) if s.id == model), None) if model is not None else None
+    if spec is not None and spec.pretrained and name in MODEL_FILE_STAGES:  # how its file is read
+        values["model_file"] = {"checkpoint": spec.checkpoint, **spec.loading}
     return {
-        "params": _canonical({_label(k): _value(cfg, k) for k in reads(name, cfg, model=model, method=method)}),
+        "params": _canonical(values),
         "code": stage_code_digest(name, cfg, method=method),
     }
 
@@ -428,7 +438,14 @@ def dvc_deps(dvc: DvcStage) -> list[str]:
     """``dvc``'s input folders, then the rule files, the workflow and every source file its stages run."""
     rules = [f"workflow/rules/{stage(n).rules}.smk" for n in dvc.stages]
     code = sorted({f for n in dvc.stages for f in code_files(n)})
-    return list(dict.fromkeys([*dvc.deps, *rules, *WORKFLOW, *code]))
+    files = params_checkpoints() if any(n in MODEL_FILE_STAGES for n in dvc.stages) else []
+    return list(dict.fromkeys([*dvc.deps, *files, *rules, *WORKFLOW, *code]))
+
+
+def params_checkpoints(path: Path | None = None) -> list[str]:
+    """The model files of params.yaml's checkpoint entries (DVC tracks them by content), in config order."""
+    cfg = yaml.safe_load((path or ROOT / "params.yaml").read_text()) or {}
+    return [str(e["checkpoint"]) for e in cfg.get("models") or [] if isinstance(e, dict) and "checkpoint" in e]
 
 
 HEADER = """\

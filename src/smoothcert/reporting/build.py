@@ -99,10 +99,10 @@ def load_video(folder: str | Path) -> list[rep.Experiment]:
 
 
 def load_training(cfg: dict, models: str | Path) -> dict[str, pd.DataFrame]:
-    """models/<dataset>/<model_id>/metrics.tsv for every configured model."""
+    """models/<dataset>/<model_id>/metrics.tsv for every model the pipeline trained (checkpoint entries have none)."""
     return {
         s.id: nonempty_table(Path(models) / s.id / "metrics.tsv", TRAINING_COLUMNS, f"training metrics of {s.id}")
-        for s in config_mod.model_specs(cfg)
+        for s in config_mod.trained_specs(cfg)
     }
 
 
@@ -258,7 +258,7 @@ def build_report(
     write_text(out / "memory.md", md)
 
     metrics = load_training(cfg, models) if models else {}
-    train = rep.training_table(metrics, config_mod.model_specs(cfg))
+    train = rep.training_table(metrics, config_mod.trained_specs(cfg))
     mid = radii_by_norm.get("l2", [0.5])
     objectives = rep.objective_table(
         summ[summ["objective"] != IMPORTED] if len(summ) else summ, 0.5 if 0.5 in mid else None
@@ -316,8 +316,11 @@ def build_report(
 
     shown = {p.name for p in out.glob("*.png")} - held
     imported = [d for _, d in loaded]
+    from smoothcert import data as data_mod
+
+    classes = data_mod.class_names(data, cfg["data"]["dataset"]) if data is not None and results is not None else None
     text, _ = page(
-        cfg, summ, checked, mem, objectives, train, shown, imported, results is not None, extras(experiments)
+        cfg, summ, checked, mem, objectives, train, shown, imported, results is not None, extras(experiments), classes
     )
     write_text(out / PAGE, text)
     return head
@@ -410,5 +413,5 @@ def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, da
     if metrics:
         plots.training(metrics, out / "training.png", f"{dataset}: training")
     else:
-        held.add(_placeholder(out / "training.png", "training curves", "no --models folder given"))
+        held.add(_placeholder(out / "training.png", "training curves", "no model trained in this run"))
     return held

@@ -104,13 +104,20 @@ def extras(experiments) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model_id", "method", MEDIAN_RADIUS, *SIGMA_SPREAD])
 
 
-def _setup(cfg: dict, summ: pd.DataFrame) -> str:
+def _model_line(m: dict) -> str:
+    """One configured models[] entry: a trained one by objective / σ mode, a checkpoint entry by its file."""
+    if "checkpoint" in m:
+        what = (
+            f"pretrained {Path(m['checkpoint']).name} ({m.get('format', 'auto')} format) {m['norm']} σ = {m['sigma']:g}"
+        )
+    else:
+        what = f"{m['objective']}/{m['sigma_mode']} {m['norm']} σ ∈ {{{', '.join(f'{x:g}' for x in m['sigmas'])}}}"
+    return f"{what} certified by {', '.join(m['methods'])}"
+
+
+def _setup(cfg: dict, summ: pd.DataFrame, classes: list[str] | None = None) -> str:
     c, t = cfg["certify"], cfg["train"]
-    models = "; ".join(
-        f"{m['objective']}/{m['sigma_mode']} {m['norm']} σ ∈ {{{', '.join(f'{x:g}' for x in m['sigmas'])}}} "
-        f"certified by {', '.join(m['methods'])}"
-        for m in cfg["models"]
-    )
+    models = "; ".join(_model_line(m) for m in cfg["models"])
     if c["mode"] == "sequential":
         s = c["sequential"]
         cert = (
@@ -123,7 +130,8 @@ def _setup(cfg: dict, summ: pd.DataFrame) -> str:
     sel = cfg["test"]
     lines = [
         f"- **Data**: {cfg['data']['dataset']}; test inputs: {inputs} per experiment "
-        f"(start {sel['start']}, every {sel['step']}, limit {sel['limit']}); train_limit {cfg['data'].get('train_limit')}.",
+        f"(start {sel['start']}, every {sel['step']}, limit {sel['limit']}); train_limit {cfg['data'].get('train_limit')}"
+        + (f"; {len(classes)} classes: {', '.join(classes)}." if classes else "."),
         f"- **Base model**: {cfg['model']['arch']}; {t['epochs']} epochs, batch {t['batch_size']}, SGD lr {t['lr']:g} "
         f"(×{t['lr_gamma']:g} every {t['lr_step']} epochs).",
         f"- **Experiments**: {models}.",
@@ -163,11 +171,13 @@ def page(
     imports=(),
     run: bool = True,
     more: pd.DataFrame | None = None,
+    classes: list[str] | None = None,
 ) -> tuple[str, str]:
     """(markdown, headline) of the results page; figures are linked by file name (in the report folder).
 
     ``imports``: one line per imported table; ``run`` False: the page is about the imports alone (title and
-    setup describe them, not params.yaml's experiments); ``more``: :func:`extras` of the experiments."""
+    setup describe them, not params.yaml's experiments); ``more``: :func:`extras` of the experiments; ``classes``:
+    the class names of a folder / npz dataset."""
     dataset = cfg["data"]["dataset"] if run else "imported tables"
     radius = claims_mod.RADIUS
     cc = cfg["report"]["claims"]
@@ -184,7 +194,7 @@ def page(
         "`smoothcert publish`. Do not edit by hand._\n",
         f"**Headline**: {head}\n",
         "## Setup\n",
-        (_setup(cfg, summ) if run else "") + (_imports_setup(cfg, list(imports)) if imports else ""),
+        (_setup(cfg, summ, classes) if run else "") + (_imports_setup(cfg, list(imports)) if imports else ""),
         "## Claims checked\n",
         claims_mod.explain(claims, cc["level"], cc["min_inputs"]),
         rep.markdown(claims) if len(claims) else "No pair of experiments in this run checks a claim.\n",

@@ -1,0 +1,22 @@
+"""The base classifier a per-shard stage certifies (certify, optimize-sigma): trained here or read from a file."""
+
+from __future__ import annotations
+
+import torch
+
+from smoothcert import data as data_mod
+
+
+def load_base_model(cfg: dict, spec, checkpoint: str, x: torch.Tensor, data_dir: str, device):
+    """The base classifier of ``spec``: a trained ``model.pt``, or a checkpoint entry's file in any format,
+    checked against the data's images (shape of ``x``) and classes before any certificate is made."""
+    if not spec.pretrained:
+        from smoothcert.training.models import load_model
+
+        return load_model(cfg, checkpoint, device)
+    from smoothcert.training.pretrained import load_spec_model
+
+    name = cfg["data"]["dataset"]
+    classes = data_mod.class_names(data_dir, name)
+    k = len(classes) if classes is not None else data_mod.info(name).num_classes
+    return load_spec_model(cfg, spec, checkpoint, tuple(x.shape[1:]), k, device)
