@@ -349,10 +349,17 @@ def file_stem(path: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "model"
 
 
+def schema_default(*path: str):
+    """The default the schema states for the optional key at ``path`` (e.g. ``"report", "compare_paper"``)."""
+    node = yaml.safe_load(SCHEMA.read_text())
+    for part in path:
+        node = node["definitions"][part] if part in node.get("definitions", {}) else node["properties"][part]
+    return node["default"]
+
+
 def loading_defaults() -> dict:
     """The defaults of a checkpoint entry's loading keys, as the schema states them."""
-    props = yaml.safe_load(SCHEMA.read_text())["definitions"]["pretrained_model"]["properties"]
-    return {k: props[k]["default"] for k in LOADING_KEYS}
+    return {k: schema_default("pretrained_model", k) for k in LOADING_KEYS}
 
 
 def _spec(entry: dict) -> list[ModelSpec]:

@@ -319,8 +319,25 @@ def build_report(
     from smoothcert import data as data_mod
 
     classes = data_mod.class_names(data, cfg["data"]["dataset"]) if data is not None and results is not None else None
+    paper_md = None
+    if rc.get("compare_paper", config_mod.schema_default("report", "compare_paper")):
+        from smoothcert.reporting import paper
+
+        paper_md = paper.report_markdown(paper.compare(summ))
+        write_text(out / "paper_comparison.md", paper_md)
     text, _ = page(
-        cfg, summ, checked, mem, objectives, train, shown, imported, results is not None, extras(experiments), classes
+        cfg,
+        summ,
+        checked,
+        mem,
+        objectives,
+        train,
+        shown,
+        imported,
+        results is not None,
+        extras(experiments),
+        classes,
+        paper_md,
     )
     write_text(out / PAGE, text)
     return head

@@ -172,12 +172,14 @@ def page(
     run: bool = True,
     more: pd.DataFrame | None = None,
     classes: list[str] | None = None,
+    paper_md: str | None = None,
 ) -> tuple[str, str]:
     """(markdown, headline) of the results page; figures are linked by file name (in the report folder).
 
     ``imports``: one line per imported table; ``run`` False: the page is about the imports alone (title and
     setup describe them, not params.yaml's experiments); ``more``: :func:`extras` of the experiments; ``classes``:
-    the class names of a folder / npz dataset."""
+    the class names of a folder / npz dataset; ``paper_md``: the published-table comparison
+    (:func:`smoothcert.reporting.paper.report_markdown`), shown after the claims."""
     dataset = cfg["data"]["dataset"] if run else "imported tables"
     radius = claims_mod.RADIUS
     cc = cfg["report"]["claims"]
@@ -199,6 +201,8 @@ def page(
         claims_mod.explain(claims, cc["level"], cc["min_inputs"]),
         rep.markdown(claims) if len(claims) else "No pair of experiments in this run checks a claim.\n",
     ]
+    if paper_md:  # one level down: the comparison's own title becomes a section of this page
+        out.append(re.sub(r"^(#+) ", r"#\1 ", paper_md, flags=re.M))
     for norm, part in summ.groupby("norm", sort=False) if len(summ) else []:
         grid = [f"acc@{rep.rlabel(r)}" for r in (_radii(cfg, norm) if run else cfg["report"]["radii"][norm])]
         out += [
