@@ -7,7 +7,7 @@
 2. **ONNX**: a CIFAR ResNet-20 exported to ONNX (opset 17), run through onnx2torch (the route the pipeline takes)
    and through onnxruntime, against the torch original: throughput, and whether the class counts (hence the
    certificates) are identical under the same seed.
-3. **Dry run**: ``snakemake -n --configfile config/cifar10_locuslab.yaml`` (and with ``config/fixed_n.yaml``) in a
+3. **Dry run**: ``snakemake -n --configfile config/cifar10_locuslab.yaml`` (and with ``config/sequential.yaml``) in a
    copy of the repository with fixture checkpoints at the config's paths: jobs per rule, and no train job.
 
     .venv/bin/python benchmarks/bench_pretrained.py [--quick]     # ≈ 3 CPU-minutes; results/pretrained_cpu.json
@@ -121,7 +121,7 @@ def dry_run(folder: Path) -> dict:
     for entry in override["models"]:
         write_locuslab_checkpoint(root / entry["checkpoint"], "cifar_resnet110", seed=int(entry["sigma"] * 100))
     out = {}
-    for extra in ([], ["config/fixed_n.yaml"]):
+    for extra in ([], ["config/sequential.yaml"]):
         cmd = ["snakemake", "-n", "--cores", "1", "--configfile", "config/cifar10_locuslab.yaml", *extra]
         proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
         if proc.returncode:
@@ -131,7 +131,7 @@ def dry_run(folder: Path) -> dict:
             for line in (proc.stdout + proc.stderr).splitlines()
             if line.split()[:1] in (["rule"], ["localrule"])
         )
-        out["fixed_n" if extra else "sequential"] = {"jobs": dict(jobs), "total": sum(jobs.values())}
+        out["sequential" if extra else "fixed_n"] = {"jobs": dict(jobs), "total": sum(jobs.values())}
     assert all("train" not in v["jobs"] for v in out.values()), out
     harness.emit({"part": "dry_run", **out})
     return out

@@ -22,7 +22,7 @@ EXPERIMENTS = ["mnist5k", "fashion_mnist"]
 
 
 PARAMS = REPO / "params.yaml"
-OVERRIDES = ("cifar10_paper",)  # other configs, merged over params.yaml alone
+OVERRIDES = ("cifar10_paper", "cifar10_locuslab", "sequential")  # other configs, merged over params.yaml alone
 VARIANTS = ("quick", "smoke")  # merged over an experiment config
 
 

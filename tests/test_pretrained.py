@@ -510,22 +510,18 @@ def test_snakemake_certifies_released_and_exported_models_on_a_folder(tmp_path):
     np.testing.assert_array_equal(table["count"].to_numpy(), want["count"])
 
 
-@pytest.mark.parametrize("extra", [None, "fixed_n"])
+@pytest.mark.parametrize("extra", [None, "sequential"])
 def test_cifar10_locuslab_override_validates(params, extra):
     """config/cifar10_locuslab.yaml is a small override of params.yaml: merged, it validates, trains nothing and
     certifies Cohen et al.'s four released ResNet-110 models with every method, as the paper did."""
-    from test_experiments import merged
-
     override = yaml.safe_load((REPO / "config" / "cifar10_locuslab.yaml").read_text())
     assert set(override) < set(params) and not {"seed", "model", "train", "macer", "smoothadv"} & set(override)
-    cfg = merged(params, override)
-    if extra:
-        cfg = merged(cfg, yaml.safe_load((REPO / "config" / f"{extra}.yaml").read_text()))
-    config_mod.validate(cfg, "cifar10_locuslab")
+    files = [REPO / "config" / f"{name}.yaml" for name in ("cifar10_locuslab", extra) if name]
+    cfg = config_mod.load(REPO / "params.yaml", tuple(files))  # merged as snakemake --configfile does, validated
     specs = config_mod.model_specs(cfg)
     assert config_mod.trained_specs(cfg) == [] and [s.sigma for s in specs] == [0.12, 0.25, 0.5, 1.0]
     assert all(s.checkpoint.endswith("checkpoint.pth.tar") for s in specs)
     assert {m for s in specs for m in s.methods} == {"cohen", "ddrs", "ancer", "smooth_reduce_max"}
     assert cfg["certify"]["alpha"] == 0.001 and cfg["certify"]["n"] == cfg["certify"]["sequential"]["n_max"] == 100_000
-    assert cfg["certify"]["mode"] == ("fixed" if extra else "sequential") and cfg["report"]["compare_paper"]
+    assert cfg["certify"]["mode"] == ("sequential" if extra else "fixed") and cfg["report"]["compare_paper"]
     assert len(data_mod.test_indices(10_000, cfg["test"]["start"], cfg["test"]["step"], cfg["test"]["limit"])) == 500
