@@ -39,7 +39,7 @@ def counts(model, x, num: int, batch: int, seed: int = 0):
 
 
 def load_and_speed(folder: Path, args) -> dict:
-    from smoothcert.training.loop import load_model
+    from smoothcert.training.models import load_model
 
     path = folder / "checkpoint.pth.tar"
     write_locuslab_checkpoint(path, "cifar_resnet110", seed=0)
