@@ -187,6 +187,18 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, torch_bytes(obj))
 
 
+def load_npz(path: str | os.PathLike, what: str = "npz file") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read without pickles (``allow_pickle=False``); one line if unreadable."""
+    path = Path(path)
+    require(path.is_file(), f"{what} not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as blob:
+            return {k: blob[k] for k in blob.files}
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()
+        raise SmoothcertError(f"cannot read {what} {path}: {detail[0] if detail else type(exc).__name__}") from exc
+
+
 def load_torch(path: str | os.PathLike, what: str = "file") -> Any:
     """Load a tensor file with ``weights_only=True``; refuse code-running pickles."""
     import torch

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smoothcert.artifacts import load_torch, save_torch
+from smoothcert.artifacts import load_npz, load_torch, save_torch
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.inputs import shard_indices, test_indices  # noqa: F401  (re-exported: data.*_indices)
 
@@ -387,12 +387,7 @@ def _npz(cfg: dict):
     """One ``.npz`` file at ``root``: ``x``, ``y`` (the test split), optional ``x_train``, ``y_train`` and
     ``classes`` (names); read without pickles."""
     path = Path(cfg["root"])
-    require(path.is_file(), f"npz file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as exc:
-        raise SmoothcertError(f"{path} is not a readable .npz file ({_one_line(exc)})") from exc
+    arrays = load_npz(path, "npz file")
     require("x" in arrays and "y" in arrays, f"npz file {path} needs arrays x and y; it has {sorted(arrays)}")
     splits = {}
     for split, (kx, ky) in {"test": ("x", "y"), "train": ("x_train", "y_train")}.items():

@@ -34,15 +34,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 from scipy import optimize
 
-from smoothcert.artifacts import atomic_path
+from smoothcert.artifacts import atomic_path, load_npz
 from smoothcert.engine import stats
 from smoothcert.engine.certificates import MEMORY_ACTIONS
-from smoothcert.errors import SmoothcertError, require
+from smoothcert.errors import require
 
 ACTIONS = MEMORY_ACTIONS
 _SAFETY = 1e-9  # relative margin applied to every computed gap (covers rounding)
@@ -521,13 +520,7 @@ def save_memory(path: str | os.PathLike, arrays: dict) -> None:
 
 def load_memory(path: str | os.PathLike) -> dict:
     """Read a memory .npz written by :func:`save_memory` (``norm`` as a str)."""
-    path = Path(path)
-    require(path.is_file(), f"memory file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as blob:
-            out = {k: blob[k] for k in blob.files}
-    except Exception as exc:
-        raise SmoothcertError(f"cannot read memory file {path}: {exc}") from exc
+    out = load_npz(path, "memory file")
     missing = {"idx", "center", "label", "theta", "gap", "norm"} - set(out)
     require(not missing, f"memory file {path} lacks arrays {sorted(missing)}")
     out["norm"] = str(out["norm"])
