@@ -404,8 +404,18 @@ def test_duplicate_yaml_key_is_refused_naming_both_lines(tmp_path, capsys):
     )
 
 
-def test_snakefile_refuses_duplicate_keys_in_its_config_files():
-    assert "sc_config.read_yaml(path)" in (REPO / "Snakefile").read_text()
+def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [str(Path(sys.executable).parent / "snakemake"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_snakefile_refuses_duplicate_keys_in_its_config_files(tmp_path):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "over.yaml").write_text("test:\n  limit: 5\n  shards: 1\n  limit: 7\n")
+    proc = _snakemake(tmp_path, "-s", str(REPO / "Snakefile"), "-n", "--configfile", "over.yaml", "--cores", "1")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "over.yaml: key 'limit' appears twice in one mapping (lines 2 and 4); keep one" in proc.stderr
 
 
 def test_enabled_video_needs_a_method(tmp_path, capsys):
@@ -458,9 +468,21 @@ def test_folder_as_import_and_zero_filled_checkpoint_messages(tmp_path, capsys):
         artifacts.load_torch(tmp_path / "z.pt", what="checkpoint")
 
 
-def test_a_failed_training_job_restores_the_model_it_replaced():
-    """Snakemake deletes a job's outputs before it runs and after it fails, unless they are update()d; then
-    it backs them up and restores them when the job fails."""
+@pytest.mark.parametrize("flag", ["update", "plain"])
+def test_a_failed_training_job_restores_the_model_it_replaced(tmp_path, flag):
+    """Snakemake deletes a job's outputs before it runs and after it fails, unless they are update()d: then it
+    keeps them and restores its backup when the job fails. The train rule's outputs are update()d."""
     rule = (REPO / "workflow" / "rules" / "train.smk").read_text()
     assert 'model=update(f"{MODELS}/{{model}}/model.pt")' in rule
     assert 'metrics=update(f"{MODELS}/{{model}}/metrics.tsv")' in rule
+    output = 'update("model.pt")' if flag == "update" else '"model.pt"'
+    (tmp_path / "Snakefile").write_text(
+        f"rule train:\n    output: {output}\n    shell: 'echo half > {{output}}; exit 1'\n"
+    )
+    (tmp_path / "model.pt").write_bytes(b"the trained model")
+    proc = _snakemake(tmp_path, "--cores", "1", "--forcerun", "train")
+    assert proc.returncode != 0
+    if flag == "update":
+        assert (tmp_path / "model.pt").read_bytes() == b"the trained model"
+    else:  # what happened before: the failed job took the model with it
+        assert not (tmp_path / "model.pt").exists()
