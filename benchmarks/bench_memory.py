@@ -239,7 +239,7 @@ def certificates(label: np.ndarray, d: int, norm: str, sigma: float, method: str
             "n0": 100,
             "n": draws,
             "alpha": 0.001,
-            **certificate(predict, stats.gap(p_lower, norm), scale, 1.0, norm),
+            **certificate(predict, np.where(ok, stats.gap(p_lower, norm), 0.0), scale, 1.0, norm),
             "evals": draws + 100,
             "opt_time": 2.0 if opt else 0.0,
             "opt_evals": 1600 if opt else 0,

@@ -13,13 +13,14 @@ from scipy.stats import norm as normal
 from smoothcert.config import ModelSpec
 from smoothcert.engine import stats
 from smoothcert.engine.certificates import ABSTAIN, CERTIFICATE, COLUMNS, MEMORY_COLUMNS, certificate
+from smoothcert.errors import SmoothcertError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_certificate_matches_closed_forms():
     predict = np.array([3, ABSTAIN, 1])
-    gap = np.array([0.8, 0.5, 1.5])
+    gap = np.array([0.8, 0.0, 1.5])  # CERTIFY sets an abstention's gap to 0; another is refused
     theta = np.array([[0.25, 0.25], [0.5, 0.5], [0.2, 0.8]])
     cert = certificate(predict, gap, theta, 0.5, "l2")
     np.testing.assert_allclose(cert["gap"], [0.8, 0.0, 1.5])
@@ -32,6 +33,8 @@ def test_certificate_matches_closed_forms():
     np.testing.assert_allclose(cert["sigma_min"], [0.25, 0.5, 0.2])
     np.testing.assert_allclose(cert["sigma_gmean"], [0.25, 0.5, 0.4])
     np.testing.assert_allclose(cert["sigma_max"], [0.25, 0.5, 0.8])
+    with pytest.raises(SmoothcertError, match="abstention"):
+        certificate(predict, np.array([0.8, 0.5, 1.5]), theta, 0.5, "l2")
     cross = certificate(np.array([0]), np.array([1.0]), np.array([[0.5, 1.0]]), 1.0, "l1")
     assert cross["log_volume"][0] == pytest.approx(math.log(2 * 0.5 * 1.0))  # a rhombus: 2·a·b
     assert set(CERTIFICATE) <= set(COLUMNS) and not set(MEMORY_COLUMNS) & set(COLUMNS)

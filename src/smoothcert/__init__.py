@@ -26,11 +26,11 @@ that turns draws into bounds) → base modules (``config``, ``data``, ``artifact
 
 # public name -> the module that defines it (imported on first use)
 _EXPORTS = {
-    "ABSTAIN": "smoothcert.engine.core",
-    "Smooth": "smoothcert.engine.core",
-    "Sampling": "smoothcert.engine.core",
-    "certify_batch": "smoothcert.engine.core",
-    "predict_batch": "smoothcert.engine.core",
+    "ABSTAIN": "smoothcert.engine.certificates",
+    "Smooth": "smoothcert.engine.smooth",
+    "Sampling": "smoothcert.engine.sampling",
+    "certify_batch": "smoothcert.engine.certify",
+    "predict_batch": "smoothcert.engine.certify",
     "lower_confidence_bound": "smoothcert.engine.stats",
     "radius": "smoothcert.engine.stats",
     "load_config": "smoothcert.api",

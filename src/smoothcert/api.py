@@ -79,9 +79,10 @@ def certify_inputs(
     device = config_mod.resolve_device(cfg)
     if model is None:
         model = load_model(f"models/{cfg['data']['dataset']}/{model_id}/model.pt", cfg, device)
+    method = methods.get(method)
     loaded = None
-    if methods.get(method).per_input_sigma:
-        require(theta is not None, f"method {method} certifies with per-input θ: pass theta= its θ file")
+    if method.per_input_sigma:
+        require(theta is not None, f"method {method.name} certifies with per-input θ: pass theta= its θ file")
         loaded = load_theta(theta, idx, int(np.prod(x.shape[1:])))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.tsv"

@@ -49,7 +49,7 @@ def run(args):
     certify_shard(
         cfg,
         spec,
-        args.method,
+        method,
         model,
         x[idx],
         y[idx],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from smoothcert.engine import stats
+from smoothcert.errors import require
 
 ABSTAIN = -1  # the prediction of an input the smoothed classifier abstains on
 
@@ -52,17 +53,20 @@ def certificate(predict, gap, theta, radius_factor: float, norm: str) -> dict[st
     The certified region is {δ : ‖δ ⊘ (θ·factor)‖_p ≤ gap}: ``radius`` = min θ · gap · factor (the largest ℓp
     ball inside it: the certificate), ``proxy_radius`` = (∏θ)^{1/d} · gap · factor (the ball of equal volume:
     no certificate), ``log_volume`` its log-volume. An abstention (predict = :data:`ABSTAIN`) certifies
-    nothing: gap, radius and proxy radius 0, log-volume −inf. ``sigma_min/gmean/max`` summarize θ as given.
+    nothing: its gap is 0 (CERTIFY sets it so; another gap is refused), so radius and proxy radius are 0 and
+    the log-volume −inf. ``sigma_min/gmean/max`` summarize θ as given.
     """
-    predict = np.asarray(predict)
+    g = np.asarray(gap, dtype=float)
+    require(
+        not (g[np.asarray(predict) == ABSTAIN] != 0).any(),
+        "an abstention certifies nothing: its gap must be 0 (CERTIFY and the memory step set it so)",
+    )
     theta = np.asarray(theta, dtype=float)
-    answered = predict != ABSTAIN
-    g = np.where(answered, np.asarray(gap, dtype=float), 0.0)
     lo, gmean, hi = theta.min(1), np.exp(np.log(theta).mean(1)), theta.max(1)
     return {
         "gap": g,
-        "radius": np.where(answered, lo * g * radius_factor, 0.0),
-        "proxy_radius": np.where(answered, gmean * g * radius_factor, 0.0),
+        "radius": lo * g * radius_factor,
+        "proxy_radius": gmean * g * radius_factor,
         "log_volume": stats.region_log_volume(theta * radius_factor, g, norm),
         "sigma_min": lo,
         "sigma_gmean": gmean,

@@ -33,7 +33,7 @@ class Method:
     :func:`smoothcert.pipeline.optimize.optimize_shard`) in an ``optimize-sigma`` stage, starting from the θ of
     ``init_from`` when set; ``memory``: its certificates are sound only after the memory step; ``proxy``: its
     region is anisotropic and it reports a volume-equivalent (proxy) radius; ``wrap`` ("module:function"): it
-    certifies a classifier built around the trained model (:class:`smoothcert.engine.core.Certified`);
+    certifies a classifier built around the trained model (:class:`smoothcert.engine.certify.Certified`);
     ``clips``: it also certifies video clips.
     """
 
@@ -114,8 +114,11 @@ def names() -> list[str]:
     return list(registry())
 
 
-def get(name: str) -> Method:
-    """The registered :class:`Method` called ``name``."""
+def get(name: str | Method) -> Method:
+    """The registered :class:`Method` called ``name`` (a :class:`Method` is returned as it is: code that has one
+    passes it on, rather than its name to be looked up again)."""
+    if isinstance(name, Method):
+        return name
     methods = registry()
     require(name in methods, f"unknown method {name!r}; allowed: {sorted(methods)}")
     return methods[name]

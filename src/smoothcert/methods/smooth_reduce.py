@@ -18,7 +18,7 @@ from smoothcert.methods import NORMS, Method
 if TYPE_CHECKING:
     from torch import nn
 
-    from smoothcert.engine.core import Certified
+    from smoothcert.engine.certify import Certified
 
 SECTION = "smooth_reduce"
 SCHEMA = {
@@ -83,7 +83,7 @@ def certificate_norms(cfg: dict, method_name: str, norm: str | None = None) -> t
 def wrap(
     model: nn.Module, cfg: dict, method_name: str, input_shape: tuple[int, ...], norm: str | None = None
 ) -> Certified:
-    """The :class:`~smoothcert.engine.core.Certified` Smooth-Reduce classifier of ``model`` for ``input_shape``.
+    """The :class:`~smoothcert.engine.certify.Certified` Smooth-Reduce classifier of ``model`` for ``input_shape``.
 
     (C, H, W) images: the base model classifies ``patch``-sized patches. (T, C, H, W) clips: it classifies
     clips of H×W frames, in windows of ``video.window``. The radius factor is the one of the certificate's
@@ -94,7 +94,7 @@ def wrap(
     import torch
 
     from smoothcert.engine import patches as P
-    from smoothcert.engine.core import Certified
+    from smoothcert.engine.certify import Certified
     from smoothcert.engine.noise import stream_seed
 
     reduce = REDUCTION.get(method_name)

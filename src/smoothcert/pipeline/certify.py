@@ -20,13 +20,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from smoothcert import data as data_mod
 from smoothcert import methods
 from smoothcert.artifacts import ShardWriter, fingerprint, read_theta, sha256_file, sha256_tensors
 from smoothcert.config import ModelSpec
-from smoothcert.engine import core
 from smoothcert.engine.certificates import COLUMNS, certificate
+from smoothcert.engine.certify import Certified, Draws, SequentialPlan, certify
 from smoothcert.engine.noise import stream_seed
+from smoothcert.engine.sampling import Sampling
 from smoothcert.errors import require
+from smoothcert.methods import Method
 from smoothcert.pipeline import stages
 
 
@@ -43,7 +46,7 @@ NOT_FINGERPRINTED = {"certify": ("batch_size",), "data": ("root", "download", "v
 def shard_fingerprint(
     cfg: dict,
     spec: ModelSpec,
-    method_name: str,
+    method: Method | str,
     x: torch.Tensor,
     y: torch.Tensor,
     idx: np.ndarray,
@@ -64,9 +67,9 @@ def shard_fingerprint(
     or the number of shards: rows are identical for any of those.
     """
     require(model is not None or checkpoint is not None, "shard_fingerprint needs the model or its checkpoint")
-    method = methods.get(method_name)
+    method = methods.get(method)
     parts = {
-        "method": method_name,
+        "method": method.name,
         "spec": {"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm, "sigma": spec.sigma},
         **({"loading": spec.loading} if spec.pretrained else {}),
         "seed": cfg["seed"],
@@ -94,7 +97,7 @@ def shard_fingerprint(
 def certify_shard(
     cfg: dict,
     spec: ModelSpec,
-    method_name: str,
+    method: Method | str,
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -106,8 +109,10 @@ def certify_shard(
     checkpoint: str | Path | None = None,
     theta_file: str | Path | None = None,
     stage: str = "certify",
+    num_classes: int | None = None,
 ):
-    """Certify inputs ``x`` (test indices ``idx``) and write ``out_path``; skip rows already written.
+    """Certify inputs ``x`` (test indices ``idx``) by ``method`` (a registered :class:`Method`, or its name) and
+    write ``out_path``; skip rows already written.
 
     ``theta``: for per-input methods, the (θ, opt_time, opt_evals) triple from :func:`load_theta`.
     ``checkpoint`` / ``theta_file``: the files ``model`` and ``theta`` were read from, whose hashes
@@ -115,31 +120,30 @@ def certify_shard(
     the θ arrays are hashed, and so is the code of pipeline ``stage`` (the stage map's closure for this
     method). Rows of a ``.part`` file with another fingerprint are not resumed. One process at a time writes
     a shard (:class:`smoothcert.artifacts.ShardWriter`'s lock): a second one is refused in one line.
+    ``num_classes``: the model's classes (default: those the config's dataset records).
     """
+    method = methods.get(method)
     stamp = shard_fingerprint(
-        cfg, spec, method_name, x, y, idx, model=model, checkpoint=checkpoint, theta=theta, theta_file=theta_file
+        cfg, spec, method, x, y, idx, model=model, checkpoint=checkpoint, theta=theta, theta_file=theta_file
     )
     theta, opt_time, opt_evals = theta if theta is not None else (None, np.zeros(len(idx)), np.zeros(len(idx), int))
-    method = methods.get(method_name)
     cc = cfg["certify"]
-    with torch.no_grad():
-        num_classes = int(model(x[:1].to(device)).shape[1]) if len(x) else 0
+    num_classes = num_classes or data_mod.info(cfg["data"]["dataset"]).num_classes
     wrap = methods.function(method.wrap)
-    target = wrap(model, cfg, method_name, tuple(x.shape[1:]), norm=spec.norm) if wrap else core.Certified(model)
+    target = wrap(model, cfg, method.name, tuple(x.shape[1:]), norm=spec.norm) if wrap else Certified(model)
     stamp["radius_factor"] = repr(float(target.radius_factor))  # the certificate's space, as the code computes it
-    stamp["code"] = stages.code_fingerprint(stage, method=method_name)  # rows of other code are not resumed
+    stamp["code"] = stages.code_fingerprint(stage, method=method.name)  # rows of other code are not resumed
     writer = ShardWriter(out_path, COLUMNS, fingerprint=stamp, verb="certified")  # one writer per shard
     todo = [i for i in range(len(idx)) if int(idx[i]) not in writer.done]
     # batch_size counts base-classifier rows: a patch classifier evaluates evals_per_draw rows per draw
     rows_per_batch = max(1, cc["batch_size"] // target.evals_per_draw)
-    sampling = core.Sampling(
-        kind=spec.noise, batch_size=rows_per_batch, chunk=cc["chunk"], device=device, amp=cc["amp"]
-    )
+    sampling = Sampling(kind=spec.noise, batch_size=rows_per_batch, chunk=cc["chunk"], device=device, amp=cc["amp"])
     plan = sequential_plan(cc) if cc["mode"] == "sequential" else None
+    draws = Draws(cc["n0"], cc["alpha"], spec.norm, sampling, n=cc["n"], plan=plan)
     group = cc["sequential"]["in_flight"] if plan else max(1, rows_per_batch // min(cc["chunk"], cc["n"]))
     d_input = int(np.prod(x.shape[1:]))  # regions are reported in the original input space
     bar = tqdm(
-        total=len(idx), initial=len(idx) - len(todo), desc=f"certify {spec.id} {method_name}", disable=not progress
+        total=len(idx), initial=len(idx) - len(todo), desc=f"certify {spec.id} {method.name}", disable=not progress
     )
     for g in range(0, len(todo), group):
         pos = todo[g : g + group]
@@ -151,28 +155,11 @@ def certify_shard(
             [stream_seed(cfg["seed"], idx[p], "select") for p in pos],
             [stream_seed(cfg["seed"], idx[p], "estimate") for p in pos],
         )
-        if plan is None:
-            out = core.certify_batch(
-                target.classifier, xs, scale, num_classes, cc["n0"], cc["n"], cc["alpha"], spec.norm, *seeds, sampling
-            )
-            out["n"] = np.full(len(pos), cc["n"])
-        else:  # the draws a target radius needs depend on the ball's radius per unit gap: min θ × factor
-            out = core.certify_sequential_batch(
-                target.classifier,
-                xs,
-                scale,
-                num_classes,
-                cc["n0"],
-                cc["alpha"],
-                spec.norm,
-                *seeds,
-                sampling,
-                plan,
-                th.min(1) * target.radius_factor,
-            )
+        # sequential: the draws a target radius needs depend on the ball's radius per unit gap, min θ × factor
+        out = certify(target.classifier, xs, scale, num_classes, seeds, draws, th.min(1) * target.radius_factor)
         elapsed = (time.time() - t0) / len(pos)
         new = rows(
-            out, th, idx[pos], y[pos].numpy(), method_name, spec, cc["n0"], cc["alpha"], target.radius_factor, elapsed
+            out, th, idx[pos], y[pos].numpy(), method.name, spec, cc["n0"], cc["alpha"], target.radius_factor, elapsed
         )
         for r, p, n in zip(new, pos, out["n"]):
             r.update(
@@ -187,8 +174,8 @@ def certify_shard(
     return writer.finish()
 
 
-def sequential_plan(cc: dict) -> core.SequentialPlan:
-    """The :class:`~smoothcert.engine.core.SequentialPlan` of ``certify.sequential``: checkpoints n_min·ratio^k
+def sequential_plan(cc: dict) -> SequentialPlan:
+    """The :class:`~smoothcert.engine.certify.SequentialPlan` of ``certify.sequential``: checkpoints n_min·ratio^k
     (whole chunks) up to n_max, and the confidence sequence named by ``bound``, valid over all of them."""
     from smoothcert.engine import sequential
 
@@ -201,7 +188,7 @@ def sequential_plan(cc: dict) -> core.SequentialPlan:
     cks = tuple(int(k) * chunk for k in sequential.schedule(sq["n_min"] // chunk, sq["n_max"] // chunk, sq["ratio"]))
     cs = sequential.UnionCP(cks) if sq["bound"] == "union_cp" else sequential.BetaMixture()
     radii = tuple(float(r) for r in sq["radii"]) if sq["target"] == "decide" else None
-    return core.SequentialPlan(cks, cs, radii, float(sq["precision"]))
+    return SequentialPlan(cks, cs, radii, float(sq["precision"]))
 
 
 def rows(
@@ -216,7 +203,7 @@ def rows(
     radius_factor: float,
     elapsed: float,
 ) -> list[dict]:
-    """Certificate rows from ``core.certify_batch`` output and the per-input θ (B, d)
+    """Certificate rows from :func:`~smoothcert.engine.certify.certify` output and the per-input θ (B, d)
     (the certificate by :func:`~smoothcert.engine.certificates.certificate`)."""
     cert = certificate(out["predict"], out["gap"], theta, radius_factor, spec.norm)
     result = []

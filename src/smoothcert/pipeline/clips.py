@@ -341,7 +341,18 @@ def certify_video(
         ],
     }
     return certify_shard(
-        run_cfg, spec, method, model.eval(), xte[idx], yte[idx], idx, out_path, device, progress=progress, stage="video"
+        run_cfg,
+        spec,
+        method,
+        model.eval(),
+        xte[idx],
+        yte[idx],
+        idx,
+        out_path,
+        device,
+        progress=progress,
+        stage="video",
+        num_classes=data_mod.info("digits").num_classes,  # moving digits: the digits' classes
     )
 
 
