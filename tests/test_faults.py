@@ -211,9 +211,9 @@ def test_rows_of_other_code_are_not_resumed(tmp_path, capsys, monkeypatch):
     from test_fingerprint import LIMIT, Killed, base_config, run_certify, ws  # noqa: F401
 
     monkeypatch.setattr(stages, "code_fingerprint", lambda *a, **k: "sha256:" + "1" * 64)
-    from smoothcert.engine import core
+    from smoothcert.engine import certify as engine_certify
 
-    real, done = core.certify_batch, []
+    real, done = engine_certify.certify_batch, []
 
     def killing(classifier, x, *args, **kwargs):
         if len(done) >= 3:
@@ -232,14 +232,14 @@ def test_rows_of_other_code_are_not_resumed(tmp_path, capsys, monkeypatch):
     torch.save({"arch": "digits_cnn", "state_dict": make_model(cfg).state_dict()}, root / "model.pt")
     space = {"root": root, "data": root / "data", "ckpt": {0: root / "model.pt"}}
     out = root / "c.tsv"
-    monkeypatch.setattr(core, "certify_batch", killing)
+    monkeypatch.setattr(engine_certify, "certify_batch", killing)  # what engine.certify.certify calls
     with pytest.raises(Killed):
         run_certify(space, root, cfg, out, ckpt=root / "model.pt")
     part = Path(f"{out}.part")
     assert len(part.read_text().splitlines()) == 2 + 3
     capsys.readouterr()
     monkeypatch.setattr(stages, "code_fingerprint", lambda *a, **k: "sha256:" + "2" * 64)
-    monkeypatch.setattr(core, "certify_batch", real)
+    monkeypatch.setattr(engine_certify, "certify_batch", real)
     run_certify(space, root, cfg, out, ckpt=root / "model.pt")
     err = capsys.readouterr().err
     assert f"resume: {part} was certified with other code; starting over" in err
