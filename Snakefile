@@ -14,6 +14,9 @@ METHODS = registry()  # the method registry: what each method needs from the wor
 configfile: "params.yaml"
 
 
+report: "workflow/report/workflow.rst"  # report.html's front page: the results' headline, claims, first figure
+
+
 try:
     for path in workflow.configfiles:  # Snakemake's own YAML reader lets a duplicate key win silently
         sc_config.read_yaml(path)

@@ -80,6 +80,7 @@ def test_html_report_builds(pipeline):
     run([str(BIN / "snakemake"), "--configfile", str(MINI), "--report", "report.html"], pipeline)
     html = (pipeline / "report.html").read_text(errors="replace")
     assert "certified_accuracy.png" in html
+    assert "Headline" in html and "Claims of the seed papers" in html  # the front page: the results first
 
 
 def test_bad_config_is_one_line_error(pipeline, tmp_path):

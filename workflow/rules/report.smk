@@ -11,6 +11,7 @@ rule report:
         summary=report(f"{REPORT}/summary.csv", caption="../report/summary.rst", category="Tables"),
         markdown=f"{REPORT}/summary.md",
         page=f"{REPORT}/page.md",
+        front=f"{REPORT}/front.rst",  # included by workflow/report/workflow.rst, report.html's front page
         memory=report(f"{REPORT}/memory.csv", caption="../report/memory.rst", category="Tables"),
         training=report(f"{REPORT}/training.csv", caption="../report/training.rst", category="Tables"),
         objectives=report(f"{REPORT}/objectives.csv", caption="../report/objectives.rst", category="Tables"),

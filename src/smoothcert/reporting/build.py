@@ -312,7 +312,7 @@ def build_report(
     write_csv(dvc_dir / "curves_proxy.csv", curves_proxy)
 
     held = _figures(out, cfg, experiments, curves, curves_proxy, mem, metrics, data) if plot else set()
-    from smoothcert.reporting.page import PAGE, extras, page
+    from smoothcert.reporting.page import FRONT, PAGE, extras, front, page
 
     shown = {p.name for p in out.glob("*.png")} - held
     imported = [d for _, d in loaded]
@@ -325,7 +325,7 @@ def build_report(
 
         paper_md = paper.report_markdown(paper.compare(summ))
         write_text(out / "paper_comparison.md", paper_md)
-    text, _ = page(
+    text, head_line = page(
         cfg,
         summ,
         checked,
@@ -340,6 +340,9 @@ def build_report(
         paper_md,
     )
     write_text(out / PAGE, text)
+    first = next((out / n for n in CURVE_FIGURES if n in shown), None)
+    title = text.splitlines()[0].lstrip("# ")
+    write_text(out / FRONT, front(title, head_line, checked, cc["level"], first))
     return head
 
 

@@ -23,6 +23,8 @@ from smoothcert.reporting import tables as rep
 from smoothcert.reporting.importers import IMPORTED
 
 PAGE = "page.md"
+FRONT = "front.rst"  # the HTML report's front page (included by workflow/report/workflow.rst)
+FRONT_CLAIMS = ["claim", "setting", "metric", "inputs", "difference", "p_holm", "verdict"]
 SHOWN = ["objective", "sigma_mode", "method", "sigma"]
 MEDIAN_RADIUS = "median_radius"  # median certified radius among certified correct inputs
 SIGMA_SPREAD = ["σ_median", "σ_p95", "σ_max"]  # per-input σ of data-dependent experiments
@@ -268,6 +270,43 @@ def page(
         _table(train, ["model_id", "epochs", "train_acc", "test_clean_acc", "test_noisy_acc", "train_time"]),
     ]
     return "\n".join(x for x in out if x), head
+
+
+def _rst(text) -> str:
+    """``text`` with reStructuredText's inline markup characters escaped (and ``@``: no e-mail links)."""
+    return re.sub(r"([\\*`|_@])", r"\\\1", str(text))
+
+
+def front(title: str, head: str, claims, level: float, figure: Path | None) -> str:
+    """The HTML report's front page in reStructuredText: the results page's title, headline, claims table and its
+    first figure (embedded, so report.html stays one self-contained file)."""
+    import base64
+    import csv
+    import io
+
+    out = [_rst(title), "=" * len(title), "", f"**Headline**: {_rst(head)}", ""]
+    if len(claims):
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        for _, row in claims[FRONT_CLAIMS].iterrows():
+            writer.writerow(
+                [_rst(f"{v:.3g}" if isinstance(v, float) else v) if pd.notna(v) else "" for v in row.to_list()]
+            )
+        out += [
+            f".. csv-table:: Claims of the seed papers (Holm over the page, family-wise level {level:g})",
+            "   :header: " + ", ".join(FRONT_CLAIMS),
+            "",
+            *("   " + line for line in buf.getvalue().splitlines()),
+            "",
+        ]
+    if figure is not None:
+        data = base64.b64encode(figure.read_bytes()).decode()
+        lines = [data[i : i + 96] for i in range(0, len(data), 96)]  # docutils limits a line's length
+        out += [".. image:: data:image/png;base64,", *("   " + line for line in lines), "   :width: 100%", ""]
+    out.append(
+        "The whole results page is report/page.md; every table and figure is below, by category (Tables, Plots)."
+    )
+    return "\n".join(out) + "\n"
 
 
 def publish(report: str | Path, out: str | Path) -> str:
