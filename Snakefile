@@ -14,7 +14,9 @@ METHODS = registry()  # the method registry: what each method needs from the wor
 configfile: "params.yaml"
 
 
-report: "workflow/report/workflow.rst"  # report.html's front page: the results' headline, claims, first figure
+# report.html's front page: the results' headline, claims and first figure (report/front.rst, from the report rule),
+# or, before that rule has run, a line saying so (docutils cannot include a file that is not there)
+report: "workflow/report/workflow.rst" if os.path.exists("report/front.rst") else "workflow/report/pending.rst"
 
 
 try:
