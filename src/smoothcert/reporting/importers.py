@@ -240,11 +240,11 @@ def check_rows(raw: pd.DataFrame, fmt: Format, path) -> pd.DataFrame:
         _bad(path, raw, (predict == -1) & (proxy > 0), "radius_proxy", "is > 0 on an abstention (predict -1)")
         df["radius_proxy"] = proxy
     if fmt.name == "smoothcert":
-        for c in ("sigma", "norm"):
-            _bad(path, raw, (raw[c] != raw[c].iloc[0]).to_numpy(), c, f"differs from row 1's {raw[c].iloc[0]!r}")
         _bad(path, raw, ~raw["norm"].isin(NORMS).to_numpy(), "norm", f"is not one of {', '.join(NORMS)}")
-        df["sigma"] = _floats(raw, "sigma", path, minimum=0.0)
-        _bad(path, raw, df["sigma"].to_numpy() == 0, "sigma", "is not a positive σ")
+        df["sigma"] = sigma = _floats(raw, "sigma", path, minimum=0.0)
+        _bad(path, raw, sigma == 0, "sigma", "is not a positive σ")
+        for c, differs in (("norm", (raw["norm"] != raw["norm"].iloc[0]).to_numpy()), ("sigma", sigma != sigma[0])):
+            _bad(path, raw, differs, c, f"differs from row 1's {raw[c].iloc[0]!r}")
         for c in COLUMNS:
             if c in raw and c not in ("method", "norm") and not pd.api.types.is_numeric_dtype(df[c]):
                 df[c] = _floats(raw, c, path, finite=False)
