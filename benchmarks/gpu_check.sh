@@ -9,7 +9,8 @@
 # certificates of the digits model, same seeds: benchmarks/gpu_equality.py), throughput.json
 # (bench_gpu_throughput.py: the batch-size table and ResNet-110 seconds per CIFAR-10 image at N = 100,000),
 # certify_efficiency.json (bench_certify.py --efficiency-only), sequential.json (bench_sequential.py: the
-# sequential mode's forward-batch fill), summary.json (every step's status and time, the headline figures,
+# sequential mode's forward-batch fill), cifar_fixture.json (gpu_cifar_fixture.py: a locuslab-layout ResNet-110
+# read by the pretrained-model loader, certified on the 20 CIFAR-10 images of the foolbox wheel), summary.json (every step's status and time, the headline figures,
 # the machine) and log.txt. A failed step is recorded and the next one runs; the exit status is 0 only if
 # every step passed. Scratch files (models, junit XML) go to a temporary folder, removed at the end.
 #
@@ -115,7 +116,9 @@ if [ $SMOKE = 1 ]; then
   step sequential 120 sequential.json "$PY" benchmarks/bench_sequential.py --dataset digits --device cpu \
     --sigmas 0.25 --inputs 8 --epochs 2 --n-max 4000 --batch-size 1000 --work "$WORK/sequential" \
     --out "$OUT/sequential.json"
-else  # limits: 60 + 75 + 150 + 75 + 60 s, under a 10-minute call with the setup; expected total 3-4 min
+  step cifar_fixture 120 cifar_fixture.json "$PY" benchmarks/gpu_cifar_fixture.py --device cpu --images 2 \
+    --n0 10 --n 40 --batch-size 100 --out "$OUT/cifar_fixture.json"
+else  # limits: 60 + 75 + 150 + 75 + 60 + 90 s, under a 10-minute call with the setup; expected 3-4 min
   step equality 75 equality.json "$PY" benchmarks/gpu_equality.py --device cuda --inputs 100 --epochs 20 \
     --work "$WORK/digits" --out "$OUT/equality.json"
   step throughput 150 throughput.json "$PY" benchmarks/bench_gpu_throughput.py --device cuda --inputs 16 \
@@ -125,6 +128,8 @@ else  # limits: 60 + 75 + 150 + 75 + 60 s, under a 10-minute call with the setup
   step sequential 60 sequential.json "$PY" benchmarks/bench_sequential.py --dataset digits --device cuda \
     --sigmas 0.25 --inputs 100 --epochs 20 --batch-size 16000 --work "$WORK/digits" \
     --out "$OUT/sequential.json"  # the same digits model as the equality step (same settings, same folder)
+  step cifar_fixture 90 cifar_fixture.json "$PY" benchmarks/gpu_cifar_fixture.py --device cuda --n 100000 \
+    --out "$OUT/cifar_fixture.json"
 fi
 
 "$PY" - "$STEPS" "$OUT" "$MODE" <<'EOF'
@@ -157,8 +162,8 @@ def figure(fn):
         return None
 
 
-tests, eq, tp, eff, seq = (read(f) for f in
-                           ("tests.json", "equality.json", "throughput.json", "certify_efficiency.json", "sequential.json"))
+tests, eq, tp, eff, seq, fx = (read(f) for f in ("tests.json", "equality.json", "throughput.json",
+                                                 "certify_efficiency.json", "sequential.json", "cifar_fixture.json"))
 if tests is not None and tests["counts"]["failure"] + tests["counts"]["error"]:
     next(s for s in steps if s["step"] == "tests")["status"] = "failed"
 headline = {
@@ -176,6 +181,8 @@ headline = {
                                                     if r["arch"] == "cifar_resnet110")),
     "certify_efficiency": figure(lambda: {f"{r['model']}/{r['workload']}": r["efficiency"] for r in eff["efficiency"]}),
     "sequential_batch_fill": figure(lambda: {m: r["batch_fill"] for s in seq["results"].values() for m, r in s.items()}),
+    "cifar_fixture": figure(lambda: {k: fx[k] for k in ("images", "seconds_per_image", "certified", "ok")}
+                            | {"n": fx["certify"]["n"], "relative_difference": fx["loaded_equals_reference"]["relative_difference"]}),
 }
 summary = {
     "mode": mode,

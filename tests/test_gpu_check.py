@@ -20,6 +20,7 @@ FILES = {
     "throughput.json",
     "certify_efficiency.json",
     "sequential.json",
+    "cifar_fixture.json",
     "summary.json",
     "log.txt",
 }
@@ -46,6 +47,7 @@ def test_smoke_mode_runs_every_step_and_writes_its_json(tmp_path):
         "throughput",
         "certify_efficiency",
         "sequential",
+        "cifar_fixture",
     ]
     tests = json.loads((out / "tests.json").read_text())
     assert len(tests["tests"]) >= 3 and tests["counts"]["failure"] == tests["counts"]["error"] == 0
@@ -63,6 +65,9 @@ def test_smoke_mode_runs_every_step_and_writes_its_json(tmp_path):
     fill = summary["headline"]["sequential_batch_fill"]
     assert set(fill) == {"fixed", "decide", "estimate"} and all(0 < v <= 1 for v in fill.values())
     assert summary["headline"]["certify_efficiency"]["digits_cnn/estimate"] > 0
+    fx = json.loads((out / "cifar_fixture.json").read_text())
+    assert fx["ok"] and fx["model"]["format"] == "locuslab" and fx["images"] == 2 and fx["certify"]["n"] == 40
+    assert fx["loaded_equals_reference"]["relative_difference"] < 1e-5  # float32 on the CPU: the same function
 
 
 def test_bad_usage_is_refused_in_one_line(tmp_path):
