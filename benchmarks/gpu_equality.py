@@ -37,7 +37,7 @@ from smoothcert import data as data_mod  # noqa: E402
 from smoothcert.artifacts import sha256_file  # noqa: E402
 from smoothcert.engine import core  # noqa: E402
 from smoothcert.engine.noise import stream_seed  # noqa: E402
-from smoothcert.training.loop import load_model  # noqa: E402
+from smoothcert.training.models import load_model  # noqa: E402
 
 SIGMA = 0.25
 
