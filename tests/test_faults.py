@@ -82,6 +82,15 @@ def test_gather_of_whole_shards_merges_every_input(tmp_path):
     assert merged.equals(pd.read_csv(FIX / "cohen.tsv", sep="\t"))
 
 
+def test_gather_checks_whole_shards_without_importing_torch(tmp_path):
+    """23 gather jobs in the default run: checking them against test.limit costs no torch import."""
+    argv = [str(a) for a in _gather(tmp_path, _shards(tmp_path))]
+    code = f"import sys; from smoothcert.cli import main; rc = main({argv!r}); print(rc, 'torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout.split() == ["0", "False"], proc.stdout + proc.stderr
+
+
 def test_gather_refuses_a_shard_cut_inside_a_row(tmp_path, capsys):
     """The issue's case: half a shard; the cut row reads as α 0.0 and a NaN gap."""
     shards = _shards(tmp_path)
@@ -190,6 +199,23 @@ def test_report_refuses_a_damaged_final_table(tmp_path, capsys):
         capsys,
         *_args(tmp, "--no-plots", "--data", str(tmp / "data")),
         match=r"ddrs/final\.tsv is incomplete or damaged: idx 23 is cut short",
+    )
+
+
+def test_report_refuses_a_video_table_missing_clips(tmp_path, capsys):
+    from test_report import _args, _layout
+
+    tmp = _layout(tmp_path)
+    for method in ("cohen", "smooth_reduce_max"):
+        d = tmp / "results" / "video" / "sigma-0.25" / method
+        d.mkdir(parents=True)
+        shutil.copy(FIX / "locuslab_noise_0.25.tsv", d / "certify.tsv")
+    table = tmp / "results" / "video" / "sigma-0.25" / "cohen" / "certify.tsv"
+    table.write_text("".join(table.read_text().splitlines(keepends=True)[:-3]))
+    fails(
+        capsys,
+        *_args(tmp, "--no-plots", "--video", str(tmp / "results" / "video")),
+        match=r"video certificate table .*cohen/certify\.tsv is incomplete or damaged: idx 21 is missing",
     )
 
 

@@ -117,8 +117,11 @@ def _check_checkpoint_entries(cfg: Any, source: str) -> None:
             )
 
 
-def validate(cfg: Any, source: str = "params.yaml") -> dict:
-    """Validate ``cfg`` against the JSON schema; raise a one-line :class:`SmoothcertError`."""
+def validate(cfg: Any, source: str = "params.yaml", *, semantics: bool = True) -> dict:
+    """Validate ``cfg`` against the JSON schema; raise a one-line :class:`SmoothcertError`.
+
+    ``semantics=False`` skips the checks beyond the schema (proven certificates, the dataset registry): a
+    table-only command (``gather``) checks the values it reads without importing torch."""
     import jsonschema
 
     _check_checkpoint_entries(cfg, source)
@@ -130,7 +133,8 @@ def validate(cfg: Any, source: str = "params.yaml") -> dict:
         if best.validator == "oneOf" and best.context:
             best = sorted(best.context, key=lambda e: e.validator == "type")[0]
         raise SmoothcertError(f"{source}: {_describe(best)}")
-    _check_semantics(cfg, source)
+    if semantics:
+        _check_semantics(cfg, source)
     return cfg
 
 
@@ -269,8 +273,8 @@ def _check_semantics(cfg: dict, source: str) -> None:
         info(cfg["data"]["dataset"])
 
 
-def load(path: str | Path = "params.yaml", overrides: tuple[str | Path, ...] = ()) -> dict:
-    """Read a YAML config file, merge ``overrides`` over it in order, and validate the result.
+def load(path: str | Path = "params.yaml", overrides: tuple[str | Path, ...] = (), *, semantics: bool = True) -> dict:
+    """Read a YAML config file, merge ``overrides`` over it in order, and validate the result (:func:`validate`).
 
     The merge is Snakemake's own (``snakemake.utils.update_config``, what ``--configfile`` does): mappings
     merge key by key, any other value (a list included) replaces the one before it.
@@ -278,7 +282,7 @@ def load(path: str | Path = "params.yaml", overrides: tuple[str | Path, ...] = (
     path = Path(path)
     cfg = read_yaml(path)
     if not overrides:
-        return validate(cfg, str(path))
+        return validate(cfg, str(path), semantics=semantics)
     from snakemake.utils import update_config
 
     for override in map(Path, overrides):
@@ -286,7 +290,7 @@ def load(path: str | Path = "params.yaml", overrides: tuple[str | Path, ...] = (
         require(isinstance(extra, dict), f"{override}: an override must be a mapping of params.yaml keys")
         require(isinstance(cfg, dict), f"{path}: the config must be a mapping")
         update_config(cfg, extra)
-    return validate(cfg, " + ".join(map(str, (path, *overrides))))
+    return validate(cfg, " + ".join(map(str, (path, *overrides))), semantics=semantics)
 
 
 def freeze(cfg: dict, folder: str | Path) -> str:

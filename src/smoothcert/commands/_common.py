@@ -7,10 +7,12 @@ every stage runs, and an edit there reruns every job (the stage map hashes each 
 from __future__ import annotations
 
 import argparse
-
-import torch
+from typing import TYPE_CHECKING
 
 from smoothcert import config as config_mod
+
+if TYPE_CHECKING:  # torch is imported by the commands that compute, not by table-only ones (gather)
+    import torch
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
@@ -57,6 +59,8 @@ def setup(args: argparse.Namespace, device: bool = True) -> tuple[dict, torch.de
     :func:`config.resolve_device`; without: None, no GPU taken)."""
     cfg = config_mod.load(args.config)
     if getattr(args, "threads", None):
+        import torch
+
         torch.set_num_threads(args.threads)
     return cfg, config_mod.resolve_device(cfg) if device else None
 

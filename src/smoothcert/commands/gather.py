@@ -23,5 +23,5 @@ def run(args):
     if args.data is not None:
         from smoothcert import config as config_mod
 
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.load(args.config, semantics=False)  # the test selection; no torch
     merge_shards(args.shards, args.out, args.key, cfg=cfg, data=args.data)

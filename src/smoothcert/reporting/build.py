@@ -95,6 +95,11 @@ def load_video(folder: str | Path) -> list[rep.Experiment]:
         require(len(norms) == 1, f"video certificate table {path} mixes norms {norms}")
         out.append(rep.Experiment(f"video-{sigma:g}", "video", "fixed", method, sigma, norms[0], df))
     require(len(out) > 0, f"no video certificate tables under {folder} (expected sigma-<σ>/<method>/certify.tsv)")
+    raw = {path: pd.read_csv(path, sep="\t") for path in sorted(folder.glob("sigma-*/*/certify.tsv"))}
+    clips = np.unique(np.concatenate([pd.to_numeric(t["idx"], errors="coerce").dropna() for t in raw.values()]))
+    for path, table in raw.items():  # whole rows, and every method certified the same clips
+        core = [c for c in table.columns if c in ("idx", "label", "predict", "radius", "correct")]  # any format
+        check_rows(path, table[core], clips, what="video certificate table")
     return out
 
 
