@@ -290,7 +290,8 @@ def check_rows(path: str | os.PathLike, df: pd.DataFrame, expected=None, key: st
     Whole means: the file ends with a line end (a cut last row has none), every cell is filled and valid
     (:data:`CELL_RULES`), every ``key`` appears once, and — given ``expected``, the keys the table must hold —
     none is missing and none is extra. Problems are named in ``key`` order, the first one in words, then
-    how many of each kind; the advice is to delete the file so that the stage that writes it runs again.
+    how many of each kind; the advice is to delete the file so that the stage that writes it runs again (under
+    Snakemake with ``--forcerun report``: a missing intermediate file is not remade while the report is newer).
     """
     path = Path(path)
     problems: list[tuple[float, str]] = []  # (key or position, words)
@@ -344,7 +345,8 @@ def check_rows(path: str | os.PathLike, df: pd.DataFrame, expected=None, key: st
     total = f"; {len(expected)} expected" if expected is not None else ""
     tally = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
     raise SmoothcertError(
-        f"{what} {path} is incomplete or damaged: {first} ({tally}{total}); delete it and rerun to recompute it"
+        f"{what} {path} is incomplete or damaged: {first} ({tally}{total}); delete it and rerun to recompute it "
+        f"(Snakemake: --forcerun report)"
     )
 
 
