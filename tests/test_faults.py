@@ -400,7 +400,7 @@ def full_disk(tmp_path):
 
 @pytest.mark.parametrize("kind", ["torch.save", "np.savez", "pandas"])
 def test_a_full_disk_is_one_line_and_leaves_nothing(full_disk, kind):
-    from smoothcert.engine.regions import save_memory
+    from smoothcert.pipeline.memory import save_memory
 
     path = full_disk / "out.bin"
     write = {

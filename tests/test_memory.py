@@ -17,12 +17,10 @@ from smoothcert.engine.regions import (
     candidate_pairs,
     distance_lower_bound,
     inscribed_gap,
-    load_memory,
     may_intersect,
     region_gauge,
-    save_memory,
 )
-from smoothcert.pipeline.memory import final_table
+from smoothcert.pipeline.memory import final_table, load_memory, save_memory
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

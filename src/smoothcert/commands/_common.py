@@ -42,6 +42,12 @@ def add_model_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="prepared data folder")
 
 
+def add_shard_job(p: argparse.ArgumentParser) -> None:
+    """The arguments of a per-shard stage: --config, --threads, --no-progress, --shard and the model inputs."""
+    for add in (add_config, add_threads, add_progress, add_shard, add_model_inputs):
+        add(p)
+
+
 def shard_inputs(cfg: dict, args: argparse.Namespace):
     """The test inputs of ``args.shard``: (x, y, idx), selected by the config's ``test`` section."""
     from smoothcert import data as data_mod

@@ -4,15 +4,7 @@ import numpy as np
 
 from smoothcert import config as config_mod
 from smoothcert import methods
-from smoothcert.commands._common import (
-    add_config,
-    add_model_inputs,
-    add_progress,
-    add_shard,
-    add_threads,
-    setup,
-    shard_inputs,
-)
+from smoothcert.commands._common import add_shard_job, setup, shard_inputs
 from smoothcert.commands._model import load_base_model
 from smoothcert.errors import require
 from smoothcert.pipeline.certify import certify_shard, load_theta
@@ -21,11 +13,7 @@ HELP = "certify one shard of the test set with one method; rows are written as t
 
 
 def add_arguments(p):
-    add_config(p)
-    add_threads(p)
-    add_progress(p)
-    add_shard(p)
-    add_model_inputs(p)
+    add_shard_job(p)
     p.add_argument(
         "--method",
         required=True,

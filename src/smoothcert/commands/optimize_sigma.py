@@ -11,15 +11,7 @@ import torch
 from smoothcert import config as config_mod
 from smoothcert import methods
 from smoothcert.artifacts import check_writable, write_theta
-from smoothcert.commands._common import (
-    add_config,
-    add_model_inputs,
-    add_progress,
-    add_shard,
-    add_threads,
-    setup,
-    shard_inputs,
-)
+from smoothcert.commands._common import add_shard_job, setup, shard_inputs
 from smoothcert.commands._model import load_base_model
 from smoothcert.errors import require
 from smoothcert.pipeline.certify import load_theta
@@ -29,11 +21,7 @@ HELP = "search per-input noise (σ or θ) for one shard with a per-input-σ meth
 
 
 def add_arguments(p):
-    add_config(p)
-    add_threads(p)
-    add_progress(p)
-    add_shard(p)
-    add_model_inputs(p)
+    add_shard_job(p)
     searched = [m for m in methods.registry().values() if m.per_input_sigma]
     p.add_argument(
         "--method",

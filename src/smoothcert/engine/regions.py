@@ -32,13 +32,11 @@ out most pairs before the dual is evaluated.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 from scipy import optimize
 
-from smoothcert.artifacts import atomic_path, load_npz
 from smoothcert.engine import stats
 from smoothcert.engine.certificates import MEMORY_ACTIONS
 from smoothcert.errors import require
@@ -218,25 +216,15 @@ class Memory:
 
     def arrays(self) -> dict:
         """Copies of the recorded regions: ``idx, center, label, theta, gap`` and the scalar ``norm``."""
-        return {
-            "idx": self.idx.copy(),
-            "center": self.center.copy(),
-            "label": self.label.copy(),
-            "theta": self.theta.copy(),
-            "gap": self.gap.copy(),
-            "norm": np.str_(self.norm),
-        }
+        out = {k: getattr(self, k).copy() for k in ("idx", "center", "label", "theta", "gap")}
+        return out | {"norm": np.str_(self.norm)}
 
     def _record(self, idx: int, center: np.ndarray, label: int, theta: np.ndarray, gap: float) -> None:
-        if self.n == len(self._idx):
-            grow = len(self._idx)
-            self._idx = np.concatenate([self._idx, np.zeros(grow, np.int64)])
-            self._center = np.concatenate([self._center, np.zeros((grow, self.d))])
-            self._label = np.concatenate([self._label, np.zeros(grow, np.int64)])
-            self._theta = np.concatenate([self._theta, np.ones((grow, self.d))])
-            self._gap = np.concatenate([self._gap, np.zeros(grow)])
-            self._extent = np.concatenate([self._extent, np.zeros(grow)])
-            self._sqnorm = np.concatenate([self._sqnorm, np.zeros(grow)])
+        if self.n == len(self._idx):  # full: double every array (θ padded with ones, the rest with zeros)
+            for name in ("_idx", "_center", "_label", "_theta", "_gap", "_extent", "_sqnorm"):
+                old = getattr(self, name)
+                pad = np.ones_like(old) if name == "_theta" else np.zeros_like(old)
+                setattr(self, name, np.concatenate([old, pad]))
         i = self.n
         self._idx[i], self._center[i], self._label[i] = idx, center, label
         self._theta[i], self._gap[i], self._extent[i] = theta, gap, float(theta.max()) * gap
@@ -509,19 +497,3 @@ def run_memory(
             position[i] = len(mem) - 1
     answers = {"order": order, "predict": new_pred, "gap": new_gap, "theta": thetas, "memory": action}
     return answers, mem.arrays()
-
-
-def save_memory(path: str | os.PathLike, arrays: dict) -> None:
-    """Atomically write the recorded regions to ``path`` (.npz, no pickles)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-
-
-def load_memory(path: str | os.PathLike) -> dict:
-    """Read a memory .npz written by :func:`save_memory` (``norm`` as a str)."""
-    out = load_npz(path, "memory file")
-    missing = {"idx", "center", "label", "theta", "gap", "norm"} - set(out)
-    require(not missing, f"memory file {path} lacks arrays {sorted(missing)}")
-    out["norm"] = str(out["norm"])
-    return out

@@ -9,6 +9,7 @@ test split (indices, labels, one norm, finite non-negative gaps) and the θ file
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ import pandas as pd
 import torch
 
 from smoothcert import data as data_mod
-from smoothcert.artifacts import read_table, read_theta, write_table
+from smoothcert.artifacts import atomic_path, load_npz, read_table, read_theta, write_table
 from smoothcert.engine.certificates import certificate
-from smoothcert.engine.regions import run_memory, save_memory
+from smoothcert.engine.regions import run_memory
 from smoothcert.errors import require
 
 NORMS = ("l2", "l1")  # the norms engine.regions can keep disjoint
@@ -117,3 +118,19 @@ def memory_check(
     write_table(out_table, final)
     save_memory(out_memory, arrays)
     return final, arrays
+
+
+def save_memory(path: str | os.PathLike, arrays: dict) -> None:
+    """Atomically write the recorded regions to ``path`` (.npz, no pickles)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def load_memory(path: str | os.PathLike) -> dict:
+    """Read a memory .npz written by :func:`save_memory` (``norm`` as a str)."""
+    out = load_npz(path, "memory file")
+    missing = {"idx", "center", "label", "theta", "gap", "norm"} - set(out)
+    require(not missing, f"memory file {path} lacks arrays {sorted(missing)}")
+    out["norm"] = str(out["norm"])
+    return out

@@ -1,0 +1,113 @@
+"""Sequential CERTIFY (decide and estimate, every bound) and PREDICT at known pA."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import beta as beta_dist
+from scipy.stats import norm as normal
+
+from smoothcert.audit.harness import (
+    Linear2,
+    _inputs_with_margin,
+    _margins,
+    _seeds,
+    verdict,
+)
+from smoothcert.engine import core
+
+# ------------------------------------------------------------------------------------------ sequential
+
+
+class NoUnionCP:
+    """Broken on purpose: Clopper–Pearson at full α at every checkpoint (no union over stopping times)."""
+
+    def lower(self, counts, ns, alpha):
+        c, n = np.asarray(counts, float), np.asarray(ns, float)
+        return np.where(c > 0, beta_dist.ppf(alpha, c, n - c + 1), 0.0)
+
+    def upper(self, counts, ns, alpha):
+        c, n = np.asarray(counts, float), np.asarray(ns, float)
+        return np.where(c < n, beta_dist.isf(alpha, c + 1, n - c), 1.0)
+
+
+SEQUENTIAL_CHECKPOINTS = tuple(100 * 2**k for k in range(7))  # 100 … 6,400 estimation draws
+
+
+def sequential(
+    trials=1000,
+    n=None,
+    n0=50,
+    alpha=0.1,
+    sigma=0.5,
+    seed=11,
+    norm_name="l2",
+    target="decide",
+    bound="union_cp",
+    margin=0.3,
+) -> dict:
+    """Sequential CERTIFY (``certify.mode: sequential``) on x with wᵀx = ``margin``, w = e₁ in 16 dimensions:
+    the exact radius is ``margin`` in ℓ2 (Gaussian noise, pA = Φ(m/σ)) and in ℓ1 (uniform noise,
+    pA = ½ + m/2σ). decide asks "certified at the exact radius?" (any yes is an over-claim); estimate reports
+    the radius of the lower bound at its stopping time. Every input is at the same, hardest margin; distinct
+    seeds. ``bound``: union_cp, beta_mixture, or broken (no union over checkpoints: must fail)."""
+    from smoothcert.engine import sequential as seq
+
+    cks = SEQUENTIAL_CHECKPOINTS
+    cs = {"union_cp": seq.UnionCP(cks), "beta_mixture": seq.BetaMixture(), "broken": NoUnionCP()}[bound]
+    w = torch.zeros(16, dtype=torch.float64)
+    w[0] = 1.0
+    x = torch.zeros(trials, 1, 4, 4)
+    x[:, 0, 0, 0] = margin
+    kind = "gaussian" if norm_name == "l2" else "uniform"
+    plan = core.SequentialPlan(cks, cs, (margin,) if target == "decide" else None, 0.05)
+    out = core.certify_sequential_batch(
+        Linear2(w, 0.0),
+        x,
+        sigma,
+        2,
+        n0,
+        alpha,
+        norm_name,
+        _seeds(seed, trials, "select"),
+        _seeds(seed, trials, "estimate"),
+        core.Sampling(kind=kind, batch_size=50_000, chunk=cks[0]),
+        plan,
+        np.full(trials, sigma),
+    )
+    radius = np.where(out["predict"] == 1, sigma * out["gap"], 0.0)
+    failed = (out["predict"] == 0) | (radius > margin * (1 + 1e-9))
+    name = f"sequential_{target}_{norm_name}" + ("" if bound in ("union_cp", "broken") else f"_{bound}")
+    return verdict(
+        name if bound != "broken" else f"broken_{name}",
+        trials,
+        int(failed.sum()),
+        alpha,
+        n0=n0,
+        checkpoints=list(cks),
+        certified=int((out["predict"] == 1).sum()),
+        mean_draws=float(out["n"].mean()),
+        noise=kind,
+        sigma=sigma,
+        margin=margin,
+    )
+
+
+# ------------------------------------------------------------------------------------------ PREDICT
+
+
+def predict(trials=1000, n=500, alpha=0.1, sigma=0.5, pa=0.51, seed=6) -> dict:
+    """PREDICT at a known pA: a class other than the smoothed one is returned at rate <= alpha."""
+    rng = np.random.default_rng(seed)
+    w, b = rng.normal(size=16), 0.0
+    model = Linear2(torch.from_numpy(w), b)
+    sign = rng.choice([-1.0, 1.0], trials)
+    x = _inputs_with_margin(w, b, sign * sigma * np.linalg.norm(w) * normal.ppf(pa), rng, (1, 4, 4))
+    margin = _margins(model, x)
+    pred = core.predict_batch(
+        model, x, sigma, 2, n, alpha, _seeds(seed, trials, "predict"), core.Sampling(batch_size=100_000, chunk=n)
+    )
+    wrong = (pred != core.ABSTAIN) & (pred != (margin > 0).astype(np.int64))
+    return verdict(
+        f"predict_pA{pa:g}", trials, int(wrong.sum()), alpha, n=n, pA=pa, abstained=int((pred == core.ABSTAIN).sum())
+    )
