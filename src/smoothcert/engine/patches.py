@@ -190,18 +190,9 @@ def stacking_norm(
     return math.sqrt(maxcov) * resize_norm(height, width, size)
 
 
-def radius_factor(
-    norm: str,
-    variant: str,
-    height: int,
-    width: int,
-    size: int,
-    positions: torch.Tensor,
-    patch: int,
-    frames: int | None = None,
-    window: int | None = None,
-) -> float:
-    """The factor from a radius in the certified space to a sound ``norm`` radius in input space.
+def radius_factor(norm: str, variant: str, *geometry) -> float:
+    """The factor from a radius in the certified space to a sound ``norm`` radius in input space; ``geometry``:
+    (height, width, size, positions, patch[, frames, window]), as :func:`stacking_norm` takes them.
 
     Correlated: 1 (the smoothed function is a deterministic function of x + ε). Uncorrelated:
     1 / ‖A‖_{p→p} (:func:`stacking_norm`), as ‖A δ‖_p ≤ ‖A‖_{p→p} ‖δ‖_p, in the certificate's own norm.
@@ -209,7 +200,7 @@ def radius_factor(
     require(variant in VARIANTS, f"smooth_reduce.variant = {variant!r}; allowed: {list(VARIANTS)}")
     if variant == "correlated":
         return 1.0
-    return 1.0 / stacking_norm(norm, height, width, size, positions, patch, frames, window)
+    return 1.0 / stacking_norm(norm, *geometry)
 
 
 # ---------------------------------------------------------------- images
@@ -299,13 +290,8 @@ class ClipPatchReduce(nn.Module):
     ):
         super().__init__()
         require(reduce in REDUCTIONS, f"smooth_reduce: reduce = {reduce!r}; allowed: {list(REDUCTIONS)}")
-        self.base, self.resize, self.patch, self.window, self.reduce = (
-            base,
-            int(resize),
-            int(patch),
-            int(window),
-            reduce,
-        )
+        self.base, self.reduce = base, reduce
+        self.resize, self.patch, self.window = int(resize), int(patch), int(window)
         self.max_frames = int(max_frames)
         self.register_buffer("positions", positions.long().clone(), persistent=False)
         self._composed: dict = {}
@@ -353,13 +339,8 @@ class StackedClipReduce(nn.Module):
     def __init__(self, base: nn.Module, num_clips: int, window: int, channels: int, reduce: str = "max"):
         super().__init__()
         require(reduce in REDUCTIONS, f"smooth_reduce: reduce = {reduce!r}; allowed: {list(REDUCTIONS)}")
-        self.base, self.num_clips, self.window, self.channels, self.reduce = (
-            base,
-            int(num_clips),
-            int(window),
-            int(channels),
-            reduce,
-        )
+        self.base, self.reduce = base, reduce
+        self.num_clips, self.window, self.channels = int(num_clips), int(window), int(channels)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b, _, p, q = z.shape

@@ -11,10 +11,8 @@ What a job reads (:func:`reads`) is what its result is a function of, besides it
   (:data:`OBJECTIVE_READS`, :data:`SIGMA_MODE_READS`), a method's section (``Method.section``: read by
   ``optimize`` for per-input-σ methods, by ``certify`` and ``video`` for the others);
 - the code of its command: the import closure of ``smoothcert.commands.<stage>`` and ``smoothcert.cli``
-  (found from the source, never imported), plus the modules of the methods it runs (:func:`code_files`;
-  :func:`stage_code_digest` hashes it). So a stage's code is what its command imports: the CLI's shared helpers
-  (``commands/_common``) import nothing from ``pipeline``, and training loads no certification code, so an
-  edit of certification or reporting code never retrains (tests/test_stages.py holds the edit matrix).
+  (found from the source, never imported), plus the modules of the methods it runs (:func:`code_files`, hashed
+  by :func:`stage_code_digest`): an edit reruns the jobs importing it (tests/test_stages.py: the edit matrix).
 
 A stage's ``grid`` keys say which jobs exist (models, shards, clips). They are DVC params of its DVC
 stage, not Snakemake triggers: Snakemake sees a grid edit as outputs to make or a changed list of inputs.
@@ -253,10 +251,8 @@ def trigger_params(cfg: dict, name: str, *, model: str | None = None, method: st
 
 
 def stage_code_digest(name: str, cfg: dict | None = None, *, method: str | None = None) -> str:
-    """sha256 of the source of every file one job of stage ``name`` runs (:func:`code_files`; ``method`` narrows
-    it to that method's job). The one code fingerprint of a stage: Snakemake's rerun trigger holds it, and
-    anything else that must notice a code edit (a resumable result's stamp) should use it too, so that an edit
-    invalidates exactly the jobs it reruns."""
+    """sha256 of the source of every file one job of stage ``name`` runs (:func:`code_files`; ``method``: that
+    method's job). The one code fingerprint of a stage: the rerun trigger and resumable stamps hold it."""
     return _digest(code_files(name, cfg, method=method, package_paths=True))
 
 
