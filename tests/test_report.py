@@ -178,9 +178,12 @@ OUTPUTS = [
     "metrics.json",
     "curves.csv",
     "curves_proxy.csv",
-    "certified_accuracy.png",
-    "certified_accuracy_sigma.png",
-    "certified_accuracy_objective.png",
+    "certified_accuracy_l2.png",
+    "certified_accuracy_sigma_l2.png",
+    "certified_accuracy_objective_l2.png",
+    "certified_accuracy_l1.png",
+    "certified_accuracy_sigma_l1.png",
+    "certified_accuracy_objective_l1.png",
     "certified_accuracy_proxy.png",
     "log_volume.png",
     "memory_effect.png",
@@ -221,9 +224,41 @@ def test_whole_report_from_fixtures(tmp_path):
     assert mem[["none", "inside", "shrunk", "abstained"]].iloc[0].tolist() == [18, 3, 2, 1]
     before = pd.read_csv(FIX / "ddrs.tsv", sep="\t")
     assert mem[mem["method"] == "ddrs"].iloc[0]["before_acc@0"] == pytest.approx(before["correct"].mean())
+    # lost / gained reconcile the net change, and lost is the claim row's number
+    net = mem["after_acc@0"] - mem["before_acc@0"]
+    assert np.allclose(net, mem["gained@0"] - mem["lost@0"])
+    after = pd.read_csv(FIX / "ddrs_final.tsv", sep="\t").set_index("idx")
+    ok = lambda t: (t["correct"] > 0) & (t["predict"] >= 0)  # noqa: E731
+    lost = (ok(before.set_index("idx")) & ~ok(after)).mean()
+    assert mem[mem["method"] == "ddrs"].iloc[0]["lost@0"] == pytest.approx(lost)
+    # metrics.json: the run at a glance per norm (best over experiments at the papers' radii); one file per experiment
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics[f"{L2}/cohen"]) >= {"acr", "acc@0.5", "abstain", "clean"}
-    assert "import-l2-0.25/locuslab" in metrics
+    assert set(metrics) == {"l1", "l2"} and set(metrics["l2"]) == {
+        "acc@0.25",
+        "acc@0.5",
+        "acc@1",
+        "acr",
+        "abstain",
+        "draws",
+    }
+    l2 = s[s["norm"] == "l2"]
+    assert metrics["l2"]["acc@0.5"] == pytest.approx(l2["acc@0.5"].max())
+    assert metrics["l2"]["acr"] == pytest.approx(l2["acr"].max())
+    assert metrics["l2"]["abstain"] == pytest.approx(l2["abstain"].min())
+    assert metrics["l1"]["acc@1"] == pytest.approx(s[s["norm"] == "l1"]["acc@1"].max())
+    glance = json.loads((out / "metrics" / L2 / "cohen.json").read_text())
+    assert glance == pytest.approx(
+        {
+            "acc@0.25": row["acc@0.25"],
+            "acc@0.5": row["acc@0.5"],
+            "acc@1": row["acc@1"],
+            "acr": row["acr"],
+            "abstain": row["abstain"],
+            "draws": float((cohen["n0"] + cohen["n"]).mean()),
+        }
+    )
+    assert (out / "metrics" / "import-l2-0.25" / "locuslab.json").is_file()
+    assert "draws" not in json.loads((out / "metrics" / "import-l2-0.25" / "locuslab.json").read_text())
     curves = pd.read_csv(out / "curves.csv")
     assert curves.columns[0] == "experiment" and {"norm", "radius", "certified_accuracy"} <= set(curves.columns)
     first = curves[curves["experiment"] == f"{L2}/cohen"].iloc[0]
@@ -253,11 +288,18 @@ def _check_page(out: Path, s: pd.DataFrame, tmp: Path) -> None:
     for section in ("## Claims checked", "## Certified accuracy (l2)", "## Memory step", "## Certification cost"):
         assert section in text
     links = {name for _, name in FIGURE_LINK.findall(text)}
-    assert {"certified_accuracy.png", "memory_effect.png"} <= links
-    assert "certified_accuracy_sigma.png" not in links  # one σ per method here: a placeholder, left out
+    assert {"certified_accuracy_l2.png", "certified_accuracy_l1.png", "memory_effect.png"} <= links
+    assert "certified_accuracy_sigma_l2.png" not in links  # one σ per method here: a placeholder, left out
+    l1 = text.split("## Certified accuracy (l1)", 1)[1].split("\n## ", 1)[0]
+    assert "certified_accuracy_l1.png" in l1 and "_l2.png" not in l1, "ℓ1 has its own figures"
+    assert "None" not in text
+    for section in ("## Certified regions", "## Memory step", "## Certification cost"):  # tables that mix norms
+        table = text.split(section, 1)[1].split("\n## ", 1)[0]
+        assert "| norm |" in table, section
+    assert "| time (s) |" in text and "| inputs lost (points) |" in text and "| net change (points) |" in text
     assert main(["publish", "--report", str(out), "--out", str(tmp / "docs" / "toy.md")]) == 0
     published = (tmp / "docs" / "toy.md").read_text()
-    assert "](toy/certified_accuracy.png)" in published and "](certified_accuracy.png)" not in published
+    assert "](toy/certified_accuracy_l2.png)" in published and "](certified_accuracy_l2.png)" not in published
     assert all((tmp / "docs" / "toy" / name).stat().st_size > 1000 for name in links)
     assert main(["publish", "--report", str(tmp), "--out", str(tmp / "x.md")]) == 2  # no page there
 
@@ -265,7 +307,7 @@ def _check_page(out: Path, s: pd.DataFrame, tmp: Path) -> None:
 def test_report_without_optional_inputs(tmp_path):
     tmp = _layout(tmp_path)
     assert main(_args(tmp, "--no-plots")) == 0
-    assert (tmp / "report" / "summary.csv").exists() and not (tmp / "report" / "certified_accuracy.png").exists()
+    assert (tmp / "report" / "summary.csv").exists() and not (tmp / "report" / "certified_accuracy_l2.png").exists()
 
 
 def test_video_tables(tmp_path):
@@ -277,7 +319,7 @@ def test_video_tables(tmp_path):
     assert main(_args(tmp, "--no-plots", "--video", str(tmp / "results" / "video"))) == 0
     v = pd.read_csv(tmp / "report" / "video.csv")
     assert v["method"].tolist() == ["cohen", "smooth_reduce_max"] and (v["sigma"] == 0.25).all()
-    assert "video-0.25/smooth_reduce_max" in json.loads((tmp / "report" / "metrics.json").read_text())
+    assert (tmp / "report" / "metrics" / "video-0.25" / "smooth_reduce_max.json").is_file()
 
 
 def test_missing_table_is_one_line_error(tmp_path, capsys):
@@ -375,7 +417,7 @@ def test_report_from_imported_tables_alone(tmp_path):
     assert main(argv) == 0
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["method"]) == {"cohen_paper", "again"} and set(summary["sigma"].dropna()) == {0.25}
-    assert (out / "certified_accuracy.png").stat().st_size > 1000
+    assert (out / "certified_accuracy_l2.png").stat().st_size > 1000
     assert main(["--config", str(REPO / "params.yaml"), "report", "--out", str(tmp_path / "none")]) == 2
 
 

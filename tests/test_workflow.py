@@ -79,7 +79,7 @@ def test_report_numbers_are_sane(pipeline):
 def test_html_report_builds(pipeline):
     run([str(BIN / "snakemake"), "--configfile", str(MINI), "--report", "report.html"], pipeline)
     html = (pipeline / "report.html").read_text(errors="replace")
-    assert "certified_accuracy.png" in html
+    assert "certified_accuracy_l2.png" in html
     assert "Headline" in html and "Claims of the seed papers" in html  # the front page: the results first
 
 

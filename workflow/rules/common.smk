@@ -2,9 +2,12 @@
 from smoothcert.pipeline.stages import trigger_params  # rerun triggers: what each job reads (the stage map)
 from pathlib import Path
 
-from smoothcert.reporting import CURVE_FIGURES, theta_figures
+from smoothcert.reporting import curve_figures, theta_figures
 
 ENV = "../envs/smoothcert.yaml"  # each rule's software (with --sdm conda; otherwise the active environment)
+
+
+NORMS = list(dict.fromkeys(m.norm for m in sc_config.model_specs(config)))  # each norm gets its own figures
 
 
 def parent(path):

@@ -17,9 +17,10 @@ rule report:
         objectives=report(f"{REPORT}/objectives.csv", caption="../report/objectives.rst", category="Tables"),
         claims=report(f"{REPORT}/claims.csv", caption="../report/claims.rst", category="Tables"),
         metrics=f"{METRICS}/metrics.json",
+        headlines=directory(f"{REPORT}/metrics"),
         curves=f"{METRICS}/curves.csv",
         curves_plots=[report(f"{REPORT}/{name}", caption="../report/certified_accuracy.rst", category="Plots")
-                      for name in CURVE_FIGURES],
+                      for name in curve_figures(NORMS)],
         proxy=report(f"{REPORT}/certified_accuracy_proxy.png", caption="../report/certified_accuracy_proxy.rst",
                      category="Plots"),
         volume=report(f"{REPORT}/log_volume.png", caption="../report/log_volume.rst", category="Plots"),

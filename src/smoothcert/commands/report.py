@@ -63,4 +63,4 @@ def run(args):
         video=args.video,
         metrics_dir=args.metrics,
     )
-    print(f"report: {len(head)} experiments -> {args.out}")
+    print(f"report: {', '.join(f'{norm}: {len(runs)} experiments' for norm, runs in head.items())} -> {args.out}")

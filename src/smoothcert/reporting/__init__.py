@@ -9,13 +9,18 @@ Importing this package alone is light (no torch, no pandas), for the Snakefile.
 from __future__ import annotations
 
 THETA_FIGURE = "{method}_theta.png"  # per-pixel θ maps of one method's certified inputs
-# Certified-accuracy figures, one question per panel: file → (what a panel holds fixed, what its curves vary,
-# fewest distinct curves a panel needs). "training" is objective/sigma_mode.
+# Certified-accuracy figures, one set per norm, one question per panel: file → (what a panel holds fixed, what
+# its curves vary, fewest distinct curves a panel needs). "training" is objective/sigma_mode.
 CURVE_FIGURES = {
-    "certified_accuracy.png": (("norm", "training", "sigma"), "method", 1),
-    "certified_accuracy_sigma.png": (("norm", "training", "method"), "sigma", 2),
-    "certified_accuracy_objective.png": (("norm", "method", "sigma"), "training", 2),
+    "certified_accuracy_{norm}.png": (("training", "sigma"), "method", 1),
+    "certified_accuracy_sigma_{norm}.png": (("training", "method"), "sigma", 2),
+    "certified_accuracy_objective_{norm}.png": (("method", "sigma"), "training", 2),
 }
+
+
+def curve_figures(norms) -> list[str]:
+    """File names of the certified-accuracy figures for ``norms`` (each norm its own set)."""
+    return [name.format(norm=norm) for norm in norms for name in CURVE_FIGURES]
 
 
 def theta_methods() -> list[str]:

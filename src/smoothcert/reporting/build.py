@@ -19,12 +19,13 @@ from smoothcert.artifacts import atomic_path, check_rows, write_json, write_text
 from smoothcert.engine.certificates import COLUMNS, MEMORY_COLUMNS
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.methods import get as get_method
-from smoothcert.reporting import CURVE_FIGURES, THETA_FIGURE, importers, theta_methods
+from smoothcert.reporting import CURVE_FIGURES, THETA_FIGURE, curve_figures, importers, theta_methods
 from smoothcert.reporting import tables as rep
 from smoothcert.reporting.importers import IMPORTED, nonempty_table, read_locuslab
 
 TRAINING_COLUMNS = ["epoch", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
 THETA_PANELS = 6  # inputs shown per θ figure
+HEADLINES = "metrics"  # report/metrics/<model>/<method>.json: each experiment at a glance
 
 
 def configured_inputs(cfg: dict, data: str | Path | None) -> np.ndarray | None:
@@ -207,8 +208,13 @@ def _memory_md(part: pd.DataFrame) -> str:
         for stage in ("before", "after"):
             vals = {c[len(stage) + 1 :]: r[c] for c in part.columns if c.startswith(f"{stage}_")}
             rows.append({**{k: r[k] for k in keys}, "stage": stage, **vals})
-    counts = part[keys + ["inputs", *rep.MEMORY_ACTIONS]]
-    return rep.markdown(rep.drop_empty(pd.DataFrame(rows))) + "\nMemory actions (inputs):\n\n" + rep.markdown(counts)
+    counts = part[keys + ["inputs", "lost@0", "gained@0", *rep.MEMORY_ACTIONS]]
+    return (
+        rep.markdown(rep.drop_empty(pd.DataFrame(rows)))
+        + "\nInputs certified correctly before but not after (lost@0) and the reverse (gained@0), as shares of the "
+        "inputs (after acc@0 − before acc@0 = gained@0 − lost@0), then how many inputs each action hit:\n\n"
+        + rep.markdown(counts)
+    )
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -223,7 +229,7 @@ def build_report(
     """Write every report file into ``out`` (metrics.json and curves into ``metrics_dir`` if given).
 
     ``results`` None: only the ``imports`` (tables someone already has), with the config's radii, α and ρ.
-    Returns the headline metrics (``metrics.json``). Bad or missing tables are one-line errors; nothing
+    Returns the experiments it reports on (keys), per norm. Bad or missing tables are one-line errors; nothing
     is bolded or ranked on proxy accuracy (no certificate).
     """
     out = Path(out)
@@ -296,9 +302,12 @@ def build_report(
     )
     write_text(out / "training.md", md)
 
-    head = rep.headline_metrics(summ)
+    head = rep.run_headline(experiments, rc["headline"])
+    glance = list(experiments)
     if video:
-        vsumm = rep.summary(load_video(video), radii_by_norm, alpha, rc["rho"])
+        clips = load_video(video)
+        glance += clips
+        vsumm = rep.summary(clips, radii_by_norm, alpha, rc["rho"])
         write_csv(out / "video.csv", vsumm)
         keys = ["method", "sigma", "inputs", "clean", "abstain", "acr"]
         cols = keys + [f"acc@{rep.rlabel(r)}" for r in radii_by_norm["l2"]] + ["time", "evals"]
@@ -308,7 +317,10 @@ def build_report(
             "clips; radii in clip pixel space ([0,1] scale).\n\n"
             + rep.markdown(vsumm[cols], rep.best_mask(vsumm[cols], group=None)),
         )
-        head.update(rep.headline_metrics(vsumm))
+    for e in glance:  # one small file per experiment: `dvc metrics show -R report/metrics` prints a row for each
+        write_json(
+            out / HEADLINES / e.model_id / f"{e.method}.json", rep.experiment_headline(e, rc["headline"][e.norm])
+        )
     dvc_dir = Path(metrics_dir) if metrics_dir else out
     write_json(dvc_dir / "metrics.json", head)
     curves = rep.curves(experiments, radii_by_norm)
@@ -316,7 +328,10 @@ def build_report(
     write_csv(dvc_dir / "curves.csv", curves)
     write_csv(dvc_dir / "curves_proxy.csv", curves_proxy)
 
-    held = _figures(out, cfg, experiments, curves, curves_proxy, mem, metrics, data) if plot else set()
+    # each norm its own curve figures: the configured models' (the workflow's outputs), then the imports'
+    configured = [s.norm for s in config_mod.model_specs(cfg)] if results is not None else []
+    norms = list(dict.fromkeys(configured + [e.norm for e in experiments]))
+    held = _figures(out, cfg, experiments, norms, curves, curves_proxy, mem, metrics, data) if plot else set()
     from smoothcert.reporting.page import FRONT, PAGE, extras, front, page
 
     shown = {p.name for p in out.glob("*.png")} - held
@@ -345,10 +360,10 @@ def build_report(
         paper_md,
     )
     write_text(out / PAGE, text)
-    first = next((out / n for n in CURVE_FIGURES if n in shown), None)
+    first = next((out / n for n in curve_figures(norms) if n in shown), None)
     title = text.splitlines()[0].lstrip("# ")
     write_text(out / FRONT, front(title, head_line, checked, cc["level"], first))
-    return head
+    return {norm: [e.key for e in glance if e.norm == norm] for norm in dict.fromkeys(e.norm for e in glance)}
 
 
 def _attr(e: rep.Experiment, name: str):
@@ -390,28 +405,27 @@ def _placeholder(path: Path, title: str, why: str) -> str:
     return path.name
 
 
-def _figures(out: Path, cfg, experiments, curves, curves_proxy, mem, metrics, data) -> set[str]:
-    """Write every figure; returns the names of those that are placeholders."""
+def _figures(out: Path, cfg, experiments, norms, curves, curves_proxy, mem, metrics, data) -> set[str]:
+    """Write every figure (the certified-accuracy ones for each of ``norms``); returns the names of placeholders."""
     from smoothcert.reporting import plots
 
     held: set[str] = set()
     dataset = cfg["data"]["dataset"]
     questions = {"method": "methods at one σ", "sigma": "σ for one method", "training": "training objectives"}
-    for name, (fixed, vary, fewest) in CURVE_FIGURES.items():
-        panels = curve_panels(experiments, fixed, vary, fewest)
-        if panels:
-            plots.curve_panels(
-                curves, panels, out / name, f"{dataset}: certified accuracy vs radius, {questions[vary]}"
-            )
-        else:
-            held.add(
-                _placeholder(
-                    out / name, f"certified accuracy, {questions[vary]}", f"no two experiments differ only in {vary}"
-                )
-            )
+    for norm in norms:
+        runs = [e for e in experiments if e.norm == norm]
+        for template, (fixed, vary, fewest) in CURVE_FIGURES.items():
+            name, question = template.format(norm=norm), f"{_shown('norm', norm)}, {questions[vary]}"
+            panels = curve_panels(runs, fixed, vary, fewest)
+            if panels:
+                plots.curve_panels(curves, panels, out / name, f"{dataset}: certified accuracy vs radius, {question}")
+            else:
+                why = f"no two {norm} experiments differ only in {vary}"
+                held.add(_placeholder(out / name, f"certified accuracy, {question}", why))
+    fixed, vary, fewest = next(iter(CURVE_FIGURES.values()))
     plots.curve_panels(
         curves_proxy,
-        curve_panels(experiments, *CURVE_FIGURES["certified_accuracy.png"]),
+        curve_panels(experiments, ("norm", *fixed), vary, fewest),
         out / "certified_accuracy_proxy.png",
         f"{dataset}: proxy accuracy vs volume-equivalent radius (NOT a certificate)",
         proxy=True,

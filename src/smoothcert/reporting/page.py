@@ -34,6 +34,7 @@ ACR_NOTE = (
     "about the noise label, not the method; see σ_max). Certified accuracy at fixed radii, the papers' metric, does "
     "not reward that: read the acc@r columns first, ACR beside the median certified radius."
 )
+MIXED = ["norm", *SHOWN]  # the keys of a table whose rows mix norms (σ = 0.5 in ℓ2 and in ℓ1 are different runs)
 FIGURE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)/]+\.png)\)")
 
 
@@ -54,6 +55,11 @@ def _radii(cfg: dict, norm: str) -> list[float]:
 def _table(df: pd.DataFrame, cols: list[str]) -> str:
     cols = [c for c in cols if c in df]
     return rep.markdown(df[cols].reset_index(drop=True)) if len(df) else "(none in this run)\n"
+
+
+def _given(value) -> str:
+    """A config value as text: ``none`` for null (never Python's ``None``)."""
+    return "none" if value is None else str(value)
 
 
 def headline(summ: pd.DataFrame, claims: pd.DataFrame, radius: float, level: float) -> str:
@@ -132,7 +138,8 @@ def _setup(cfg: dict, summ: pd.DataFrame, classes: list[str] | None = None) -> s
     sel = cfg["test"]
     lines = [
         f"- **Data**: {cfg['data']['dataset']}; test inputs: {inputs} per experiment "
-        f"(start {sel['start']}, every {sel['step']}, limit {sel['limit']}); train_limit {cfg['data'].get('train_limit')}"
+        f"(start {sel['start']}, every {sel['step']}, limit {_given(sel['limit'])}); training images: "
+        f"{'all' if cfg['data'].get('train_limit') is None else cfg['data']['train_limit']}"
         + (f"; {len(classes)} classes: {', '.join(classes)}." if classes else "."),
         f"- **Base model**: {cfg['model']['arch']}; {t['epochs']} epochs, batch {t['batch_size']}, SGD lr {t['lr']:g} "
         f"(×{t['lr_gamma']:g} every {t['lr_step']} epochs).",
@@ -145,7 +152,7 @@ def _setup(cfg: dict, summ: pd.DataFrame, classes: list[str] | None = None) -> s
     used = [m for spec in cfg["models"] for m in spec["methods"] if m in methods]
     for section in dict.fromkeys(methods[m].section for m in used if methods[m].section):
         if section in cfg:
-            values = ", ".join(f"{k} {v}" for k, v in cfg[section].items())
+            values = ", ".join(f"{k} {_given(v)}" for k, v in cfg[section].items())
             lines.append(f"- **{section}** (methods' section of params.yaml): {values}.")
     return "\n".join(lines) + "\n"
 
@@ -220,7 +227,8 @@ def page(
             if run and _decides(cfg)
             else "\n",
         ]
-        for name in CURVE_FIGURES:
+        for template in CURVE_FIGURES:
+            name = template.format(norm=norm)
             out.append(fig(name, name[:-4].replace("_", " ")))
         spread = [c for c in SIGMA_SPREAD if c in part and part[c].notna().any()]
         out.append(_table(part, SHOWN + ["inputs", "clean", "abstain", *grid, "acr", MEDIAN_RADIUS, *spread]))
@@ -234,23 +242,31 @@ def page(
             "certificate; equal to the certified radius for isotropic methods).\n",
             fig("log_volume.png", "log-volume"),
             fig("certified_accuracy_proxy.png", "proxy accuracy"),
-            _table(vol, SHOWN + ["median_log_volume", *proxy]),
+            _table(vol, MIXED + ["median_log_volume", *proxy]),
         ]
     out += ["## Memory step (data-dependent σ made sound)\n", fig("memory_effect.png", "memory step")]
     if len(mem):
-        acc0 = mem["before_acc@0"] - mem["after_acc@0"]
+        out.append(
+            "acc@0 before / after: certified accuracy at r = 0 of the per-input certificates and of the sound ones. "
+            "inputs lost: share certified correctly before and not after (the claim row's number); inputs gained: "
+            "the reverse (an input inside another input's recorded region takes that region's class, sometimes the "
+            "right one). net change = after − before = gained − lost, so it can be positive. Points are percent of "
+            "the inputs; the action columns count inputs.\n"
+        )
         view = mem.assign(
             **{
-                "acc@0 lost (points)": 100 * acc0,
-                "ACR lost": mem["before_acr"] - mem["after_acr"],
+                "net change (points)": 100 * (mem["after_acc@0"] - mem["before_acc@0"]),
+                "inputs lost (points)": 100 * mem["lost@0"],
+                "inputs gained (points)": 100 * mem["gained@0"],
+                "ACR change": mem["after_acr"] - mem["before_acr"],
             }
         )
         out.append(
             _table(
                 view,
-                SHOWN
-                + ["inputs", "before_acc@0", "after_acc@0", "acc@0 lost (points)", "before_acr", "after_acr"]
-                + ["ACR lost", *rep.MEMORY_ACTIONS],
+                MIXED
+                + ["inputs", "before_acc@0", "after_acc@0", "net change (points)", "inputs lost (points)"]
+                + ["inputs gained (points)", "before_acr", "after_acr", "ACR change", *rep.MEMORY_ACTIONS],
             )
         )
     else:
@@ -263,7 +279,7 @@ def page(
         "opt_time / opt_evals: σ/θ search seconds and forward passes; time / evals: certification seconds and "
         "forward passes (Smooth-Reduce: one per patch); evals_certified: evals per non-abstaining input.\n",
         fig("draws.png", "draws per input"),
-        _table(summ, SHOWN + rep.COST + ["evals_certified"]),
+        _table(summ, MIXED + rep.COST + ["evals_certified"]),
         "## Per-pixel θ and training\n",
         *[fig(name, name[:-4]) for name in theta_figures()],
         fig("training.png", "training curves"),

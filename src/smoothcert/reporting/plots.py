@@ -44,7 +44,7 @@ def curve_panels(
     per_row = min(3, max(1, len(panels)))
     rows = -(-len(panels) // per_row)
     fig, axes = plt.subplots(
-        rows, per_row, figsize=(4.6 * per_row, 3.6 * rows), squeeze=False, layout="constrained", sharey=True
+        rows, per_row, figsize=(max(6.4, 4.6 * per_row), 3.6 * rows), squeeze=False, layout="constrained", sharey=True
     )
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
@@ -76,31 +76,50 @@ def curve_panels(
     save(fig, path)
 
 
+def _label(e: Experiment, many: bool) -> str:
+    """One line naming an experiment within its norm: method, σ, and the training where several differ."""
+    return f"{e.method} · σ={e.sigma:g}" + (f" · {e.objective}/{e.sigma_mode}" if many else "")
+
+
 def log_volume(experiments: list[Experiment], path, title: str) -> None:
-    """Per norm: box plots of the log-volume of certified regions (certified correct inputs) per experiment."""
+    """Per norm (one panel each, stacked): horizontal box plots of the log-volume of certified regions (certified
+    correct inputs), one row per experiment with its label on one line, so labels never overlap."""
     norms = list(dict.fromkeys(e.norm for e in experiments))
     many = len({(e.objective, e.sigma_mode) for e in experiments}) > 1
-    fig, axes = _panels(len(norms))
-    for ax, norm in zip(axes[0], norms):
-        data, labels = [], []
-        for e in experiments:
-            if e.norm != norm or "log_volume" not in e.table:
-                continue
-            t = e.table
-            ok = (t["correct"] > 0) & (t["predict"] >= 0)
-            lv = t.loc[ok, "log_volume"].to_numpy(dtype=float)
-            lv = lv[np.isfinite(lv)]
-            if len(lv):
-                data.append(lv)
-                labels.append(f"{e.method}\nσ={e.sigma:g}" + (f"\n{e.objective}/{e.sigma_mode}" if many else ""))
-        if data:
-            ax.boxplot(data, tick_labels=labels, showfliers=True, flierprops={"markersize": 2})
-            plt.setp(ax.get_xticklabels(), fontsize=7, rotation=30, ha="right")
+    rows = {norm: [] for norm in norms}
+    for e in experiments:
+        if "log_volume" not in e.table:
+            continue
+        t = e.table
+        ok = (t["correct"] > 0) & (t["predict"] >= 0)
+        lv = t.loc[ok, "log_volume"].to_numpy(dtype=float)
+        lv = lv[np.isfinite(lv)]
+        if len(lv):
+            rows[e.norm].append((_label(e, many), lv))
+    heights = [max(1.2, 0.32 * len(rows[n]) + 0.9) for n in norms] or [1.2]
+    fig, axes = plt.subplots(
+        max(1, len(norms)),
+        1,
+        figsize=(9, sum(heights) + 0.6),
+        squeeze=False,
+        layout="constrained",
+        gridspec_kw={"height_ratios": heights},
+    )
+    for ax, norm in zip(axes[:, 0], norms):
+        if rows[norm]:
+            labels, data = zip(*rows[norm][::-1])  # first experiment on top
+            ax.boxplot(data, tick_labels=labels, orientation="horizontal", flierprops={"markersize": 2})
+            ax.tick_params(axis="y", labelsize=8)
         else:
             ax.text(0.5, 0.5, "no certified volumes", ha="center", va="center", transform=ax.transAxes)
-        ax.set_ylabel("log volume of certified region\n(nats, pixel space [0,1] scale)")
-        ax.set_title(f"{norm}: certified correct inputs")
-        ax.grid(alpha=0.3, axis="y")
+            ax.set_yticks([])
+        ax.set_xlabel(
+            f"log volume of the certified {AXIS.get(norm, norm).split(' radius')[0]} region "
+            "(nats, pixel space, [0,1] scale)",
+            fontsize=8,
+        )
+        ax.set_title(f"{norm}: certified correct inputs", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
     fig.suptitle(title)
     save(fig, path)
 
@@ -131,32 +150,36 @@ def draws(experiments: list[Experiment], path, title: str, per_row: int = 4) -> 
 
 
 def memory_effect(mem: pd.DataFrame, path, title: str) -> None:
-    """Before/after-memory bars (clean accuracy, ACR) and stacked counts of memory actions."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained")
-    labels = [f"{r.method}\n{r.model_id}" for r in mem.itertuples()]
-    x = np.arange(len(mem))
-    w = 0.38
+    """Per memory experiment (one row each, labelled on one line): certified accuracy at r = 0 and ACR before and
+    after the memory step, and the stacked counts of memory actions; legends above the panels, off the bars."""
+    n = len(mem)
+    labels = [f"{r.method} · {r.model_id}" for r in mem.itertuples()][::-1]  # first experiment on top
+    y = np.arange(n)
+    h = 0.38
+    fig, axes = plt.subplots(
+        1, 3, figsize=(15, 0.42 * n + 1.9), sharey=True, layout="constrained", gridspec_kw={"wspace": 0.02}
+    )
     for ax, metric, name in (
-        (axes[0], "acc@0", "certified accuracy at r=0"),
+        (axes[0], "acc@0", "certified accuracy at r = 0"),
         (axes[1], "acr", "average certified radius (ACR)"),
     ):
-        before, after = mem[f"before_{metric}"], mem[f"after_{metric}"]
-        ax.bar(x - w / 2, before, w, label="before memory (certify.tsv)", color="tab:gray")
-        ax.bar(x + w / 2, after, w, label="after memory (final.tsv)", color="tab:blue")
-        ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
-        ax.set_ylabel(name)
-        ax.set_title(name)
-        ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
-        ax.grid(alpha=0.3, axis="y")
-    bottom = np.zeros(len(mem))
+        before, after = mem[f"before_{metric}"].to_numpy()[::-1], mem[f"after_{metric}"].to_numpy()[::-1]
+        ax.barh(y + h / 2, before, h, label="before memory (certify.tsv)", color="tab:gray")
+        ax.barh(y - h / 2, after, h, label="after memory (final.tsv)", color="tab:blue")
+        ax.set_xlabel(name, fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2, frameon=False)
+    left = np.zeros(n)
     colors = {"none": "tab:green", "inside": "tab:olive", "shrunk": "tab:orange", "abstained": "tab:red"}
     for action in MEMORY_ACTIONS:
-        axes[2].bar(x, mem[action], bottom=bottom, label=action, color=colors[action])
-        bottom += mem[action].to_numpy(dtype=float)
-    axes[2].set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
-    axes[2].set_ylabel("test inputs")
-    axes[2].set_title("memory actions")
-    axes[2].legend(fontsize=7)
+        counts = mem[action].to_numpy(dtype=float)[::-1]
+        axes[2].barh(y, counts, left=left, label=action, color=colors[action])
+        left += counts
+    axes[2].set_xlabel("test inputs, by what the memory step did", fontsize=8)
+    axes[2].legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=4, frameon=False)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(title)
     save(fig, path)
 
@@ -187,22 +210,21 @@ def theta_maps(panels: list[dict], path, title: str, per_row: int = 3) -> None:
 
 
 def training(metrics: dict[str, pd.DataFrame], path, title: str) -> None:
-    """Training loss and test clean/noisy accuracy per epoch, one line per model."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
+    """Per epoch, one panel each: training loss, test accuracy of the base classifier on clean inputs, and under
+    its training noise; one line (color and dash) per model, named once in a legend beside the panels."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     for i, (model_id, m) in enumerate(metrics.items()):
-        color = plt.get_cmap("tab10")(i % 10)
-        axes[0].plot(m["epoch"], m["train_loss"], color=color, label=model_id)
-        axes[1].plot(m["epoch"], m["test_clean_acc"], color=color, label=f"{model_id} clean")
-        axes[1].plot(
-            m["epoch"], m["test_noisy_acc"], color=color, linestyle="--", label=f"{model_id} under training noise"
-        )
-    axes[0].set_ylabel("training loss")
-    axes[1].set_ylabel("test accuracy (base classifier)")
-    axes[1].set_ylim(0, 1.02)
-    for ax in axes:
+        style = {"color": plt.get_cmap("tab10")(i % 10), "linestyle": STYLES[i // 10 % len(STYLES)], "linewidth": 1.4}
+        axes[0].plot(m["epoch"], m["train_loss"], label=model_id, **style)
+        axes[1].plot(m["epoch"], m["test_clean_acc"], **style)
+        axes[2].plot(m["epoch"], m["test_noisy_acc"], **style)
+    for ax, name in zip(axes, ("training loss", "test accuracy, clean inputs", "test accuracy under training noise")):
+        ax.set_title(name, fontsize=9)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    for ax in axes[1:]:
+        ax.set_ylim(0, 1.02)
+    fig.legend(loc="outside right center", fontsize=8, title="model", title_fontsize=8)
     fig.suptitle(title)
     save(fig, path)

@@ -22,6 +22,7 @@ RANKED_PREFIXES = {"acc@": 1, "lb@": 1}
 PROXY_PREFIX = "proxy_acc@"
 RANKED = {"clean": 1, "acr": 1, "abstain": -1, "median_log_volume": 1}
 COST = ["opt_time", "opt_evals", "time", "evals"]
+UNITS = {"opt_time": "s", "time": "s", "train_time": "s"}  # shown in markdown headers (CSV columns stay bare)
 
 
 @dataclass
@@ -178,7 +179,9 @@ def best_mask(df: pd.DataFrame, group: str | None = "norm", tol: float = 1e-12) 
 
 
 def memory_table(experiments: list[Experiment], radii_by_norm: dict) -> pd.DataFrame:
-    """Per memory experiment: certified accuracy and ACR before/after the memory step, counts of each action."""
+    """Per memory experiment: certified accuracy and ACR before/after the memory step, the share of inputs
+    certified correctly (r = 0) before but not after (``lost@0``) and after but not before (``gained@0``; so
+    after_acc@0 − before_acc@0 = gained@0 − lost@0), and how many inputs each action hit."""
     rows = []
     for e in experiments:
         if e.before is None:
@@ -190,6 +193,12 @@ def memory_table(experiments: list[Experiment], radii_by_norm: dict) -> pd.DataF
             row[f"{stage}_abstain"] = abstention_rate(df)
             for r, a in zip(radii, certified_accuracy(df, radii)):
                 row[f"{stage}_acc@{rlabel(r)}"] = a
+        was = pd.Series(_hits(e.before, [0.0])[:, 0], index=e.before["idx"].to_numpy())
+        now = pd.Series(_hits(e.table, [0.0])[:, 0], index=e.table["idx"].to_numpy()).reindex(
+            was.index, fill_value=False
+        )
+        row["lost@0"] = float((was & ~now).mean())  # certified correct before, not after (the claim's number)
+        row["gained@0"] = float((~was & now).mean())  # the reverse: an input inside another's region, rightly
         counts = e.table["memory"].value_counts() if "memory" in e.table else pd.Series(dtype=int)
         for action in MEMORY_ACTIONS:
             row[action] = int(counts.get(action, 0))
@@ -235,13 +244,36 @@ def training_table(metrics: dict[str, pd.DataFrame], specs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def headline_metrics(summ: pd.DataFrame) -> dict:
-    """``{"<model_id>/<method>": {"acr", "clean", "abstain", "acc@r"...}}`` for ``dvc metrics show`` (NaN left out)."""
+def draws_per_input(df: pd.DataFrame) -> float:
+    """Mean noise draws per input, selection (n0) and estimation (n) together (NaN if the table lacks them)."""
+    if not {"n0", "n"} <= set(df) or len(df) == 0:
+        return float("nan")
+    return float((pd.to_numeric(df["n0"], errors="coerce") + pd.to_numeric(df["n"], errors="coerce")).mean())
+
+
+def experiment_headline(e: Experiment, radii) -> dict:
+    """One experiment at a glance: certified accuracy at ``radii``, ACR, abstention, draws per input (NaN left out)."""
+    vals = {f"acc@{rlabel(r)}": a for r, a in zip(radii, certified_accuracy(e.table, radii))}
+    vals.update(acr=acr(e.table), abstain=abstention_rate(e.table), draws=draws_per_input(e.table))
+    return {k: float(v) for k, v in vals.items() if pd.notna(v)}
+
+
+def run_headline(experiments: list[Experiment], radii_by_norm: dict) -> dict:
+    """The run at a glance, per norm (``metrics.json``): the best certified accuracy at each of ``radii_by_norm``
+    over the norm's experiments (the envelope over σ and method that the papers quote), the best ACR, the lowest
+    abstention, and the mean draws per input over all of the norm's certificates."""
     out = {}
-    for _, row in summ.iterrows():
-        vals = {k: row[k] for k in ("acr", "clean", "abstain", "median_log_volume")}
-        vals.update({k: row[k] for k in summ.columns if k.startswith("acc@")})
-        out[f"{row['model_id']}/{row['method']}"] = {k: float(v) for k, v in vals.items() if pd.notna(v)}
+    for norm in dict.fromkeys(e.norm for e in experiments):
+        heads = [experiment_headline(e, radii_by_norm.get(norm, [])) for e in experiments if e.norm == norm]
+        best = {}
+        for key in dict.fromkeys(k for h in heads for k in h if k != "draws"):
+            values = [h[key] for h in heads if key in h]
+            best[key] = min(values) if key == "abstain" else max(values)
+        draws = [(draws_per_input(e.table), len(e.table)) for e in experiments if e.norm == norm]
+        draws = [(d, m) for d, m in draws if np.isfinite(d)]
+        if draws:
+            best["draws"] = float(sum(d * m for d, m in draws) / sum(m for _, m in draws))
+        out[norm] = best
     return out
 
 
@@ -286,7 +318,8 @@ def curves(
 def markdown(
     df: pd.DataFrame, bold: pd.DataFrame | None = None, digits: int = 3, general: tuple[str, ...] = ("sigma", "radius")
 ) -> str:
-    """A GitHub markdown table; cells flagged in ``bold`` are **bold**; NaN → empty; ``general`` columns as %g."""
+    """A GitHub markdown table; cells flagged in ``bold`` are **bold**; NaN and None → empty; ``general`` columns
+    as %g; a column with a unit (:data:`UNITS`) says it in its header."""
 
     def cell(v, col) -> str:
         if v is None or (isinstance(v, float) and np.isnan(v)):
@@ -301,7 +334,7 @@ def markdown(
             return f"{v:.{digits}f}"
         return str(v)
 
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    head = "| " + " | ".join(f"{c} ({UNITS[c]})" if c in UNITS else str(c) for c in df.columns) + " |"
     sep = "|" + "|".join("---" if not pd.api.types.is_numeric_dtype(df[c]) else "---:" for c in df.columns) + "|"
     lines = [head, sep]
     for ix, row in df.iterrows():
