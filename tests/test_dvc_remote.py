@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from test_workflow import BIN, REPO, copy_repo, run
 
@@ -107,8 +108,7 @@ def origin(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("dvc_remote")
     root, remote = copy_repo(base / "origin", merged_params=True), base / "remote"
     params = yaml.safe_load((root / "params.yaml").read_text())
-    for key, value in TINY.items():
-        params[key] = {**params[key], **value} if isinstance(value, dict) else value
+    update_config(params, TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run([*GIT, "add", "-A"], root)

@@ -38,8 +38,10 @@ def copy_repo(dest: Path, merged_params: bool = False) -> Path:
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
     if merged_params:
+        from snakemake.utils import update_config  # the mini config merged as --configfile merges it
+
         params = yaml.safe_load((dest / "params.yaml").read_text())
-        params.update(yaml.safe_load(MINI.read_text()))
+        update_config(params, yaml.safe_load(MINI.read_text()))
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest
 
