@@ -259,21 +259,24 @@ def experiment_headline(e: Experiment, radii) -> dict:
 
 
 def run_headline(experiments: list[Experiment], radii_by_norm: dict) -> dict:
-    """The run at a glance, per norm (``metrics.json``): the best certified accuracy at each of ``radii_by_norm``
-    over the norm's experiments (the envelope over σ and method that the papers quote), the best ACR, the lowest
-    abstention, and the mean draws per input over all of the norm's certificates."""
-    out = {}
+    """The run at a glance (``metrics.json``), a few numbers so that ``dvc exp show`` fits a terminal: per norm, the
+    best certified accuracy at each of ``radii_by_norm`` over the norm's experiments (the envelope over σ and method
+    that the papers quote) and the best ACR; over every experiment, the mean abstention and the mean draws per input
+    (inputs weighted alike)."""
+    out: dict = {}
     for norm in dict.fromkeys(e.norm for e in experiments):
-        heads = [experiment_headline(e, radii_by_norm.get(norm, [])) for e in experiments if e.norm == norm]
-        best = {}
-        for key in dict.fromkeys(k for h in heads for k in h if k != "draws"):
-            values = [h[key] for h in heads if key in h]
-            best[key] = min(values) if key == "abstain" else max(values)
-        draws = [(draws_per_input(e.table), len(e.table)) for e in experiments if e.norm == norm]
-        draws = [(d, m) for d, m in draws if np.isfinite(d)]
-        if draws:
-            best["draws"] = float(sum(d * m for d, m in draws) / sum(m for _, m in draws))
-        out[norm] = best
+        runs = [e for e in experiments if e.norm == norm]
+        radii = radii_by_norm.get(norm, [])
+        best = {
+            f"acc@{rlabel(r)}": float(np.nanmax([certified_accuracy(e.table, [r])[0] for e in runs])) for r in radii
+        }
+        best["acr"] = float(np.nanmax([acr(e.table) for e in runs]))
+        out[norm] = {k: v for k, v in best.items() if np.isfinite(v)}
+    for key, per_input in (("abstain", abstention_rate), ("draws", draws_per_input)):
+        pairs = [(per_input(e.table), len(e.table)) for e in experiments]
+        pairs = [(v, m) for v, m in pairs if np.isfinite(v) and m]
+        if pairs:
+            out[key] = float(sum(v * m for v, m in pairs) / sum(m for _, m in pairs))
     return out
 
 
