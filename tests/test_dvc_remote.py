@@ -41,9 +41,9 @@ RECIPE = {
         "snakemake --touch --forceall --cores 1",
     ],
 }
-# Smaller than the mini config: one model, a per-input-σ method (optimize + memory step) beside Cohen, two shards.
+# Smaller than the mini config: one model, a per-input-σ method (optimize + memory step) beside Cohen.
 TINY = {
-    "test": {"start": 0, "step": 1, "limit": 6, "shards": 2},
+    "test": {"start": 0, "step": 1, "limit": 4, "shards": 1},
     "train": {"epochs": 1},
     "models": [
         {"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.25], "methods": ["cohen", "ddrs"]}
@@ -90,7 +90,7 @@ def _recipe(step: str, cwd: Path, **paths: Path) -> None:
             argv = [*GIT, *argv[1:]]
         elif argv[0] in ("dvc", "snakemake"):
             argv[0] = str(BIN / argv[0])
-        run(argv, cwd, timeout=900)
+        run(argv, cwd, timeout=1800)
         if argv[: len(GIT) + 1] == [*GIT, "clone"]:
             cwd = Path(argv[-1])
 
@@ -142,7 +142,7 @@ def test_clone_pull_and_report_without_recomputing(origin, clone):
 
     # Rebuild the report from the pulled results: DVC's report stage alone, with no heavy job.
     (clone / "report" / "summary.csv").unlink()
-    repro = run([str(BIN / "dvc"), "repro"], clone, timeout=900)
+    repro = run([str(BIN / "dvc"), "repro"], clone, timeout=1800)
     log = repro.stdout + repro.stderr
     assert "Running stage 'report'" in log
     for stage in ("prepare_data", "train", "certify"):

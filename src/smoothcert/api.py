@@ -42,11 +42,11 @@ def test_inputs(cfg: dict, data: str | Path | None = None):
     """The test split (x, y) of the prepared data (default ``data/prepared/<dataset>``) and the indices the
     pipeline certifies (the config's ``test`` section)."""
     from smoothcert import data as data_mod
+    from smoothcert.inputs import configured_indices
 
     dataset = cfg["data"]["dataset"]
     x, y = data_mod.load_split(data or f"data/prepared/{dataset}", "test", dataset)
-    t = cfg["test"]
-    return x, y, data_mod.test_indices(len(x), t["start"], t["step"], t["limit"])
+    return x, y, configured_indices(cfg, len(x))
 
 
 def certify_inputs(
