@@ -53,6 +53,9 @@ class SoftLinear(nn.Module):
         return torch.stack([g, -g], 1)
 
 
+NO_STOP = {"early_stop": False, "patience": 5, "tolerance": 0.01, "smoothing": 0.9}
+
+
 def _small_cnn() -> nn.Module:
     torch.manual_seed(1)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5)).eval()
@@ -320,6 +323,7 @@ def test_optimize_shard_does_not_depend_on_batch_size_or_sharding():
                 "sigma_min": 0.01,
                 "sigma_max": None,
                 "precision": "float32",
+                **NO_STOP,
             },
             "ancer": {
                 "iterations": 3,
@@ -329,6 +333,7 @@ def test_optimize_shard_does_not_depend_on_batch_size_or_sharding():
                 "kappa": 2.0,
                 "precision": "float32",
                 "sigma_max": None,
+                **NO_STOP,
             },
         }
 

@@ -18,7 +18,8 @@ soundness of its certificate, which certification computes afresh in float32. No
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -179,6 +180,73 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
+@dataclass(frozen=True)
+class EarlyStop:
+    """The σ / θ searches' stopping rule, per input: the objective's trace is smoothed by an exponential moving
+    average m ← β·m + (1 − β)·value (m starts at the first value; β = ``smoothing``), a step improves when
+    m > best + ``tolerance``·|best|, and the input stops after ``patience`` steps in a row without improvement.
+
+    Each input's decision reads only its own trace, so with per-input generators it does not depend on which
+    inputs share its batch. A search only proposes σ / θ: when it stops never touches a certificate.
+    """
+
+    patience: int
+    tolerance: float
+    smoothing: float
+
+    @classmethod
+    def of(cls, settings: Mapping) -> EarlyStop | None:
+        """The rule of a search section of params.yaml (``early_stop``, ``patience``, ``tolerance``,
+        ``smoothing``); None when ``early_stop`` is false."""
+        if not settings["early_stop"]:
+            return None
+        return cls(int(settings["patience"]), float(settings["tolerance"]), float(settings["smoothing"]))
+
+
+class Plateau:
+    """Tracks :class:`EarlyStop` for ``n`` inputs; :meth:`update` takes the objective of some of them."""
+
+    def __init__(self, rule: EarlyStop, n: int):
+        self.rule = rule
+        self.mean = torch.zeros(n, dtype=torch.float64)
+        self.best = torch.full((n,), -np.inf, dtype=torch.float64)
+        self.since = torch.zeros(n, dtype=torch.int64)
+        self.seen = torch.zeros(n, dtype=torch.bool)
+
+    def update(self, rows: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Feed ``value`` (len(rows),), the objective of inputs ``rows`` at this step; True where it stopped."""
+        rows, value = rows.cpu(), value.detach().to("cpu", torch.float64)
+        beta = self.rule.smoothing
+        m = torch.where(self.seen[rows], beta * self.mean[rows] + (1.0 - beta) * value, value)
+        best = self.best[rows]
+        better = m > best + self.rule.tolerance * best.abs().nan_to_num(posinf=0.0, neginf=0.0)
+        self.mean[rows], self.seen[rows] = m, True
+        self.best[rows] = torch.where(better, m, best)
+        self.since[rows] = torch.where(better, 0, self.since[rows] + 1)
+        return self.since[rows] >= self.rule.patience
+
+
+class Active:
+    """The inputs of a batch still searching: their rows of ``x`` and their generators, shrunk by :meth:`drop`."""
+
+    def __init__(self, x: torch.Tensor, generator: Generators):
+        self.all_x, self.all_gen = x, generator
+        self.rows = torch.arange(x.shape[0], device=x.device)
+        self.x, self.generator = x, generator
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def drop(self, stopped: torch.Tensor) -> None:
+        """Remove the active inputs where ``stopped`` (len(self),) is True."""
+        if not bool(stopped.any()):
+            return
+        self.rows = self.rows[~stopped.to(self.rows.device)]
+        self.x = self.all_x[self.rows]
+        if isinstance(self.all_gen, (list, tuple)):
+            self.generator = [self.all_gen[int(i)] for i in self.rows]
+
+
 def ddrs_sigma(
     model: nn.Module,
     x: torch.Tensor,
@@ -193,12 +261,16 @@ def ddrs_sigma(
     sigma_max: float | None = None,
     amp: torch.dtype | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    early_stop: EarlyStop | None = None,
+    steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDRS: per-input σ (B,) by plain gradient ascent σ ← clamp(σ + lr·∇σ R(σ), sigma_min, sigma_max) on
     R = :func:`surrogate` (``sigma_max`` None: no upper bound, as the paper).
 
-    ``iterations`` steps of ``samples`` draws per input, one forward for the batch per step
-    (the model under autocast(``amp``) when given, e.g. ``torch.bfloat16``).
+    At most ``iterations`` steps of ``samples`` draws per input, one forward for the inputs still searching per
+    step (the model under autocast(``amp``) when given, e.g. ``torch.bfloat16``). With ``early_stop``, an input
+    whose R (estimated at each step's σ) plateaus leaves the batch and keeps its σ; without, every input takes
+    every step. ``steps`` (B,) int64, when given, receives the steps each input took.
     Guarantees: the result lies in [sigma_min, sigma_max], detached, of x's dtype; with a list of per-input
     generators, row i depends only on x[i], sigma0[i] and generator[i].
     ``callback(step, sigma)`` (optional) sees σ after each step.
@@ -206,30 +278,39 @@ def ddrs_sigma(
     x = x.detach()
     sigma = bounded(torch.as_tensor(sigma0, device=x.device).detach().to(x.dtype), sigma_min, sigma_max).clone()
     require(sigma.shape == (x.shape[0],), f"sigma0 has shape {tuple(sigma.shape)}, expected ({x.shape[0]},)")
-    if GRADIENT == "central" and amp is None and x.dtype == torch.float32:
-        with frozen(model), torch.no_grad():
-            for step in range(iterations):
-                grad = _central_gradient(model, x, sigma, norm, samples, generator)
-                sigma = bounded(sigma + lr * grad, sigma_min, sigma_max)
-                if callback is not None:
-                    callback(step, sigma)
-        return sigma
-    with frozen(model), torch.enable_grad():
+    taken = torch.zeros(x.shape[0], dtype=torch.int64)
+    plateau = Plateau(early_stop, x.shape[0]) if early_stop is not None else None
+    active = Active(x, generator)
+    central = GRADIENT == "central" and amp is None and x.dtype == torch.float32
+    with frozen(model), torch.no_grad() if central else torch.enable_grad():
         for step in range(iterations):
-            sigma.requires_grad_(True)
-            radius = surrogate(model, x, sigma, norm, samples, generator, amp)
-            (grad,) = torch.autograd.grad(radius.sum(), sigma)
-            sigma = bounded(sigma.detach() + lr * grad, sigma_min, sigma_max)
+            if not len(active):
+                break
+            rows, s = active.rows, sigma[active.rows]
+            if central:
+                grad, value = _central_gradient(model, active.x, s, norm, samples, active.generator)
+            else:
+                s.requires_grad_(True)
+                radius = surrogate(model, active.x, s, norm, samples, active.generator, amp)
+                (grad,) = torch.autograd.grad(radius.sum(), s)
+                s, value = s.detach(), radius.detach()
+            sigma[rows] = bounded(s + lr * grad, sigma_min, sigma_max)
+            taken[rows.cpu()] += 1
+            if plateau is not None:
+                active.drop(plateau.update(rows, value))
             if callback is not None:
-                callback(step, sigma)
-    return sigma.detach()
+                callback(step, sigma.clone())
+    if steps is not None:
+        steps.copy_(taken)
+    return sigma
 
 
 def _central_gradient(
     model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, norm: str, samples: int, generator: Generators
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """dR/dσ (B,) of :func:`surrogate` by a central difference (R(σ + h) − R(σ − h)) / 2h, h = FD_STEP·σ, on the
-    same draws ε for both (the step's one draw, as the autograd step takes it); one forward pass of 2·B·samples rows."""
+    same draws ε for both (the step's one draw, as the autograd step takes it); one forward pass of 2·B·samples rows.
+    Also returns (R(σ + h) + R(σ − h)) / 2, the estimate of R(σ) the early stop reads."""
     b, shape = x.shape[0], tuple(x.shape[1:])
     eps = standard_noise(x, samples, noise_kind(norm), generator)
     h = sigma * FD_STEP
@@ -238,4 +319,4 @@ def _central_gradient(
     z = (x.unsqueeze(1).unsqueeze(0) + both.reshape(view) * eps.unsqueeze(0)).reshape(2 * b * samples, *shape)
     psi = torch.softmax(forward(model, z, None), dim=1).reshape(2 * b, samples, -1).mean(1)
     r = both * proxy_gap(psi.topk(2, dim=1).values, norm)
-    return (r[:b] - r[b:]) / (2 * h)
+    return (r[:b] - r[b:]) / (2 * h), 0.5 * (r[:b] + r[b:])

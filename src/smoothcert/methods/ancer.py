@@ -35,9 +35,14 @@ SCHEMA = {
 
 def optimize(
     model: nn.Module, x: torch.Tensor, start: float, init: torch.Tensor, norm: str, settings: dict, generator, amp
-) -> torch.Tensor:
-    """θ (B, d) per input of ``x`` from ``init``, the DDRS θ of the same inputs."""
-    return ancer_theta(
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """θ (B, d) per input of ``x`` from ``init``, the DDRS θ of the same inputs; and the steps (B,) each took."""
+    import torch
+
+    from smoothcert.engine.surrogate import EarlyStop
+
+    steps = torch.zeros(x.shape[0], dtype=torch.int64)
+    theta = ancer_theta(
         model,
         x,
         init,
@@ -49,7 +54,10 @@ def optimize(
         generator=generator,
         sigma_max=settings["sigma_max"],
         amp=amp,
+        early_stop=EarlyStop.of(settings),
+        steps=steps,
     )
+    return theta, steps
 
 
 METHODS = (
@@ -67,12 +75,17 @@ METHODS = (
 )
 
 
-def ancer_objective(theta: torch.Tensor, gap: torch.Tensor, kappa: float) -> torch.Tensor:
-    """Σ over inputs of (∏θᵢ)^{1/d}·gap + κ·minᵢ θᵢ·gap (ANCER's relaxed volume objective, to maximize)."""
+def ancer_terms(theta: torch.Tensor, gap: torch.Tensor, kappa: float) -> torch.Tensor:
+    """(B,): (∏θᵢ)^{1/d}·gap + κ·minᵢ θᵢ·gap per input (ANCER's relaxed volume objective, to maximize)."""
     from smoothcert.engine import surrogate as sg
 
     flat = theta.reshape(theta.shape[0], -1)
-    return (sg.log_geometric_mean(flat).exp() * gap + kappa * flat.min(1).values * gap).sum()
+    return sg.log_geometric_mean(flat).exp() * gap + kappa * flat.min(1).values * gap
+
+
+def ancer_objective(theta: torch.Tensor, gap: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Σ over inputs of :func:`ancer_terms`."""
+    return ancer_terms(theta, gap, kappa).sum()
 
 
 def ancer_theta(
@@ -89,14 +102,19 @@ def ancer_theta(
     sigma_max: float | None = None,
     amp: torch.dtype | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    early_stop: sg.EarlyStop | None = None,
+    steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ANCER: per-input, per-dimension θ (B, d) maximizing :func:`ancer_objective` with Adam(lr).
 
     Noise N(0, diag θ²) for ℓ2, U[-θ, θ] for ℓ1. After every Adam step θ ← min(max(θ, θ0), sigma_max), θ0
     itself capped at sigma_max first, so the returned θ ≥ min(θ0, sigma_max) elementwise (the anisotropic region
     contains the isotropic one when θ0 is the DDRS σ broadcast and within the cap) and ≤ sigma_max (None: no
-    upper bound, as the paper). θ0 must be positive. Rows are independent across inputs, as in
-    :func:`smoothcert.engine.surrogate.ddrs_sigma`; ``amp`` as there. ``callback(step, theta)`` (optional) sees θ after each projection.
+    upper bound, as the paper). θ0 must be positive. At most ``iterations`` steps; with ``early_stop``, an input
+    whose :func:`ancer_terms` plateaus leaves the batch and keeps its θ (Adam is elementwise, so the others'
+    steps are unchanged); ``steps`` (B,) int64, when given, receives the steps each input took. Rows are
+    independent across inputs, as in :func:`smoothcert.engine.surrogate.ddrs_sigma`; ``amp`` as there.
+    ``callback(step, theta)`` (optional) sees θ after each projection.
     """
     import torch
 
@@ -112,16 +130,31 @@ def ancer_theta(
     )
     require(bool((theta_init > 0).all()), "theta0 must be positive")
     theta = theta_init.clone().requires_grad_(True)
+    result = theta_init.clone()  # each input's θ as of its last step
+    taken = torch.zeros(b, dtype=torch.int64)
+    plateau = sg.Plateau(early_stop, b) if early_stop is not None else None
+    active = sg.Active(x, generator)
     opt = torch.optim.Adam([theta], lr=lr, maximize=True)
     with sg.frozen(model), torch.enable_grad():
         for step in range(iterations):
-            gap = sg.proxy_gap(sg.top2_probabilities(model, x, theta, norm, samples, generator, amp), norm)
-            (theta.grad,) = torch.autograd.grad(ancer_objective(theta, gap, kappa), theta)
+            if not len(active):
+                break
+            rows = active.rows
+            mine = theta if len(rows) == b else theta[rows]
+            gap = sg.proxy_gap(sg.top2_probabilities(model, active.x, mine, norm, samples, active.generator, amp), norm)
+            terms = ancer_terms(mine, gap, kappa)
+            (theta.grad,) = torch.autograd.grad(terms.sum(), theta)
             opt.step()
             with torch.no_grad():
                 torch.maximum(theta, theta_init, out=theta)
                 if sigma_max is not None:
                     theta.clamp_(max=sigma_max)
+                result[rows] = theta[rows]
+            taken[rows.cpu()] += 1
+            if plateau is not None:
+                active.drop(plateau.update(rows, terms.detach()))
             if callback is not None:
-                callback(step, theta.detach())
-    return theta.detach()
+                callback(step, result.clone())
+    if steps is not None:
+        steps.copy_(taken)
+    return result

@@ -26,6 +26,29 @@ SEARCH = {  # the keys every per-input σ / θ search has (ANCER's section uses 
     "samples": {"type": "integer", "minimum": 1, "description": "noise draws per input and step"},
     "batch_size": {"type": "integer", "minimum": 1, "description": "inputs searched together"},
     "precision": PRECISION,
+    "early_stop": {
+        "type": "boolean",
+        "description": "stop an input's search once its smoothed objective stops improving (iterations is then "
+        "the maximum); the rule is patience / tolerance / smoothing",
+    },
+    "patience": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "early stop: steps in a row without improvement of the smoothed objective",
+    },
+    "tolerance": {
+        "type": "number",
+        "minimum": 0,
+        "description": "early stop: a step improves when the smoothed objective exceeds the best so far by this "
+        "fraction of it",
+    },
+    "smoothing": {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMaximum": 1,
+        "description": "early stop: weight β of the past in the objective's exponential moving average "
+        "(m ← β·m + (1 − β)·value; 0: no smoothing)",
+    },
 }
 SIGMA_MAX = {
     "oneOf": [{"type": "null"}, {"type": "number", "exclusiveMinimum": 0}],
@@ -50,13 +73,15 @@ SCHEMA = {
 
 def optimize(
     model: nn.Module, x: torch.Tensor, start: float, init, norm: str, settings: dict, generator, amp
-) -> torch.Tensor:
-    """σ per input of ``x`` (B, ...), broadcast to θ (B, d), from σ0 = ``settings['sigma0']`` or ``start``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ per input of ``x`` (B, ...), broadcast to θ (B, d), from σ0 = ``settings['sigma0']`` or ``start``; and the
+    steps (B,) each input took."""
     import torch
 
     sigma0 = settings["sigma0"] if settings["sigma0"] is not None else start
-    from smoothcert.engine.surrogate import ddrs_sigma
+    from smoothcert.engine.surrogate import EarlyStop, ddrs_sigma
 
+    steps = torch.zeros(x.shape[0], dtype=torch.int64)
     sigma = ddrs_sigma(
         model,
         x,
@@ -69,8 +94,10 @@ def optimize(
         sigma_max=settings["sigma_max"],
         generator=generator,
         amp=amp,
+        early_stop=EarlyStop.of(settings),
+        steps=steps,
     )
-    return sigma.unsqueeze(1).expand(x.shape[0], x[0].numel())
+    return sigma.unsqueeze(1).expand(x.shape[0], x[0].numel()), steps
 
 
 METHODS = (
