@@ -238,7 +238,7 @@ def test_central_difference_gradient_matches_autograd(norm):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(9, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
     x, sigma = torch.rand(6, 1, 3, 3), torch.linspace(0.2, 0.6, 6)
-    central = sg._central_gradient(model, x, sigma, norm, 64, make_generator(3, "cpu"))
+    central, _ = sg._central_gradient(model, x, sigma, norm, 64, make_generator(3, "cpu"))
     s = sigma.clone().requires_grad_(True)
     r = sg.surrogate(model, x, s, norm, 64, make_generator(3, "cpu"))
     (exact,) = torch.autograd.grad(r.sum(), s)
