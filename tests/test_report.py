@@ -68,6 +68,26 @@ def test_best_mask_directions_and_ties():
     assert not m["time"].any()  # cost is not ranked
 
 
+def test_markdown_counts_whole_times_with_units():
+    """The cost table: counts (means per input) as whole numbers, never 0.000; times with their unit; rates as
+    fractions."""
+    df = pd.DataFrame(
+        {
+            "method": ["cohen", "ddrs"],
+            "abstain": [0.0, 0.125],
+            "opt_time": [0.0, 1.23456],
+            "opt_evals": [0.0, 37.6],
+            "time": [0.5, 2.0],
+            "evals": [1100.0, 3.0],
+            "evals_certified": [np.nan, 5.0],
+        }
+    )
+    head, _, cohen, ddrs = rep.markdown(df).splitlines()
+    assert head == "| method | abstain | opt_time (s) | opt_evals | time (s) | evals | evals_certified |"
+    assert cohen == "| cohen | 0.000 | 0.000 | 0 | 0.500 | 1100 |  |"
+    assert ddrs == "| ddrs | 0.125 | 1.235 | 38 | 2.000 | 3 | 5 |"
+
+
 def test_proxy_accuracy_is_never_ranked_as_a_certificate():
     """ANCER's proxy radius is no ball certificate: its accuracy column is never bolded, even when it differs."""
     df = pd.DataFrame({"norm": ["l2", "l2"], "acc@0.5": [0.4, 0.6], "proxy_acc@0.5": [0.9, 0.6]})

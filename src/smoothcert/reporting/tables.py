@@ -23,6 +23,8 @@ PROXY_PREFIX = "proxy_acc@"
 RANKED = {"clean": 1, "acr": 1, "abstain": -1, "median_log_volume": 1}
 COST = ["opt_time", "opt_evals", "time", "evals"]
 UNITS = {"opt_time": "s", "time": "s", "train_time": "s"}  # shown in markdown headers (CSV columns stay bare)
+# Counts (or their means per input): whole numbers in markdown, never 0.000.
+COUNTS = {"inputs", "epochs", "opt_evals", "evals", "evals_certified", *MEMORY_ACTIONS}
 
 
 @dataclass
@@ -322,7 +324,8 @@ def markdown(
     df: pd.DataFrame, bold: pd.DataFrame | None = None, digits: int = 3, general: tuple[str, ...] = ("sigma", "radius")
 ) -> str:
     """A GitHub markdown table; cells flagged in ``bold`` are **bold**; NaN and None → empty; ``general`` columns
-    as %g; a column with a unit (:data:`UNITS`) says it in its header."""
+    as %g; :data:`COUNTS` as whole numbers (a mean count rounded); a column with a unit (:data:`UNITS`) says it in
+    its header."""
 
     def cell(v, col) -> str:
         if v is None or (isinstance(v, float) and np.isnan(v)):
@@ -332,6 +335,8 @@ def markdown(
                 return "∞" if v > 0 else "-∞"
             if col in general:
                 return f"{v:g}"
+            if col in COUNTS:
+                return f"{v:.0f}"
             if abs(v) >= 1e4 or (abs(v) >= 10 and float(v).is_integer()):
                 return f"{v:.0f}"  # counts (evals) and large values
             return f"{v:.{digits}f}"
