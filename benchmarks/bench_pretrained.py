@@ -58,7 +58,12 @@ def load_and_speed(folder: Path, args) -> dict:
         "smoothcert": load_model(cfg, folder / "model.pt", "cpu"),
     }
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    same = bool((counts(models["locuslab"], x, 200, 100) == counts(models["smoothcert"], x, 200, 100)).all())
+    same = bool(
+        (
+            counts(models["locuslab"], x, args.draws, args.batch)
+            == counts(models["smoothcert"], x, args.draws, args.batch)
+        ).all()
+    )
     with torch.no_grad():
         speed = harness.interleaved(
             {k: (lambda m=m: counts(m, x, args.draws, args.batch)) for k, m in models.items()}, repeats=args.repeats
@@ -141,12 +146,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer draws and repeats (a smoke test of the script)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--draws", type=int, default=1000, help="noise draws per input (2 inputs)")
+    p.add_argument("--draws", type=int, default=100, help="noise draws per input (2 inputs)")
     p.add_argument("--batch", type=int, default=100, help="rows per forward pass (small batches)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.quick:
-        args.repeats, args.draws = 1, 200
+        args.repeats, args.draws = 1, 50
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

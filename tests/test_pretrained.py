@@ -525,3 +525,38 @@ def test_cifar10_locuslab_override_validates(params, extra):
     assert cfg["certify"]["alpha"] == 0.001 and cfg["certify"]["n"] == cfg["certify"]["sequential"]["n_max"] == 100_000
     assert cfg["certify"]["mode"] == ("sequential" if extra else "fixed") and cfg["report"]["compare_paper"]
     assert len(data_mod.test_indices(10_000, cfg["test"]["start"], cfg["test"]["step"], cfg["test"]["limit"])) == 500
+
+
+def test_inspect_model_reports_what_was_loaded(tmp_path, params, capsys):
+    from smoothcert.cli import main
+
+    cfg = copy.deepcopy(params)
+    cfg["data"].update(dataset="npz", root=str(cifar_npz(tmp_path / "c.npz")), download=False)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    ref = write_locuslab_checkpoint(tmp_path / "noise_0.50" / "checkpoint.pth.tar", "cifar_resnet20", seed=4)
+    assert (
+        main(["--config", str(tmp_path / "p.yaml"), "inspect-model", str(tmp_path / "noise_0.50/checkpoint.pth.tar")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    data_mod.prepare({**cfg["data"], "seed": 0}, tmp_path / "prepared")
+    x, y = data_mod.load_split(tmp_path / "prepared", "test", "npz")
+    with torch.no_grad():
+        top1 = float((ref(x).argmax(1) == y).float().mean())
+    for line in ("format          locuslab", "architecture    cifar_resnet20", "parameters      272,474",
+                 "input shape     (3, 32, 32)", "classes         10: airplane, automobile", "mean [0.4914, 0.4822, 0.4465]",
+                 "sigma           not recorded", f"clean top-1     {top1:.1%} on the first 20 test inputs"):  # fmt: skip
+        assert line in out, (line, out)
+
+
+def test_params_checkpoints_are_dvc_dependencies_of_the_certify_stage(tmp_path, monkeypatch):
+    from smoothcert.pipeline import stages
+
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"models": [{"checkpoint": "pretrained/m.onnx", "sigma": 0.5}, {"objective": "gaussian"}]})
+    )
+    assert stages.params_checkpoints(tmp_path / "params.yaml") == ["pretrained/m.onnx"]
+    monkeypatch.setattr(stages, "params_checkpoints", lambda path=None: ["pretrained/m.onnx"])
+    certify = next(d for d in stages.DVC_STAGES if "certify" in d.stages)
+    train = next(d for d in stages.DVC_STAGES if d.stages == ("train",))
+    assert "pretrained/m.onnx" in stages.dvc_deps(certify) and "pretrained/m.onnx" not in stages.dvc_deps(train)

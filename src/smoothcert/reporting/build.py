@@ -293,7 +293,7 @@ def build_report(
         "Final-epoch metrics of each base model (test accuracies of the base classifier, "
         "clean and under training noise; train_time in seconds).\n\n" + rep.markdown(train)
         if len(train)
-        else "No models folder given.\n"
+        else "No model trained in this run (no models folder given, or checkpoint entries only).\n"
     )
     md += (
         "\n## Certified accuracy per objective × sigma_mode × method\n\nAverage certified radius (acr) and, "
