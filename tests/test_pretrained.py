@@ -147,7 +147,8 @@ def test_torchscript_and_onnx_exports_match_the_original(tmp_path):
         for loaded in (ts, ox):
             assert (loaded.module(x) - want).abs().max() <= 1e-5
     ref = _certificates(model, x)
-    for loaded in (ts, ox):
+    ort = load_model_file(tmp_path / "cnn.onnx", onnx_route="onnxruntime")  # certify's route on the CPU
+    for loaded in (ts, ox, ort):
         got = _certificates(loaded.module, x)
         for key in ("predict", "count", "pA_lower", "gap"):
             np.testing.assert_array_equal(got[key], ref[key])

@@ -7,9 +7,10 @@ import torch
 from smoothcert import data as data_mod
 
 
-def load_base_model(cfg: dict, spec, checkpoint: str, x: torch.Tensor, data_dir: str, device):
+def load_base_model(cfg: dict, spec, checkpoint: str, x: torch.Tensor, data_dir: str, device, gradients: bool = True):
     """The base classifier of ``spec``: a trained ``model.pt``, or a checkpoint entry's file in any format,
-    checked against the data's images (shape of ``x``) and classes before any certificate is made."""
+    checked against the data's images (shape of ``x``) and classes before any certificate is made.
+    ``gradients``: whether the stage differentiates it (the σ / θ search does, certification does not)."""
     if not spec.pretrained:
         from smoothcert.training.models import load_model
 
@@ -19,4 +20,4 @@ def load_base_model(cfg: dict, spec, checkpoint: str, x: torch.Tensor, data_dir:
     name = cfg["data"]["dataset"]
     classes = data_mod.class_names(data_dir, name)
     k = len(classes) if classes is not None else data_mod.info(name).num_classes
-    return load_spec_model(cfg, spec, checkpoint, tuple(x.shape[1:]), k, device)
+    return load_spec_model(cfg, spec, checkpoint, tuple(x.shape[1:]), k, device, gradients)

@@ -33,7 +33,7 @@ def run(args):
     if method.per_input_sigma:
         require(args.theta is not None, f"method {args.method} needs --theta (from optimize-sigma)")
         theta = load_theta(args.theta, idx, int(np.prod(x.shape[1:])))
-    model = load_base_model(cfg, spec, args.checkpoint, x, args.data, device)
+    model = load_base_model(cfg, spec, args.checkpoint, x, args.data, device, gradients=False)
     certify_shard(
         cfg,
         spec,

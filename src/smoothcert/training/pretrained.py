@@ -70,13 +70,15 @@ class LogOf(nn.Module):
 
 
 class OnnxRuntimeModule(nn.Module):
-    """An ONNX file run by onnxruntime (no gradients: fine for counting, not for DDRS / ANCER searches)."""
+    """An ONNX file run by onnxruntime on the CPU (no gradients: for counting, not for DDRS / ANCER searches)."""
 
     def __init__(self, path: Path):
         super().__init__()
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the job's threads, as torch has them
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -389,11 +391,27 @@ def check_model(module: nn.Module, shape: tuple[int, ...], num_classes: int, whe
     )
 
 
-def load_spec_model(cfg: dict, spec, path: str | Path, shape: tuple[int, ...], num_classes: int, device):
+def onnx_route(device, gradients: bool) -> str:
+    """How an ONNX file runs: onnxruntime where it is the faster of the two and no gradient is needed (counting
+    on the CPU: ≈ 4× onnx2torch's evaluations per second with identical class counts, benchmarks/
+    bench_pretrained.py), else onnx2torch (a torch module: GPU batches, gradients for the DDRS / ANCER search)."""
+    return "onnx2torch" if gradients or torch.device(device).type != "cpu" else "onnxruntime"
+
+
+def load_spec_model(
+    cfg: dict, spec, path: str | Path, shape: tuple[int, ...], num_classes: int, device, gradients: bool = True
+):
     """The model of checkpoint entry ``spec`` read from ``path``, checked against the data (images of ``shape``,
-    ``num_classes`` classes), prepared for inference as the config says (channels-last)."""
+    ``num_classes`` classes), prepared for inference as the config says (channels-last). ``gradients``: whether
+    the caller differentiates it (an ONNX file's route, :func:`onnx_route`)."""
     loaded = load_model_file(
-        path, **spec.loading, in_channels=shape[0], num_classes=num_classes, size=shape[-1], device=device
+        path,
+        **spec.loading,
+        in_channels=shape[0],
+        num_classes=num_classes,
+        size=shape[-1],
+        device=device,
+        onnx_route=onnx_route(device, gradients),
     )
     check_model(loaded.module, shape, num_classes, f"model {spec.id} ({path})", device)
     module = loaded.module
