@@ -8,6 +8,8 @@ an error names the key, the bad value and what is allowed, in one line.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -353,9 +355,14 @@ def file_stem(path: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "model"
 
 
+@functools.cache
+def _schema_file() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
 def schema_default(*path: str):
     """The default the schema states for the optional key at ``path`` (e.g. ``"report", "compare_paper"``)."""
-    node = yaml.safe_load(SCHEMA.read_text())
+    node = _schema_file()
     for part in path:
         node = node["definitions"][part] if part in node.get("definitions", {}) else node["properties"][part]
     return node["default"]
@@ -363,7 +370,7 @@ def schema_default(*path: str):
 
 def loading_defaults() -> dict:
     """The defaults of a checkpoint entry's loading keys, as the schema states them."""
-    return {k: schema_default("pretrained_model", k) for k in LOADING_KEYS}
+    return {k: copy.deepcopy(schema_default("pretrained_model", k)) for k in LOADING_KEYS}
 
 
 def _spec(entry: dict) -> list[ModelSpec]:
