@@ -393,8 +393,8 @@ def check_model(module: nn.Module, shape: tuple[int, ...], num_classes: int, whe
 
 def onnx_route(device, gradients: bool) -> str:
     """How an ONNX file runs: onnxruntime where it is the faster of the two and no gradient is needed (counting
-    on the CPU: ≈ 4× onnx2torch's evaluations per second with identical class counts, benchmarks/
-    bench_pretrained.py), else onnx2torch (a torch module: GPU batches, gradients for the DDRS / ANCER search)."""
+    on the CPU: ≈ 2× onnx2torch's evaluations per second in channels-last, with identical class counts,
+    benchmarks/bench_pretrained.py), else onnx2torch (a torch module: GPU batches, gradients for the DDRS / ANCER search)."""
     return "onnx2torch" if gradients or torch.device(device).type != "cpu" else "onnxruntime"
 
 
