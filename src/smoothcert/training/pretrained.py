@@ -22,7 +22,7 @@ import importlib
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,7 +51,6 @@ class LoadedModel:
     arch: str | None
     normalize: tuple[list[float], list[float]] | None
     sigma: float | None = None
-    notes: dict = field(default_factory=dict)
 
     @property
     def parameters(self) -> int:
