@@ -17,7 +17,11 @@ def load_base_model(cfg: dict, spec, checkpoint: str, x: torch.Tensor, data_dir:
         return load_model(cfg, checkpoint, device)
     from smoothcert.training.pretrained import load_spec_model
 
+    return load_spec_model(cfg, spec, checkpoint, tuple(x.shape[1:]), num_classes(cfg, data_dir), device, gradients)
+
+
+def num_classes(cfg: dict, data_dir: str) -> int:
+    """The data's number of classes: what a prepared folder / npz dataset stores, else the built-in dataset's."""
     name = cfg["data"]["dataset"]
     classes = data_mod.class_names(data_dir, name)
-    k = len(classes) if classes is not None else data_mod.info(name).num_classes
-    return load_spec_model(cfg, spec, checkpoint, tuple(x.shape[1:]), k, device, gradients)
+    return len(classes) if classes is not None else data_mod.info(name).num_classes

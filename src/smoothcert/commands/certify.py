@@ -5,7 +5,7 @@ import numpy as np
 from smoothcert import config as config_mod
 from smoothcert import methods
 from smoothcert.commands._common import add_shard_job, setup, shard_inputs
-from smoothcert.commands._model import load_base_model
+from smoothcert.commands._model import load_base_model, num_classes
 from smoothcert.errors import require
 from smoothcert.pipeline.certify import certify_shard, load_theta
 
@@ -48,4 +48,5 @@ def run(args):
         progress=not args.no_progress,
         checkpoint=args.checkpoint,
         theta_file=args.theta if theta is not None else None,
+        num_classes=num_classes(cfg, args.data),
     )
