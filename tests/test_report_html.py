@@ -55,7 +55,7 @@ def test_report_html_opens_on_the_results(tmp_path):
     build_report(config.load(REPO / "params.yaml"), None, tmp_path / "stage", imports=imports)
     (tmp_path / "Snakefile").write_text(
         f'configfile: "{REPO / "params.yaml"}"\n\n\nreport: "{REPO / "workflow" / "report" / "workflow.rst"}"\n\n\n'
-        'rule all:\n    input:\n        report("report/certified_accuracy.png", category="Plots"),\n'
+        'rule all:\n    input:\n        report("report/certified_accuracy_l2.png", category="Plots"),\n'
         '        report("report/claims.csv", category="Tables"),\n        "report/front.rst",\n\n\n'
         'rule copy:\n    output:\n        "report/{name}",\n    shell:\n        "cp stage/{wildcards.name} {output}"\n'
     )
