@@ -484,23 +484,26 @@ def main(argv=None) -> dict:
 
 
 def _search_arm(method: str, model, x, settings: dict, sigma0: float, init, idx, device) -> dict:
-    """One search arm over ``x`` the pipeline's way, batch by batch: θ, steps and seconds per input."""
+    """One search arm over ``x`` the pipeline's way, batch by batch: θ, base-classifier evaluations and seconds
+    per input."""
     from smoothcert import methods
     from smoothcert.engine.noise import make_generator, stream_seed
 
     search = methods.function(methods.get(method).optimize)
-    thetas, steps, seconds = [], [], []
+    thetas, evals, seconds = [], [], []
     bs = int(settings["batch_size"])
     for b0 in range(0, len(x), bs):
         xb = x[b0 : b0 + bs]
         gens = [make_generator(stream_seed(0, int(i), "optimize"), device) for i in idx[b0 : b0 + bs]]
         t0 = time.perf_counter()
-        theta, st = search(model, xb, sigma0, None if init is None else init[b0 : b0 + bs], "l2", settings, gens, None)
+        theta, spent = search(
+            model, xb, sigma0, None if init is None else init[b0 : b0 + bs], "l2", settings, gens, None
+        )
         _sync(device)
         seconds += [(time.perf_counter() - t0) / len(xb)] * len(xb)
         thetas.append(theta.float())
-        steps.append(st)
-    return {"theta": torch.cat(thetas), "steps": torch.cat(steps).numpy(), "seconds": np.array(seconds)}
+        evals.append(spent)
+    return {"theta": torch.cat(thetas), "evals": torch.cat(evals).numpy(), "seconds": np.array(seconds)}
 
 
 def early_stop_main(args) -> dict:
@@ -529,7 +532,7 @@ def early_stop_main(args) -> dict:
             settings["precision"] = "float32"
             arm = _search_arm(method, model, x, settings, args.sigma0, init, idx, device)
             init = arm["theta"]
-            arm["evals"] = arm["steps"] * samples
+            arm["steps"] = arm["evals"] / (samples * (2 if method == "ddrs" else 1))  # float32: central difference
             arms[f"{method}_{'early_stop' if stop else 'full'}"] = arm
             print(f"{method} early_stop={stop}: mean steps {arm['steps'].mean():.1f} / {iterations}", flush=True)
     sampling = Sampling("gaussian", batch_size=1000, chunk=1000, device=device)

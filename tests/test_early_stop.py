@@ -126,7 +126,7 @@ def test_stopping_does_not_depend_on_the_batch(method):
     torch.testing.assert_close(joint, torch.cat([o for o, _ in alone]), rtol=1e-6, atol=1e-7)
 
 
-def test_optimize_shard_counts_the_steps_each_input_took():
+def test_optimize_shard_counts_the_forwards_each_input_spent():
     model, x = _cnn(), torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(4))
     idx = np.array([3, 7, 8, 20, 21])
     spec = ModelSpec("gaussian", "fixed", "l2", 0.25, ("ddrs",))
@@ -142,10 +142,53 @@ def test_optimize_shard_counts_the_steps_each_input_took():
         model, x, torch.full((5,), 0.25), "l2", iterations=30, lr=0.05, samples=8, sigma_min=0.01,
         generator=_gens(idx), early_stop=sg.EarlyStop(3, 0.02, 0.5), steps=steps,
     )  # fmt: skip
-    assert torch.equal(whole["evals"], steps * 8) and (whole["evals"] < 30 * 8).any()
+    assert torch.equal(whole["evals"], steps * 2 * 8) and (whole["evals"] < 30 * 2 * 8).any()  # central: σ ± h
     torch.testing.assert_close(whole["theta"][:, 0], sigma)
     ones = optimize.optimize_shard(cfg(1), spec, "ddrs", model, x, idx, "cpu", progress=False)
     assert torch.equal(ones["evals"], whole["evals"])
     torch.testing.assert_close(ones["theta"], whole["theta"], rtol=1e-6, atol=1e-7)
     off = optimize.optimize_shard(cfg(5, early_stop=False), spec, "ddrs", model, x, idx, "cpu", progress=False)
-    assert (off["evals"] == 30 * 8).all()
+    assert (off["evals"] == 30 * 2 * 8).all()
+
+
+class Counting(nn.Module):
+    """The wrapped model, counting every row it forwards."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
+@pytest.mark.parametrize(("method", "gradient"), [("ddrs", "central"), ("ddrs", "autograd"), ("ancer", "central")])
+def test_evals_count_every_forward_of_the_base_classifier(method, gradient, monkeypatch):
+    # opt_evals is what each input really spent: alone in its batch, an input's evals equal the rows the wrapped
+    # model saw; together, the batch's rows are the sum of its inputs' evals (early stop on, so they differ)
+    monkeypatch.setattr(sg, "GRADIENT", gradient)
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    idx = np.array([3, 7, 8, 20, 21])
+    spec = ModelSpec("gaussian", "fixed", "l2", 0.25, (method,))
+    search = {"iterations": 30, "lr": 0.05, "samples": 8, "sigma_max": None, "precision": "float32"}
+    stop = {"early_stop": True, "patience": 3, "tolerance": 0.02, "smoothing": 0.5}
+
+    def cfg(bs):
+        return {
+            "seed": 0,
+            "ddrs": {**search, **stop, "batch_size": bs, "sigma0": None, "sigma_min": 0.01},
+            "ancer": {**search, **stop, "batch_size": bs, "kappa": 2.0},
+        }
+
+    init = torch.full((5, 16), 0.25) if method == "ancer" else None
+    model = Counting(_cnn())
+    whole = optimize.optimize_shard(cfg(5), spec, method, model, x, idx, "cpu", init=init, progress=False)
+    assert model.rows == int(whole["evals"].sum()) and len(set(whole["evals"].tolist())) > 1
+    for i in range(5):
+        model.rows = 0
+        one = optimize.optimize_shard(
+            cfg(1), spec, method, model, x[i : i + 1], idx[i : i + 1], "cpu",
+            init=None if init is None else init[i : i + 1], progress=False,
+        )  # fmt: skip
+        assert model.rows == int(one["evals"][0]) == int(whole["evals"][i])

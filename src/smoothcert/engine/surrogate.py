@@ -263,6 +263,7 @@ def ddrs_sigma(
     callback: Callable[[int, torch.Tensor], None] | None = None,
     early_stop: EarlyStop | None = None,
     steps: torch.Tensor | None = None,
+    evals: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDRS: per-input σ (B,) by plain gradient ascent σ ← clamp(σ + lr·∇σ R(σ), sigma_min, sigma_max) on
     R = :func:`surrogate` (``sigma_max`` None: no upper bound, as the paper).
@@ -270,7 +271,9 @@ def ddrs_sigma(
     At most ``iterations`` steps of ``samples`` draws per input, one forward for the inputs still searching per
     step (the model under autocast(``amp``) when given, e.g. ``torch.bfloat16``). With ``early_stop``, an input
     whose R (estimated at each step's σ) plateaus leaves the batch and keeps its σ; without, every input takes
-    every step. ``steps`` (B,) int64, when given, receives the steps each input took.
+    every step. ``steps`` (B,) int64, when given, receives the steps each input took; ``evals`` (B,) int64 the
+    base-classifier evaluations (rows forwarded) each input spent: 2·samples a step with the float32 central
+    difference, samples a step with autograd.
     Guarantees: the result lies in [sigma_min, sigma_max], detached, of x's dtype; with a list of per-input
     generators, row i depends only on x[i], sigma0[i] and generator[i].
     ``callback(step, sigma)`` (optional) sees σ after each step.
@@ -282,6 +285,7 @@ def ddrs_sigma(
     plateau = Plateau(early_stop, x.shape[0]) if early_stop is not None else None
     active = Active(x, generator)
     central = GRADIENT == "central" and amp is None and x.dtype == torch.float32
+    per_step = (2 if central else 1) * samples  # forwards per input and step (see _central_gradient)
     with frozen(model), torch.no_grad() if central else torch.enable_grad():
         for step in range(iterations):
             if not len(active):
@@ -302,6 +306,8 @@ def ddrs_sigma(
                 callback(step, sigma.clone())
     if steps is not None:
         steps.copy_(taken)
+    if evals is not None:
+        evals.copy_(taken * per_step)
     return sigma
 
 

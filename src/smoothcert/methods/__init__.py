@@ -30,8 +30,8 @@ class Method:
     ``section`` / ``schema``: its params.yaml section and the JSON schema of that section (defaults included:
     the one place a default of an absent key is stated).
     ``per_input_sigma``: σ / θ is searched per input by ``optimize`` ("module:function", see
-    :func:`smoothcert.pipeline.optimize.optimize_shard`; it returns θ (B, d) and the steps (B,) each input took)
-    in an ``optimize-sigma`` stage, starting from the θ of
+    :func:`smoothcert.pipeline.optimize.optimize_shard`; it returns θ (B, d) and the base-classifier
+    evaluations (B,) each input spent) in an ``optimize-sigma`` stage, starting from the θ of
     ``init_from`` when set; ``memory``: its certificates are sound only after the memory step; ``proxy``: its
     region is anisotropic and it reports a volume-equivalent (proxy) radius; ``wrap`` ("module:function"): it
     certifies a classifier built around the trained model (:class:`smoothcert.engine.certify.Certified`);

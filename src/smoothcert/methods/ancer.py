@@ -36,12 +36,13 @@ SCHEMA = {
 def optimize(
     model: nn.Module, x: torch.Tensor, start: float, init: torch.Tensor, norm: str, settings: dict, generator, amp
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """θ (B, d) per input of ``x`` from ``init``, the DDRS θ of the same inputs; and the steps (B,) each took."""
+    """θ (B, d) per input of ``x`` from ``init``, the DDRS θ of the same inputs; and the base-classifier
+    evaluations (B,) each input spent."""
     import torch
 
     from smoothcert.engine.surrogate import EarlyStop
 
-    steps = torch.zeros(x.shape[0], dtype=torch.int64)
+    evals = torch.zeros(x.shape[0], dtype=torch.int64)
     theta = ancer_theta(
         model,
         x,
@@ -55,9 +56,9 @@ def optimize(
         sigma_max=settings["sigma_max"],
         amp=amp,
         early_stop=EarlyStop.of(settings),
-        steps=steps,
+        evals=evals,
     )
-    return theta, steps
+    return theta, evals
 
 
 METHODS = (
@@ -104,6 +105,7 @@ def ancer_theta(
     callback: Callable[[int, torch.Tensor], None] | None = None,
     early_stop: sg.EarlyStop | None = None,
     steps: torch.Tensor | None = None,
+    evals: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ANCER: per-input, per-dimension θ (B, d) maximizing :func:`ancer_objective` with Adam(lr).
 
@@ -112,7 +114,8 @@ def ancer_theta(
     contains the isotropic one when θ0 is the DDRS σ broadcast and within the cap) and ≤ sigma_max (None: no
     upper bound, as the paper). θ0 must be positive. At most ``iterations`` steps; with ``early_stop``, an input
     whose :func:`ancer_terms` plateaus leaves the batch and keeps its θ (Adam is elementwise, so the others'
-    steps are unchanged); ``steps`` (B,) int64, when given, receives the steps each input took. Rows are
+    steps are unchanged); ``steps`` (B,) int64, when given, receives the steps each input took, ``evals`` (B,)
+    int64 the base-classifier evaluations each input spent (samples a step: one forward, then its backward). Rows are
     independent across inputs, as in :func:`smoothcert.engine.surrogate.ddrs_sigma`; ``amp`` as there.
     ``callback(step, theta)`` (optional) sees θ after each projection.
     """
@@ -157,4 +160,6 @@ def ancer_theta(
                 callback(step, result.clone())
     if steps is not None:
         steps.copy_(taken)
+    if evals is not None:
+        evals.copy_(taken * samples)
     return result

@@ -75,13 +75,13 @@ def optimize(
     model: nn.Module, x: torch.Tensor, start: float, init, norm: str, settings: dict, generator, amp
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """σ per input of ``x`` (B, ...), broadcast to θ (B, d), from σ0 = ``settings['sigma0']`` or ``start``; and the
-    steps (B,) each input took."""
+    base-classifier evaluations (B,) each input spent."""
     import torch
 
     sigma0 = settings["sigma0"] if settings["sigma0"] is not None else start
     from smoothcert.engine.surrogate import EarlyStop, ddrs_sigma
 
-    steps = torch.zeros(x.shape[0], dtype=torch.int64)
+    evals = torch.zeros(x.shape[0], dtype=torch.int64)
     sigma = ddrs_sigma(
         model,
         x,
@@ -95,9 +95,9 @@ def optimize(
         generator=generator,
         amp=amp,
         early_stop=EarlyStop.of(settings),
-        steps=steps,
+        evals=evals,
     )
-    return sigma.unsqueeze(1).expand(x.shape[0], x[0].numel()), steps
+    return sigma.unsqueeze(1).expand(x.shape[0], x[0].numel()), evals
 
 
 METHODS = (

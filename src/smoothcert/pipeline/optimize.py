@@ -37,8 +37,8 @@ def optimize_shard(
     Batches of ``cfg[section]['batch_size']`` inputs; the search starts at ``spec.sigma`` or, for a method with
     ``init_from``, at ``init`` (n, d), the θ of that method for the same inputs (required then).
     Returns ``idx`` int64 (n,), ``theta`` float32 (n, d), ``time`` float64 (n,) seconds per input (its batch's
-    wall time / batch size) and ``evals`` int64 (n,) base-classifier evaluations per input (the steps it took ×
-    samples: ``iterations`` × samples unless the early stop ended its search sooner).
+    wall time / batch size) and ``evals`` int64 (n,) base-classifier evaluations per input: every row it sent
+    through the model (the method's search counts them; DDRS's float32 central difference forwards each draw twice).
     """
     method = methods.get(method_name)
     require(method.per_input_sigma, f"optimize: method {method_name!r} has no per-input σ to search")
@@ -73,12 +73,12 @@ def optimize_shard(
         ]
         t0 = time.perf_counter()
         start = None if init is None else init[b0:b1].to(device)
-        out, steps = search(model, xb, float(spec.sigma), start, spec.norm, settings, gens, amp)
+        out, spent = search(model, xb, float(spec.sigma), start, spec.norm, settings, gens, amp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds[b0:b1] = (time.perf_counter() - t0) / (b1 - b0)
         theta[b0:b1] = out.float().cpu()
-        evals[b0:b1] = steps.cpu() * int(settings["samples"])
+        evals[b0:b1] = spent.cpu()
         bar.update(b1 - b0)
     bar.close()
     return {"idx": torch.from_numpy(idx.copy()), "theta": theta, "time": seconds, "evals": evals}
