@@ -1,7 +1,7 @@
 """Fashion-MNIST: the strict idx reader on tiny generated fixtures, the search order, and one-line errors.
 
 No network and no dependence on the Debian package; the real-data check runs only where
-``apt-get install dataset-fashion-mnist`` has put the files in ``data.FASHION_SYSTEM_DIR``.
+``apt-get install dataset-fashion-mnist`` has put the files in ``data.readers.FASHION_SYSTEM_DIR``.
 """
 
 import gzip
@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 
 from smoothcert import data
+from smoothcert.data import readers
 from smoothcert.errors import SmoothcertError
 
-SYSTEM_DIR = data.FASHION_SYSTEM_DIR  # captured before any monkeypatching
+SYSTEM_DIR = readers.FASHION_SYSTEM_DIR  # captured before any monkeypatching
 
 
 @pytest.fixture(autouse=True)
 def no_system_copy(monkeypatch, tmp_path):
     """Never pick up an installed Debian copy, so results don't depend on the machine."""
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", tmp_path / "no-system-copy")
+    monkeypatch.setattr(readers, "FASHION_SYSTEM_DIR", tmp_path / "no-system-copy")
 
 
 def _cfg(root, **kw):
@@ -70,7 +71,7 @@ def _check(out, arrays):
 
 def _one_line_error(cfg, match):
     with pytest.raises(SmoothcertError, match=match) as info:
-        data._fashion(cfg)
+        readers.fashion_mnist(cfg)
     assert "\n" not in str(info.value)
     return str(info.value)
 
@@ -78,20 +79,20 @@ def _one_line_error(cfg, match):
 @pytest.mark.parametrize("gz", [True, False])
 def test_reads_torchvision_layout(tmp_path, gz):
     arrays = _write_fixture(tmp_path / "raw" / "FashionMNIST" / "raw", gz)
-    _check(data._fashion(_cfg(tmp_path / "raw")), arrays)
+    _check(readers.fashion_mnist(_cfg(tmp_path / "raw")), arrays)
 
 
 def test_reads_root_itself_and_prefers_the_torchvision_layout(tmp_path):
     flat = _write_fixture(tmp_path / "raw", gz=True, seed=1)
-    _check(data._fashion(_cfg(tmp_path / "raw")), flat)
+    _check(readers.fashion_mnist(_cfg(tmp_path / "raw")), flat)
     nested = _write_fixture(tmp_path / "raw" / "FashionMNIST" / "raw", gz=False, seed=2)
-    _check(data._fashion(_cfg(tmp_path / "raw")), nested)
+    _check(readers.fashion_mnist(_cfg(tmp_path / "raw")), nested)
 
 
 def test_system_dir_is_the_fallback(tmp_path, monkeypatch):
     arrays = _write_fixture(tmp_path / "system", gz=True)
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", tmp_path / "system")
-    _check(data._fashion(_cfg(tmp_path / "empty-root")), arrays)
+    monkeypatch.setattr(readers, "FASHION_SYSTEM_DIR", tmp_path / "system")
+    _check(readers.fashion_mnist(_cfg(tmp_path / "empty-root")), arrays)
 
 
 def test_prepare_writes_loadable_splits(tmp_path):
@@ -114,7 +115,7 @@ def test_verify_requires_full_counts(tmp_path, monkeypatch):
 
     arrays = _write_fixture(tmp_path / "raw", gz=False)
     sums = {name: hashlib.md5(_idx(arr)).hexdigest() for name, arr in arrays.items()}
-    monkeypatch.setattr(data, "FASHION_MD5", sums)
+    monkeypatch.setattr(readers, "FASHION_MD5", sums)
     _one_line_error(_cfg(tmp_path / "raw", verify_checksums=True), "train: 30 images, expected 60000")
 
 
@@ -191,8 +192,8 @@ def test_partial_folder_is_reported(tmp_path):
     reason="real data absent: apt-get install dataset-fashion-mnist",
 )
 def test_real_debian_data_verifies(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", SYSTEM_DIR)
-    xtr, xte, ytr, yte = data._fashion(_cfg(tmp_path / "empty-root", verify_checksums=True))
+    monkeypatch.setattr(readers, "FASHION_SYSTEM_DIR", SYSTEM_DIR)
+    xtr, xte, ytr, yte = readers.fashion_mnist(_cfg(tmp_path / "empty-root", verify_checksums=True))
     assert xtr.shape == (60000, 1, 28, 28) and xte.shape == (10000, 1, 28, 28)
     assert xtr.dtype == np.uint8 and ytr.dtype == yte.dtype == np.int64
     assert np.bincount(ytr, minlength=10).tolist() == [6000] * 10

@@ -18,6 +18,7 @@ the job again:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -463,22 +464,34 @@ def test_training_from_scratch_without_a_fingerprint_or_past_the_epochs(train_da
 # ------------------------------------------------------------------ video
 
 
-def test_video_model_with_other_settings_is_trained_again_with_one_line(tmp_path, monkeypatch, capsys):
+def test_clip_model_resumes_under_the_train_loop_and_trains_again_with_one_line(tmp_path, monkeypatch, capsys):
+    """The clip model is trained by the train loop: same settings resume (no epoch redone, same model.pt bytes);
+    another video.train setting trains again, saying which in one line."""
     from smoothcert.pipeline import clips
 
     cfg = base_config()
-    cfg["video"].update(epochs=1)
+    cfg["video"].update(frames=4, canvas=10, window=2, methods=["cohen"])
+    cfg["video"]["train"]["epochs"] = 1
+    cfg["test"].update(start=0, step=1, limit=1)
+    cfg["certify"].update(n0=10, n=100, batch_size=200, chunk=100)
     out = tmp_path / "sigma-0.25"
-    out.mkdir()
-    stale = {**clips._fingerprint(cfg, 0.25), "epochs": 2}
-    save_torch(out / "model.pt", {"arch": clips.ARCH, "settings": stale, "state_dict": {}, "history": []})
+    clips_of = clips.moving_digits
+    monkeypatch.setattr(clips, "moving_digits", lambda c: tuple(t[:96] for t in clips_of(c)))  # a few clips
+    clips.run_video(cfg, 0.25, out, "cpu", progress=False)
+    first = (out / "model.pt").read_bytes()
+    capsys.readouterr()
 
-    def train_stub(*args, **kwargs):
+    def no_training(*args, **kwargs):
         raise Killed()
 
-    monkeypatch.setattr(clips, "train_video_model", train_stub)
+    real = clips.recipe
+    monkeypatch.setattr(clips, "recipe", lambda c, d: dataclasses.replace(real(c, d), objective=no_training))
+    clips.run_video(cfg, 0.25, out, "cpu", progress=False)  # resumed at its last epoch: no batch trained
+    assert (out / "model.pt").read_bytes() == first and capsys.readouterr().err == ""
+    cfg["video"]["train"]["lr"] = 0.001
     with pytest.raises(Killed):  # reached the retraining
         clips.run_video(cfg, 0.25, out, "cpu", progress=False)
     assert capsys.readouterr().err.splitlines() == [
-        f"resume: video model {out / 'model.pt'} was trained with other settings (epochs: 2 → 1); training again"
+        f"resume: {out / 'checkpoint.pt'} was trained with other settings (video.train.lr: 0.003 → 0.001); "
+        "training from scratch"
     ]

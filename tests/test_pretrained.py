@@ -457,7 +457,7 @@ def _dag_jobs(root: Path, override: Path) -> collections.Counter:
 E2E = {
     "data": {"dataset": "folder", "root": "images", "image_size": None, "resize": None, "download": False},
     "test": {"start": 0, "step": 5, "limit": 4, "shards": 1},
-    "video": {"enabled": False, "frames": 8, "canvas": 16, "sigmas": [0.25], "epochs": 1, "window": 4, "methods": []},
+    "video": {"enabled": False, "methods": []},
     "certify": {"mode": "fixed", "n0": 20, "n": 200, "alpha": 0.001, "batch_size": 1000, "chunk": 200, "amp": False},
     "ddrs": {"iterations": 2, "lr": 0.04, "samples": 4, "batch_size": 4, "sigma0": None, "sigma_min": 0.01, "precision": "float32"},
     "ancer": {"iterations": 2, "lr": 0.04, "samples": 4, "batch_size": 4, "kappa": 2.0, "precision": "float32"},

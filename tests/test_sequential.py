@@ -120,7 +120,8 @@ def test_pipeline_runs_every_method_and_norm_sequentially(params, tmp_path):
     cfg["test"].update(limit=8, shards=1)
     cfg["ddrs"].update(iterations=2, samples=4)
     cfg["ancer"].update(iterations=2, samples=4)
-    cfg["video"].update(enabled=False, epochs=1, frames=4, canvas=10, window=2)
+    cfg["video"].update(enabled=False, frames=4, canvas=10, window=2)
+    cfg["video"]["train"]["epochs"] = 1
     cfg["certify"].update(mode="sequential", chunk=100, batch_size=2000)
     cfg["certify"]["sequential"].update(n_min=100, n_max=1600, in_flight=4)
     path = tmp_path / "params.yaml"

@@ -158,7 +158,7 @@ def test_edit_matrix():
     # and the matrix is not vacuous: what the issue measured on the old layout now reruns little
     assert {n for n, _ in _readers(kinds, "src/smoothcert/pipeline/certify.py")} >= {"certify", "optimize"}
     assert {n for n, _ in _readers(kinds, "src/smoothcert/engine/noise.py")} >= {"train", "certify"}
-    assert {n for n, _ in _readers(kinds, "src/smoothcert/data.py")} >= set(stages.STAGES) - {"gather"}
+    assert {n for n, _ in _readers(kinds, "src/smoothcert/data/__init__.py")} >= set(stages.STAGES) - {"gather"}
 
 
 def test_shared_cli_helpers_import_no_stage_code():
@@ -262,16 +262,22 @@ def test_map_agrees_with_the_certificate_fingerprint(params):
 
 
 def test_map_agrees_with_the_clip_model_fingerprint(params):
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     from smoothcert.pipeline import clips
+    from smoothcert.training import loop as train_mod
 
     sigma = params["video"]["sigmas"][0]
-    silent = _fingerprint_leaves(
-        params, lambda cfg: clips._fingerprint(cfg, sigma), stages.reads("video", params), "nothing"
-    )
-    # the clip model is one part of the job; certify.*, test.* and video.methods act on its certification
+    split = (torch.zeros(2, 1, 1, 8, 8), torch.zeros(2, dtype=torch.long))
+
+    def fp(cfg):
+        return train_mod._stamp(cfg, clips.spec(cfg, sigma), clips.training_settings(cfg), split, split, None)
+
+    silent = _fingerprint_leaves(params, fp, stages.reads("video", params), "nothing")
+    # the clip model is one part of the job; certify.*, test.* and video.methods act on its certification; a
+    # longer run resumes a shorter one, so video.train.epochs is left out
     assert all(
-        leaf.startswith(("certify.", "test.", "smooth_reduce.")) or leaf == "video.methods" for leaf in silent
+        leaf.startswith(("certify.", "test.", "smooth_reduce.")) or leaf in ("video.methods", "video.train.epochs")
+        for leaf in silent
     ), silent
 
 
@@ -298,9 +304,9 @@ TINY = {  # merged over params.yaml: three models covering every objective, σ m
         "frames": 4,
         "canvas": 8,
         "sigmas": [0.25],
-        "epochs": 1,
         "window": 2,
         "methods": ["cohen", "smooth_reduce_max"],
+        "train": {"epochs": 1},
     },
     "certify": {"n0": 20, "n": 100, "chunk": 100},
 }
@@ -321,14 +327,14 @@ EDITS = {
     "test.shards": (2, {"certify"}, {}),
     "model.arch": ("mnist_cnn", {"train", "certify"}, {"train": ALL, "optimize": ALL, "certify": ALL}),
     "train.lr": (0.02, {"train"}, {"train": ALL}),
-    "train.batch_size": (32, {"train", "certify"}, {"train": ALL, "video": ALL}),
+    "train.batch_size": (32, {"train"}, {"train": ALL}),
     "train.workers": (1, {"train"}, {}),
     "models": ("add a σ", {"train", "certify", "report"}, {"report": ALL}),
     "ddrs.lr": (0.02, {"certify"}, {"optimize": {f"{G}/ddrs"}}),
     "ddrs.sigma_min": (0.02, {"certify"}, {"optimize": {f"{G}/ddrs"}}),
     "ancer.kappa": (1.0, {"certify"}, {"optimize": {f"{G}/ancer"}}),
     "smooth_reduce.stride": (2, {"certify"}, {"certify": {f"{G}/smooth_reduce_max"}, "video": ALL}),
-    "video.epochs": (2, {"certify"}, {"video": ALL}),
+    "video.train.epochs": (2, {"certify"}, {"video": ALL}),
     "video.sigmas": ([0.25, 0.5], {"certify", "report"}, {}),
     "macer.lbd": (2.0, {"train"}, {"train": {M}}),
     "smoothadv.epsilon": (0.25, {"train"}, {"train": {S}}),

@@ -1,4 +1,5 @@
-"""Moving digits: the clip data, the frame-wise model, and the video stage end to end on a tiny setting."""
+"""Moving digits: the clip data (data.clips), the frame-wise model (training.models), and the video stage (trained by
+the train loop, certified by certify_shard) end to end on a tiny setting."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import pytest
 import torch
 import yaml
 
-from smoothcert import data as data_mod
+from smoothcert import config
 from smoothcert.artifacts import load_torch
 from smoothcert.cli import main
+from smoothcert.data.clips import moving_digits
+from smoothcert.data.readers import digits
 from smoothcert.engine.certificates import COLUMNS
 from smoothcert.errors import SmoothcertError
-from smoothcert.pipeline.clips import FrameNet, make_moving_digits, run_video, settings
+from smoothcert.pipeline.clips import load_clip_model, run_video
+from smoothcert.training.models import FrameNet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,20 +30,21 @@ def cfg():
     """params.yaml with 4-frame 12×12 clips, one epoch, 3 test clips and few draws."""
     c = yaml.safe_load((REPO / "params.yaml").read_text())
     c["device"] = "cpu"
-    c["video"].update(frames=4, canvas=12, epochs=1, window=2)
+    c["video"].update(frames=4, canvas=12, window=2)
+    c["video"]["train"]["epochs"] = 1
     c["test"].update(start=0, step=1, limit=3)
     c["certify"].update(n0=20, n=200, batch_size=400, chunk=200)
     return c
 
 
 def test_moving_digits_are_deterministic_and_follow_the_digits_split(cfg):
-    xtr, ytr, xte, yte = make_moving_digits(cfg, cfg["seed"])
+    xtr, ytr, xte, yte = moving_digits(cfg)
     assert xtr.shape[1:] == (4, 1, 12, 12) and xtr.dtype == torch.float32 and ytr.dtype == torch.int64
     assert 0.0 <= float(xtr.min()) and float(xtr.max()) <= 1.0
-    again = make_moving_digits(cfg, cfg["seed"])
+    again = moving_digits(cfg)
     assert all(torch.equal(a, b) for a, b in zip((xtr, ytr, xte, yte), again))
-    assert not torch.equal(make_moving_digits(cfg, cfg["seed"] + 1)[0], xtr)
-    ref_tr, ref_te, ref_ytr, ref_yte = data_mod._digits({**cfg["data"], "seed": cfg["seed"]})
+    assert not torch.equal(moving_digits({**cfg, "seed": cfg["seed"] + 1})[0], xtr)
+    ref_tr, ref_te, ref_ytr, ref_yte = digits({**cfg["data"], "seed": cfg["seed"]})
     assert np.array_equal(ytr.numpy(), ref_ytr) and np.array_equal(yte.numpy(), ref_yte)
     # the whole digit is in every frame, and it moves at most one pixel per frame along each axis
     digit_sums = torch.from_numpy(ref_te).flatten(1).sum(1)
@@ -53,7 +58,7 @@ def test_moving_digits_are_deterministic_and_follow_the_digits_split(cfg):
 
 def test_frame_model_is_shift_invariant_and_keeps_its_stem_contract():
     torch.manual_seed(0)
-    model = FrameNet(16, mean=0.08, std=0.23).eval()
+    model = FrameNet(16, 10, hidden=32, freqs=4, mean=0.08, std=0.23).eval()
     digit = torch.rand(8, 8)
     a, b = torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)
     a[0, 0, 1:9, 2:10], b[0, 0, 6:14, 7:15] = digit, digit
@@ -78,11 +83,11 @@ def test_video_stage_end_to_end_and_cli(cfg, tmp_path):
         assert ((df["predict"] == -1) == (df["radius"] == 0)).all()
         tables[method] = df
     blob = load_torch(out / "model.pt")
-    assert blob["settings"]["sigma"] == 0.25 and len(blob["history"]) == 1
-    assert (out / "metrics.tsv").is_file()
-    stamp = (out / "model.pt").stat().st_mtime_ns
-    run_video(cfg, 0.25, out, "cpu", progress=False)  # reuses the matching model, same certificates
-    assert (out / "model.pt").stat().st_mtime_ns == stamp
+    assert blob["spec"] == "gaussian-fixed-l2-0.25" and blob["epoch"] == 1 and blob["arch"] == "video_frame_dft_mlp"
+    assert len(pd.read_csv(out / "metrics.tsv", sep="\t")) == 1 and (out / "checkpoint.pt").is_file()
+    first = (out / "model.pt").read_bytes()
+    run_video(cfg, 0.25, out, "cpu", progress=False)  # resumes the finished checkpoint: same model, same rows
+    assert (out / "model.pt").read_bytes() == first
     config = tmp_path / "params.yaml"
     config.write_text(yaml.safe_dump(cfg))
     cli_out = tmp_path / "cli"
@@ -112,28 +117,38 @@ def test_video_stage_end_to_end_and_cli(cfg, tmp_path):
         pd.testing.assert_frame_equal(df.drop(columns="time"), again.drop(columns="time"))
 
 
-def test_bad_video_settings_fail_in_one_line(cfg):
+def test_bad_video_settings_fail_in_one_line(cfg, tmp_path):
     bad = copy.deepcopy(cfg)
     bad["video"]["window"] = 9
-    with pytest.raises(SmoothcertError, match="video.window = 9"):
-        settings(bad)
+    with pytest.raises(SmoothcertError, match="video.window = 9 must be <= video.frames = 4"):
+        config.validate(bad, "test")
     bad = copy.deepcopy(cfg)
     bad["video"]["methods"] = ["cohen", "ddrs"]
     with pytest.raises(SmoothcertError, match="ddrs"):
-        settings(bad)
+        config.validate(bad, "test")
+    bad = copy.deepcopy(cfg)
+    bad["video"]["canvas"] = 6
+    with pytest.raises(SmoothcertError, match="canvas"):
+        config.validate(bad, "test")
+    with pytest.raises(SmoothcertError, match="video.canvas = 6 must be >= 8"):
+        moving_digits(bad)
     with pytest.raises(SmoothcertError, match="sigma"):
-        run_video(cfg, 0.0, "unused", "cpu", progress=False)
+        run_video(cfg, 0.0, tmp_path / "unused", "cpu", progress=False)
+    assert not (tmp_path / "unused").exists()
+    torch.save({"arch": "digits_cnn", "state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(SmoothcertError, match="is for arch 'digits_cnn'"):
+        load_clip_model(cfg, tmp_path / "other.pt", "cpu")
 
 
 def test_uncorrelated_clip_radius_uses_the_l2_factor_of_the_clip_operator(cfg, tmp_path):
-    """Clips are certified in ℓ2 whatever norms the image models use: certify_video hands the wrapper its own norm,
+    """Clips are certified in ℓ2 whatever norms the image models use: the video stage hands the wrapper its own norm,
     so the radius is σ·Φ⁻¹(p̲A) / (√(max tcov · max cov)·‖S‖₂), not divided by the ℓ1 factor of the image models."""
     from smoothcert.engine import patches
     from smoothcert.methods import smooth_reduce as sr
-    from smoothcert.pipeline.clips import certify_video
 
     cfg = copy.deepcopy(cfg)
     cfg["smooth_reduce"]["variant"] = "uncorrelated"
+    cfg["video"]["methods"] = ["smooth_reduce_max"]
     cfg["models"] = [
         {
             "objective": "gaussian",
@@ -143,10 +158,9 @@ def test_uncorrelated_clip_radius_uses_the_l2_factor_of_the_clip_operator(cfg, t
             "methods": ["smooth_reduce_max"],
         }
     ]
-    torch.manual_seed(0)
-    model = FrameNet(12).eval()
-    data = make_moving_digits(cfg, cfg["seed"])
-    df = certify_video(cfg, 0.25, "smooth_reduce_max", model, tmp_path / "c.tsv", "cpu", data=data)
+    run_video(cfg, 0.25, tmp_path, "cpu", progress=False)
+    df = pd.read_csv(tmp_path / "smooth_reduce_max" / "certify.tsv", sep="\t")
+    model = load_clip_model(cfg, tmp_path / "model.pt", "cpu")
     shape = (4, 1, 12, 12)
     l2 = sr.wrap(model, cfg, "smooth_reduce_max", shape, norm="l2").radius_factor
     l1 = sr.wrap(model, cfg, "smooth_reduce_max", shape, norm="l1").radius_factor

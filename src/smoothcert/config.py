@@ -23,7 +23,7 @@ from smoothcert.errors import SmoothcertError, require
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 NOISE_OF_NORM = {"l2": "gaussian", "l1": "uniform"}
-VIDEO_NORM = "l2"  # clips are certified with Gaussian noise only (pipeline.clips)
+VIDEO_NORM = "l2"  # clips are certified with Gaussian noise only (the video stage, pipeline.clips)
 # Sections read only when something configured uses them (then every key of theirs is required):
 # a training objective's own section, and what a σ mode adds (dd: the per-sample σ ascent's section).
 OBJECTIVE_SECTIONS = {"gaussian": (), "macer": ("macer",), "smoothadv": ("smoothadv",)}
@@ -254,6 +254,11 @@ def _check_semantics(cfg: dict, source: str) -> None:
         not (video and video["enabled"] and not video["methods"]),
         f"{source}: video.enabled is true but video.methods is empty; name a method or set enabled: false",
     )
+    if video:
+        require(
+            video["window"] <= video["frames"],
+            f"{source}: video.window = {video['window']} must be <= video.frames = {video['frames']}",
+        )
     _check_certificates(cfg, source)
     _check_sigma_caps(cfg, source)
     ids = [m.id for m in model_specs(cfg)]

@@ -122,7 +122,6 @@ STAGES: dict[str, Stage] = {
             reads=(
                 "seed",
                 "data.test_fraction",
-                "train.batch_size",
                 TEST_INPUTS,
                 "certify",
                 Part("video", but=("enabled", "sigmas")),

@@ -1,15 +1,21 @@
-"""Noise-augmented training with per-epoch checkpoints and resume.
+"""Noise-augmented training with per-epoch checkpoints and resume: the one train loop, images and clips alike.
 
 A checkpoint ``{epoch, arch, state_dict, optimizer, scheduler, config, fingerprint, ...}``
 is written atomically after every epoch; a restarted job resumes from it (loaded
 with ``weights_only=True``), so no finished epoch is redone — if its fingerprint
-(:func:`training_fingerprint`) is the one this run would write. Otherwise the model
+(:func:`training_fingerprint` for images) is the one this run would write. Otherwise the model
 is trained from scratch, with one line on stderr saying what changed.
+
+What differs between images and clips (data, model, optimizer, objective, settings, what the fingerprint
+holds) is a :class:`Recipe`: :func:`train` makes the images' one and runs :func:`fit`;
+:mod:`smoothcert.pipeline.clips` makes the clips' one.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -63,22 +69,55 @@ def training_fingerprint(
     (:func:`smoothcert.pipeline.stages.code_fingerprint`, passed in by the caller), so a checkpoint of
     other code is trained again rather than continued.
     """
+    return _stamp(cfg, spec, _image_parts(cfg, spec), train_split, test_split, code)
+
+
+def _image_parts(cfg: dict, spec: ModelSpec) -> dict:
+    """The settings an image model's training reads (see :func:`training_fingerprint`)."""
     parts = {
-        "spec": {"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm, "sigma": spec.sigma},
         "model": cfg["model"],
         "train": {k: v for k, v in cfg["train"].items() if k not in NOT_FINGERPRINTED},
-        "seed": cfg["seed"],
         "data": {k: v for k, v in cfg["data"].items() if k not in ("root", "download", "verify_checksums")},
+    }
+    for section in (*OBJECTIVE_SECTIONS[spec.objective], *SIGMA_MODE_SECTIONS[spec.sigma_mode]):
+        parts[section] = cfg[section]
+    return parts
+
+
+def _stamp(cfg: dict, spec: ModelSpec, settings: dict, train_split, test_split, code: str | None) -> dict:
+    """The fingerprint of a checkpoint: the experiment, ``seed``, ``settings``, the data's content, the code."""
+    parts = {
+        "spec": {"objective": spec.objective, "sigma_mode": spec.sigma_mode, "norm": spec.norm, "sigma": spec.sigma},
+        "seed": cfg["seed"],
+        **settings,
         "train_data": sha256_tensors(*train_split),
         "test_data": sha256_tensors(*test_split),
     }
     if code is not None:
         parts["code"] = code
-    for section in OBJECTIVE_SECTIONS[spec.objective]:
-        parts[section] = cfg[section]
-    for section in SIGMA_MODE_SECTIONS[spec.sigma_mode]:
-        parts[section] = cfg[section]
     return fingerprint(**parts)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one training run is made of, besides the experiment (``spec``) and ``seed``.
+
+    ``splits`` (x_train, y_train, x_test, y_test); ``model()`` builds the untrained model (called right after
+    ``torch.manual_seed(seed)``); ``optimizer(params)`` → (optimizer, scheduler stepped once per epoch, or None);
+    ``objective(model, x, y, sigma, kind, ctx)`` → (loss, logits) as in :mod:`smoothcert.training.objectives`;
+    ``epochs`` and ``batch_size``; ``settings``: the parts of params.yaml the result depends on (they join the
+    checkpoint's fingerprint); ``arch`` and ``num_classes`` are stored with the model.
+    """
+
+    arch: str
+    splits: tuple
+    model: Callable[[], nn.Module]
+    optimizer: Callable
+    objective: Callable
+    epochs: int
+    batch_size: int
+    settings: dict
+    num_classes: int
 
 
 def _resumable(blob, ckpt_path: Path, stamp: dict, epochs: int) -> str | None:
@@ -101,13 +140,11 @@ def train(
     progress: bool = True,
     code: str | None = None,
 ) -> pd.DataFrame:
-    """Train ``spec``'s base model; write ``checkpoint.pt`` each epoch, then ``model.pt`` and ``metrics.tsv``.
+    """Train ``spec``'s base model on the prepared data in ``data_dir`` (:func:`fit`, settings of ``train``).
 
-    ``code`` (the training code's digest) joins the checkpoint's fingerprint. ``model.pt`` holds no
-    wall-clock time and is saved byte-identically (:func:`smoothcert.artifacts.save_torch`): the same
-    settings, data and code give the same bytes.
+    SGD with momentum and weight decay, the learning rate stepped every ``train.lr_step`` epochs; the
+    objective of ``spec.objective``, for data-dependent σ its σ updater first.
     """
-    out_dir = Path(out_dir)
     tc = cfg["train"]
     require(
         spec.objective in OBJECTIVES,
@@ -118,33 +155,64 @@ def train(
         f"sigma_mode {spec.sigma_mode!r} is not available; have {['fixed', *sorted(SIGMA_UPDATERS)]}",
     )
     name = cfg["data"]["dataset"]
-    xtr, ytr = data_mod.load_split(data_dir, "train", name)
-    xte, yte = data_mod.load_split(data_dir, "test", name)
+
+    def optimizer(params):
+        opt = torch.optim.SGD(params, lr=tc["lr"], momentum=tc["momentum"], weight_decay=tc["weight_decay"])
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=tc["lr_step"], gamma=tc["lr_gamma"])
+
+    recipe = Recipe(
+        arch=cfg["model"]["arch"],
+        splits=(*data_mod.load_split(data_dir, "train", name), *data_mod.load_split(data_dir, "test", name)),
+        model=lambda: make_model(cfg),
+        optimizer=optimizer,
+        objective=OBJECTIVES[spec.objective],
+        epochs=tc["epochs"],
+        batch_size=tc["batch_size"],
+        settings=_image_parts(cfg, spec),
+        num_classes=data_mod.info(name).num_classes,
+    )
+    return fit(cfg, spec, recipe, out_dir, device, progress=progress, code=code)
+
+
+def fit(
+    cfg: dict,
+    spec: ModelSpec,
+    recipe: Recipe,
+    out_dir: str | Path,
+    device,
+    progress: bool = True,
+    code: str | None = None,
+) -> pd.DataFrame:
+    """Train ``recipe``'s model for ``spec``; write ``checkpoint.pt`` each epoch, then ``model.pt`` and ``metrics.tsv``.
+
+    ``code`` (the training code's digest) joins the checkpoint's fingerprint. ``model.pt`` holds no
+    wall-clock time and is saved byte-identically (:func:`smoothcert.artifacts.save_torch`): the same
+    settings, data and code give the same bytes.
+    """
+    out_dir = Path(out_dir)
+    xtr, ytr, xte, yte = recipe.splits
     torch.manual_seed(cfg["seed"])
-    model = make_model(cfg).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=tc["lr"], momentum=tc["momentum"], weight_decay=tc["weight_decay"])
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=tc["lr_step"], gamma=tc["lr_gamma"])
+    model = recipe.model().to(device)
+    opt, sched = recipe.optimizer(model.parameters())
     sigma_buffer = torch.full((len(xtr),), spec.sigma)
     history: list[dict] = []
     start = 0
     ckpt_path = out_dir / "checkpoint.pt"
-    stamp = training_fingerprint(cfg, spec, (xtr, ytr), (xte, yte), code=code)
+    stamp = _stamp(cfg, spec, recipe.settings, (xtr, ytr), (xte, yte), code)
     blob = load_torch(ckpt_path, what="checkpoint") if ckpt_path.exists() else None
-    why = _resumable(blob, ckpt_path, stamp, tc["epochs"]) if blob is not None else None
+    why = _resumable(blob, ckpt_path, stamp, recipe.epochs) if blob is not None else None
     if why is not None:
         log(why)
     elif blob is not None:
-        require(
-            blob.get("arch") == cfg["model"]["arch"],
-            f"checkpoint {ckpt_path} is for another arch; delete it to retrain",
-        )
+        require(blob.get("arch") == recipe.arch, f"checkpoint {ckpt_path} is for another arch; delete it to retrain")
         model.load_state_dict(blob["state_dict"])
         opt.load_state_dict(blob["optimizer"])
-        sched.load_state_dict(blob["scheduler"])
+        if sched is not None:
+            sched.load_state_dict(blob["scheduler"])
         sigma_buffer = blob.get("sigma_buffer", sigma_buffer)
         history = blob.get("history", [])
         start = int(blob["epoch"])
-    for epoch in range(start, tc["epochs"]):
+    for epoch in range(start, recipe.epochs):
         t0 = time.time()
         gen = make_generator(stream_seed(cfg["seed"], epoch, "train"), device)
         order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(cfg["seed"] * 1000 + epoch))
@@ -152,19 +220,19 @@ def train(
         model.train()
         total_loss = correct = seen = 0
         bar = tqdm(
-            range(0, len(xtr), tc["batch_size"]),
-            desc=f"{spec.id} epoch {epoch + 1}/{tc['epochs']}",
+            range(0, len(xtr), recipe.batch_size),
+            desc=f"{spec.id} epoch {epoch + 1}/{recipe.epochs}",
             disable=not progress,
             leave=False,
         )
         for i in bar:
-            ids = order[i : i + tc["batch_size"]]
+            ids = order[i : i + recipe.batch_size]
             xb, yb = xtr[ids].to(device), ytr[ids].to(device)
             sig = sigma_buffer[ids].to(device)
             if spec.sigma_mode != "fixed":
                 sig = SIGMA_UPDATERS[spec.sigma_mode](model, xb, yb, sig, spec.noise, ctx).detach()
                 sigma_buffer[ids] = sig.cpu()
-            loss, logits = OBJECTIVES[spec.objective](model, xb, yb, sig, spec.noise, ctx)
+            loss, logits = recipe.objective(model, xb, yb, sig, spec.noise, ctx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -172,7 +240,8 @@ def train(
             correct += (logits.detach().reshape(len(ids), -1, logits.shape[-1])[:, 0].argmax(1) == yb).sum().item()
             seen += len(ids)
         lr = opt.param_groups[0]["lr"]
-        sched.step()
+        if sched is not None:
+            sched.step()
         clean, noisy = _accuracy(
             model, xte, yte, spec.sigma, spec.noise, device, stream_seed(cfg["seed"], epoch, "predict")
         )
@@ -191,15 +260,15 @@ def train(
             ckpt_path,
             {
                 "epoch": epoch + 1,
-                "arch": cfg["model"]["arch"],
+                "arch": recipe.arch,
                 "state_dict": model.state_dict(),
                 "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
                 "config": _plain(cfg),
                 "spec": spec.id,
                 "sigma_buffer": sigma_buffer,
                 "history": history,
-                "num_classes": data_mod.info(name).num_classes,
+                "num_classes": recipe.num_classes,
                 "fingerprint": stamp,
             },
         )

@@ -1,4 +1,5 @@
-"""Base classifiers by name, and loading a trained one from its checkpoint. Normalization is always the first layer.
+"""Base classifiers by name, the frame-wise clip classifier, and loading a trained one from its checkpoint.
+Normalization is always the first layer.
 
 Noise is added in [0, 1] pixel space and every radius is in pixel space, as in
 Cohen et al.: the model receives un-normalized pixels and normalizes them itself.
@@ -9,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from smoothcert import data as data_mod
@@ -101,6 +104,58 @@ def _resnet50(in_channels: int, num_classes: int, size: int) -> nn.Module:
     return resnet50(weights=None, num_classes=num_classes)
 
 
+def fourier_basis(canvas: int, freqs: int) -> torch.Tensor:
+    """(2F, canvas²) rows cos/sin of the 2-D DFT at the F low frequencies |a|, b <= ``freqs`` (one of each ± pair)."""
+    pairs = [(a, b) for a in range(-freqs, freqs + 1) for b in range(freqs + 1) if b > 0 or a >= 0]
+    u = torch.arange(canvas, dtype=torch.float64)
+    rows = []
+    for a, b in pairs:
+        phase = (2 * np.pi / canvas) * (a * u[:, None] + b * u[None, :])
+        rows += [torch.cos(phase).flatten() / canvas, torch.sin(phase).flatten() / canvas]
+    return torch.stack(rows).float()
+
+
+class FrameNet(nn.Module):
+    """Frame-wise clip classifier: Normalize → low-frequency DFT magnitudes → MLP; clip logits = temporal mean.
+
+    The DFT magnitude of a frame does not change when the digit moves on the black canvas without
+    leaving it (a circular shift), so one small MLP serves every position. Contract used by
+    :class:`smoothcert.engine.patches.ClipPatchReduce`: ``forward(clip)`` = temporal mean of
+    ``frame_head(A·vec(frame) + c)`` with ``(A, c) = frame_stem()`` (the normalization folded exactly into the DFT).
+    """
+
+    def __init__(self, canvas: int, num_classes: int, hidden: int, freqs: int, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.canvas = int(canvas)
+        self.normalize = Normalize([mean], [std])
+        self.register_buffer("basis", fourier_basis(self.canvas, freqs))
+        self.head = nn.Sequential(
+            nn.Linear(self.basis.shape[0] // 2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
+
+    def frame_stem(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, c): the DFT of normalized frames as one affine map of raw flattened frames."""
+        mean, std = self.normalize.mean.flatten()[0], self.normalize.std.flatten()[0]
+        return self.basis / std, -(mean / std) * self.basis.sum(1)
+
+    def frame_head(self, z: torch.Tensor) -> torch.Tensor:
+        """(M, 2F) DFT coefficients (cos, sin interleaved) → (M, K) logits."""
+        return self.head(torch.linalg.vector_norm(z.view(z.shape[0], -1, 2), dim=-1))
+
+    def frame_logits(self, frames: torch.Tensor) -> torch.Tensor:
+        """(M, 1, canvas, canvas) frames → (M, K) logits."""
+        return self.frame_head(F.linear(self.normalize(frames).flatten(1), self.basis))
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        n, t = clips.shape[:2]
+        return self.frame_logits(clips.reshape(n * t, *clips.shape[2:])).view(n, t, -1).mean(1)
+
+
+def frame_net(video: dict, num_classes: int, mean: float = 0.0, std: float = 1.0) -> FrameNet:
+    """The :class:`FrameNet` of params.yaml's ``video`` section (``canvas``, ``model.hidden``, ``model.freqs``)."""
+    return FrameNet(video["canvas"], num_classes, video["model"]["hidden"], video["model"]["freqs"], mean, std)
+
+
 ARCHS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "digits_cnn": lambda c, k, size: SmallCNN(c, k, width=16, hidden=64),
     "mnist_cnn": lambda c, k, size: SmallCNN(c, k, width=32, hidden=128),
@@ -168,24 +223,27 @@ def make_model(cfg: dict) -> nn.Module:
     )
 
 
-def load_model(cfg: dict, path: str | Path, device) -> nn.Module:
-    """Build the configured model and load a checkpoint into it, checking arch and shapes."""
+def load_weights(build: Callable[[], nn.Module], path: str | Path, arch: str, what: str) -> nn.Module:
+    """``build()`` with the state dict of the checkpoint at ``path`` (written for ``arch``), in eval mode.
+
+    Refused in one line: a file that is no checkpoint, one for another arch, weights that do not fit the
+    model (``what`` names it), and NaN or infinite weights.
+    """
     blob = load_torch(path, what="checkpoint")
     require(isinstance(blob, dict) and "state_dict" in blob, f"checkpoint {path} has no state_dict")
-    arch = cfg["model"]["arch"]
     require(blob.get("arch") == arch, f"checkpoint {path} is for arch {blob.get('arch')!r}, the config says {arch!r}")
     state = blob["state_dict"]
     require(
         isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()),
         f"checkpoint {path}: state_dict is not a mapping of names to tensors",
     )
-    model = make_model(cfg)
+    model = build()
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise SmoothcertError(
-            f"checkpoint {path} does not fit {arch} for {cfg['data']['dataset']} "
+            f"checkpoint {path} does not fit {what} "
             f"(wrong class count or shapes): {(lines[1] if len(lines) > 1 else lines[0] if lines else str(exc))[:200]}"
         ) from exc
     # NaN/inf weights make NaN logits, whose argmax is an arbitrary class: certificates would be meaningless
@@ -195,5 +253,11 @@ def load_model(cfg: dict, path: str | Path, device) -> nn.Module:
         f"checkpoint {path} holds NaN or inf values in {bad[:3]}{' ...' if len(bad) > 3 else ''} "
         f"(diverged training?); refusing to certify with it",
     )
-    model = model.to(device).eval()
+    return model.eval()
+
+
+def load_model(cfg: dict, path: str | Path, device) -> nn.Module:
+    """Build the configured model and load a checkpoint into it, checking arch and shapes."""
+    arch = cfg["model"]["arch"]
+    model = load_weights(lambda: make_model(cfg), path, arch, f"{arch} for {cfg['data']['dataset']}").to(device)
     return prepare_for_inference(model) if cfg["channels_last"] else model
