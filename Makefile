@@ -20,8 +20,8 @@ run: setup  ## the default pipeline on the embedded digits data, then the HTML r
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --profile workflow/profiles/local
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --profile workflow/profiles/local --report report.html
 
-test: setup  ## unit tests plus a small end-to-end workflow run
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
+test: setup  ## unit tests plus a small end-to-end workflow run; two workers (pytest-xdist), each file's tests on one
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: setup  ## ruff check, ruff format --check, snakemake --lint: all three run; fails if any finds something
 	@status=0; \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,24 @@ def linear_model():
 def params() -> dict:
     """The repository's params.yaml as a dict."""
     return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+# ---------------------------------------------------------------- pytest-xdist
+# `make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`: each file's tests on one worker, in the order
+# below. Scheduling only: every test runs as it would without xdist.
+
+
+def pytest_configure(config):
+    """Each of k workers gets 1/k of torch's threads: two workers on two cores, each with two threads, contend."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    if workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the files with the most slow tests first (the longest first, roughly), so that none of them
+    starts last; otherwise file order. Each file's tests stay together and in their order."""
+    if not hasattr(config, "workerinput"):
+        return
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # stable
