@@ -484,8 +484,8 @@ def test_clip_model_resumes_under_the_train_loop_and_trains_again_with_one_line(
     def no_training(*args, **kwargs):
         raise Killed()
 
-    real = clips.recipe
-    monkeypatch.setattr(clips, "recipe", lambda c, d: dataclasses.replace(real(c, d), objective=no_training))
+    real = clips.training.recipe
+    monkeypatch.setattr(clips.training, "recipe", lambda *a: dataclasses.replace(real(*a), objective=no_training))
     clips.run_video(cfg, 0.25, out, "cpu", progress=False)  # resumed at its last epoch: no batch trained
     assert (out / "model.pt").read_bytes() == first and capsys.readouterr().err == ""
     cfg["video"]["train"]["lr"] = 0.001

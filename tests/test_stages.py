@@ -263,14 +263,17 @@ def test_map_agrees_with_the_certificate_fingerprint(params):
 
 def test_map_agrees_with_the_clip_model_fingerprint(params):
     torch = pytest.importorskip("torch")
-    from smoothcert.pipeline import clips
+    from smoothcert.methods.smooth_reduce import clip_geometry
+    from smoothcert.training import clips
     from smoothcert.training import loop as train_mod
 
     sigma = params["video"]["sigmas"][0]
     split = (torch.zeros(2, 1, 1, 8, 8), torch.zeros(2, dtype=torch.long))
 
     def fp(cfg):
-        return train_mod._stamp(cfg, clips.spec(cfg, sigma), clips.training_settings(cfg), split, split, None)
+        v = cfg["video"]
+        settings = clips.training_settings(cfg, clip_geometry(cfg, v["frames"], v["canvas"], v["canvas"]))
+        return train_mod._stamp(cfg, clips.spec(cfg, sigma), settings, split, split, None)
 
     silent = _fingerprint_leaves(params, fp, stages.reads("video", params), "nothing")
     # the clip model is one part of the job; certify.*, test.* and video.methods act on its certification; a
@@ -279,6 +282,18 @@ def test_map_agrees_with_the_clip_model_fingerprint(params):
         leaf.startswith(("certify.", "test.", "smooth_reduce.")) or leaf in ("video.methods", "video.train.epochs")
         for leaf in silent
     ), silent
+
+
+def test_clip_model_is_stamped_with_its_training_code_alone():
+    """The video job certifies too, but its clip model's checkpoint holds the training code's digest only: an edit
+    of certification, method or reporting code recertifies the clips without retraining their model."""
+    modules = stages._closure(["smoothcert.training.clips"])
+    assert {"smoothcert.training.loop", "smoothcert.training.models", "smoothcert.engine.noise"} <= modules
+    stage_code = ("smoothcert.pipeline", "smoothcert.reporting", "smoothcert.commands", "smoothcert.methods.")
+    assert not any(m.startswith(stage_code) for m in modules), sorted(modules)
+    assert not {"smoothcert.engine.certify", "smoothcert.engine.certificates", "smoothcert.engine.regions"} & modules
+    assert "src/smoothcert/pipeline/certify.py" in stages.code_files("video")
+    assert stages.module_fingerprint("smoothcert.training.clips") != stages.code_fingerprint("video")
 
 
 # ---------------------------------------------------------------- slow: a pipeline in a fresh copy
@@ -416,12 +431,13 @@ def _edited(cfg: dict, leaf: str, value) -> dict:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
     """A fresh copy of the repository (git + DVC), the tiny config in params.yaml, built by ``dvc repro``."""
+    from snakemake.utils import update_config  # TINY merged as --configfile merges it
+
     from test_workflow import copy_repo
 
     root = copy_repo(tmp_path_factory.mktemp("stages"))
     params = yaml.safe_load((root / "params.yaml").read_text())
-    for key, value in TINY.items():
-        params[key] = {**params[key], **value} if isinstance(value, dict) else value
+    update_config(params, copy.deepcopy(TINY))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     _run(root, "git", "init", "-q")

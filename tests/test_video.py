@@ -19,7 +19,8 @@ from smoothcert.data.clips import moving_digits
 from smoothcert.data.readers import digits
 from smoothcert.engine.certificates import COLUMNS
 from smoothcert.errors import SmoothcertError
-from smoothcert.pipeline.clips import load_clip_model, run_video
+from smoothcert.pipeline.clips import run_video
+from smoothcert.training.clips import load_clip_model
 from smoothcert.training.models import FrameNet
 
 REPO = Path(__file__).resolve().parents[1]

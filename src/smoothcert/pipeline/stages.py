@@ -1,9 +1,8 @@
 """The stage map: for every pipeline stage, the params.yaml keys and the package code it reads.
 
-One table, three readers: the rerun triggers of each Snakemake rule (:func:`trigger_params`), the
-``params``/``deps`` of dvc.yaml (:func:`dvc_yaml`, written by ``smoothcert stages --write``) and
-tests/test_stages.py, which edits leaves of params.yaml and checks that DVC marks, and Snakemake plans,
-exactly the stages and jobs this map names.
+One table, three readers: the rerun triggers of each Snakemake rule (:func:`trigger_params`), the ``params``/``deps``
+of dvc.yaml (:func:`dvc_yaml`, written by ``smoothcert stages --write``) and tests/test_stages.py, which edits leaves
+of params.yaml and checks that DVC marks, and Snakemake plans, exactly the stages and jobs this map names.
 
 What a job reads (:func:`reads`) is what its result is a function of, besides its input files:
 
@@ -14,10 +13,10 @@ What a job reads (:func:`reads`) is what its result is a function of, besides it
   (found from the source, never imported), plus the modules of the methods it runs (:func:`code_files`, hashed
   by :func:`stage_code_digest`): an edit reruns the jobs importing it (tests/test_stages.py: the edit matrix).
 
-A stage's ``grid`` keys say which jobs exist (models, shards, clips). They are DVC params of its DVC
-stage, not Snakemake triggers: Snakemake sees a grid edit as outputs to make or a changed list of inputs.
-:data:`NOT_READ` names the keys no result depends on. Every leaf of params.yaml is read, in a grid, or
-in :data:`NOT_READ` (tested). Importing this module imports neither torch nor a method's implementation.
+A stage's ``grid`` keys say which jobs exist (models, shards, clips). They are DVC params of its DVC stage, not
+Snakemake triggers: Snakemake sees a grid edit as outputs to make or a changed list of inputs. :data:`NOT_READ` names
+the keys no result depends on. Every leaf of params.yaml is read, in a grid, or in :data:`NOT_READ` (tested).
+Importing this module imports neither torch nor a method's implementation.
 """
 
 from __future__ import annotations
@@ -72,10 +71,9 @@ NOT_READ = {
 class Stage:
     """A pipeline stage: one Snakemake rule (``rules/<rules>.smk``) running ``smoothcert <command>``.
 
-    ``methods``: which methods a job adds the code of, and of which the section: ``"optimize"`` (its
-    per-input-σ method; section read), ``"certify"`` (its method; section read unless per-input σ, whose
-    search alone reads it), ``"clips"`` (every method that runs on clips; same), ``"memory"`` (its method, code only),
-    ``"all"`` (every method, code only), or None.
+    ``methods``: which methods a job adds the code of, and of which the section: ``"optimize"`` (its per-input-σ
+    method; section read), ``"certify"`` (its method; section read unless per-input σ: its search reads it),
+    ``"clips"`` (every clip method; same), ``"memory"`` (its method, code only), ``"all"`` (every method, code only).
     """
 
     name: str
@@ -243,10 +241,7 @@ def trigger_params(cfg: dict, name: str, *, model: str | None = None, method: st
     spec = next((s for s in config_mod.model_specs(cfg) if s.id == model), None) if model is not None else None
     if spec is not None and spec.pretrained and name in MODEL_FILE_STAGES:  # how its file is read
         values["model_file"] = {"checkpoint": spec.checkpoint, **spec.loading}
-    return {
-        "params": _canonical(values),
-        "code": stage_code_digest(name, cfg, method=method),
-    }
+    return {"params": _canonical(values), "code": stage_code_digest(name, cfg, method=method)}
 
 
 def stage_code_digest(name: str, cfg: dict | None = None, *, method: str | None = None) -> str:
@@ -260,6 +255,12 @@ def code_fingerprint(name: str, cfg: dict | None = None, *, method: str | None =
     training checkpoint) stamped with it is resumed only by the same code, so rows or epochs of two versions
     of the code never mix."""
     return "sha256:" + stage_code_digest(name, cfg, method=method)
+
+
+def module_fingerprint(module: str) -> str:
+    """:func:`code_fingerprint` of ``module``'s import closure alone (the clip model: its training code)."""
+    files = sorted(str(_module_file(m).relative_to(PACKAGE.parent)) for m in _closure([module]))
+    return "sha256:" + _digest(tuple(files))
 
 
 def _canonical(value):
