@@ -24,7 +24,7 @@ try:
         sc_config.read_yaml(path)
     sc_config.validate(config, "config")
     if any(spec.pretrained for spec in sc_config.model_specs(config)):  # model files vs the data, before any job
-        from smoothcert.training.pretrained import check_config
+        from smoothcert.training.model_check import check_config
 
         check_config(config, ".smoothcert")
 except SmoothcertError as exc:

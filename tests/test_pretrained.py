@@ -24,10 +24,12 @@ from torch import nn
 from locuslab_fixture import locuslab_model, write_locuslab_checkpoint
 from smoothcert import config as config_mod
 from smoothcert import data as data_mod
-from smoothcert.engine import core
+from smoothcert.engine.certify import certify_batch
 from smoothcert.engine.noise import stream_seed
+from smoothcert.engine.sampling import Sampling
 from smoothcert.errors import SmoothcertError
-from smoothcert.training.pretrained import check_config, check_model, load_model_file
+from smoothcert.training.model_check import check_config, check_model
+from smoothcert.training.pretrained import load_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -131,9 +133,9 @@ def test_resnet50_under_dataparallel_prefix(tmp_path):
 
 
 def _certificates(model, x, seed=0):
-    sampling = core.Sampling(kind="gaussian", batch_size=600, chunk=150, device="cpu")
+    sampling = Sampling(kind="gaussian", batch_size=600, chunk=150, device="cpu")
     seeds = ([seed + i for i in range(len(x))], [seed + 100 + i for i in range(len(x))])
-    return core.certify_batch(model, x, 0.25, 10, 50, 300, 0.001, "l2", *seeds, sampling)
+    return certify_batch(model, x, 0.25, 10, 50, 300, 0.001, "l2", *seeds, sampling)
 
 
 def test_torchscript_and_onnx_exports_match_the_original(tmp_path):
@@ -505,8 +507,8 @@ def test_snakemake_certifies_released_and_exported_models_on_a_folder(tmp_path):
     idx = table["idx"].to_numpy()
     c = E2E["certify"]
     seeds = [[stream_seed(0, int(i), stream) for i in idx] for stream in ("select", "estimate")]
-    sampling = core.Sampling(kind="gaussian", batch_size=c["batch_size"], chunk=c["chunk"], device="cpu")
-    want = core.certify_batch(ref, x[idx], 0.25, 8, c["n0"], c["n"], c["alpha"], "l2", *seeds, sampling)
+    sampling = Sampling(kind="gaussian", batch_size=c["batch_size"], chunk=c["chunk"], device="cpu")
+    want = certify_batch(ref, x[idx], 0.25, 8, c["n0"], c["n"], c["alpha"], "l2", *seeds, sampling)
     np.testing.assert_array_equal(table["predict"].to_numpy(), want["predict"])
     np.testing.assert_array_equal(table["count"].to_numpy(), want["count"])
 

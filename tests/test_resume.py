@@ -26,7 +26,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from smoothcert.artifacts import FINGERPRINT_PREFIX, ShardWriter, fingerprint
+from smoothcert.artifacts import fingerprint
+from smoothcert.shards import FINGERPRINT_PREFIX, ShardWriter
 from test_workflow import BIN, MINI, _env, copy_repo, run
 
 # Wall-clock columns: measured, so they differ between any two runs (even uninterrupted ones).

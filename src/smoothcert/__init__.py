@@ -21,7 +21,7 @@ Loading a trained model and reproducing one row of a pipeline table (README, "Py
 
 The code's map (docs/architecture.md): ``commands`` (``smoothcert <command>``) → ``pipeline`` (one runner per
 stage, the stage map) / ``reporting`` → ``training`` → ``methods`` (the registry) → ``engine`` (the only code
-that turns draws into bounds) → base modules (``config``, ``data``, ``artifacts``, ``errors``, ``runtime``).
+that turns draws into bounds) → base modules (``config``, ``data``, ``inputs``, ``artifacts``, ``shards``, ``errors``, ``runtime``).
 """
 
 # public name -> the module that defines it (imported on first use)

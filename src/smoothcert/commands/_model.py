@@ -15,7 +15,7 @@ def load_base_model(cfg: dict, spec, checkpoint: str, x: torch.Tensor, data_dir:
         from smoothcert.training.models import load_model
 
         return load_model(cfg, checkpoint, device)
-    from smoothcert.training.pretrained import load_spec_model
+    from smoothcert.training.model_check import load_spec_model
 
     return load_spec_model(cfg, spec, checkpoint, tuple(x.shape[1:]), num_classes(cfg, data_dir), device, gradients)
 

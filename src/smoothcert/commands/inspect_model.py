@@ -19,7 +19,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from smoothcert.training.pretrained import inspect_file
+    from smoothcert.training.model_check import inspect_file
 
     cfg = config_mod.load(args.config)
     given = {k: getattr(args, k) for k in ("format", "arch", "outputs") if getattr(args, k) is not None}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from smoothcert import data as data_mod
 from smoothcert import methods
-from smoothcert.artifacts import ShardWriter, fingerprint, read_theta, sha256_file, sha256_tensors
+from smoothcert.artifacts import fingerprint, sha256_file, sha256_tensors
 from smoothcert.config import ModelSpec
 from smoothcert.engine.certificates import COLUMNS, certificate
 from smoothcert.engine.certify import Certified, Draws, SequentialPlan, certify
@@ -31,10 +31,11 @@ from smoothcert.engine.sampling import Sampling
 from smoothcert.errors import require
 from smoothcert.methods import Method
 from smoothcert.pipeline import stages
+from smoothcert.shards import ShardWriter, read_theta
 
 
 def load_theta(path: str | Path, idx: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """θ, seconds and evals of the inputs ``idx`` from one θ shard file (:func:`smoothcert.artifacts.read_theta`)."""
+    """θ, seconds and evals of the inputs ``idx`` from one θ shard file (:func:`smoothcert.shards.read_theta`)."""
     return read_theta(path, idx, dim)
 
 
@@ -119,7 +120,7 @@ def certify_shard(
     stamp the ``.part`` file (:func:`shard_fingerprint`); without them the model's state dict and
     the θ arrays are hashed, and so is the code of pipeline ``stage`` (the stage map's closure for this
     method). Rows of a ``.part`` file with another fingerprint are not resumed. One process at a time writes
-    a shard (:class:`smoothcert.artifacts.ShardWriter`'s lock): a second one is refused in one line.
+    a shard (:class:`smoothcert.shards.ShardWriter`'s lock): a second one is refused in one line.
     ``num_classes``: the model's classes (default: those the config's dataset records).
     """
     method = methods.get(method)

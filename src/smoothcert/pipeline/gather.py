@@ -1,6 +1,6 @@
 """The gather stage: merge the shard tables of one experiment into one table in index order.
 
-Guarantees: every shard table is whole (:func:`smoothcert.artifacts.check_rows`: no cut last row, every
+Guarantees: every shard table is whole (:func:`smoothcert.shards.check_rows`: no cut last row, every
 cell valid, each key once); all shards have the same columns (shards of different runs are refused); no
 key is in two shards; rows are sorted by the key (stable), and the merged table is written atomically.
 Given the config and the prepared data, each shard must hold exactly its block of the configured test
@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from smoothcert.artifacts import check_rows, read_table, write_table
+from smoothcert.artifacts import read_table, write_table
 from smoothcert.errors import require
 from smoothcert.inputs import configured_indices, shard_indices
+from smoothcert.shards import check_rows
 
 
 def _shard_labels(shards: list[str | Path]) -> list[int]:

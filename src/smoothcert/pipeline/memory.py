@@ -17,17 +17,18 @@ import pandas as pd
 import torch
 
 from smoothcert import data as data_mod
-from smoothcert.artifacts import atomic_path, load_npz, read_table, read_theta, write_table
+from smoothcert.artifacts import atomic_path, load_npz, read_table, write_table
 from smoothcert.engine.certificates import certificate
 from smoothcert.engine.regions import run_memory
 from smoothcert.errors import require
+from smoothcert.shards import read_theta
 
 NORMS = ("l2", "l1")  # the norms engine.regions can keep disjoint
 
 
 def load_thetas(paths: list[str | Path], idx: np.ndarray, dim: int) -> np.ndarray:
     """θ (len(idx), dim) float64 for the inputs ``idx``, gathered from θ shard files
-    (:func:`smoothcert.artifacts.read_theta`: every input once, none missing, none extra)."""
+    (:func:`smoothcert.shards.read_theta`: every input once, none missing, none extra)."""
     return read_theta(paths, idx, dim)[0]
 
 

@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 from smoothcert import config as config_mod
-from smoothcert.artifacts import atomic_path, check_rows, write_json, write_text
+from smoothcert.artifacts import atomic_path, write_json, write_text
 from smoothcert.engine.certificates import COLUMNS, MEMORY_COLUMNS
 from smoothcert.errors import SmoothcertError, require
 from smoothcert.methods import get as get_method
 from smoothcert.reporting import CURVE_FIGURES, THETA_FIGURE, curve_figures, importers, theta_methods
 from smoothcert.reporting import tables as rep
 from smoothcert.reporting.importers import IMPORTED, nonempty_table, read_locuslab
+from smoothcert.shards import check_rows
 
 TRAINING_COLUMNS = ["epoch", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
 THETA_PANELS = 6  # inputs shown per θ figure
@@ -41,7 +42,7 @@ def configured_inputs(cfg: dict, data: str | Path | None) -> np.ndarray | None:
 def load_experiments(cfg: dict, results: str | Path, expected: np.ndarray | None = None) -> list[rep.Experiment]:
     """Every configured experiment's final table (and, for memory methods, the table before memory).
 
-    Every table must be whole (:func:`smoothcert.artifacts.check_rows`) and hold exactly the ``expected``
+    Every table must be whole (:func:`smoothcert.shards.check_rows`) and hold exactly the ``expected``
     test inputs; without ``expected``, every input any of them holds (every experiment certifies the same
     inputs). A report on fewer inputs than the config asks for is refused, not written.
     """
