@@ -1,4 +1,4 @@
-"""Certification throughput (Cohen CERTIFY through ``core.certify_batch``) on CUDA, or on the CPU.
+"""Certification throughput (Cohen CERTIFY through ``engine.certify.certify_batch``) on CUDA, or on the CPU.
 
 Two sections, untrained models on random inputs (throughput does not depend on the weights), one
 warm-up call per setting not timed, best of repeats:
@@ -30,8 +30,9 @@ import torch
 
 import harness
 from smoothcert import data as data_mod
-from smoothcert.engine import core
+from smoothcert.engine.certify import certify_batch
 from smoothcert.engine.noise import stream_seed
+from smoothcert.engine.sampling import Sampling
 from smoothcert.training.models import build_model
 
 WORKLOADS = {"digits_cnn": "digits", "cifar_resnet20": "cifar10", "cifar_resnet110": "cifar10"}
@@ -55,15 +56,13 @@ def bench_one(
     model = model.to(device).eval()
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(inputs, meta.channels, meta.size, meta.size, generator=gen).to(device)
-    sampling = core.Sampling(kind="gaussian", batch_size=batch_size, chunk=min(batch_size, n), device=device, amp=amp)
+    sampling = Sampling(kind="gaussian", batch_size=batch_size, chunk=min(batch_size, n), device=device, amp=amp)
     seeds_s = [stream_seed(0, i, "select") for i in range(inputs)]
     seeds_e = [stream_seed(0, i, "estimate") for i in range(inputs)]
 
     def once() -> float:
         return harness.timed(
-            lambda: core.certify_batch(
-                model, x, 0.25, meta.num_classes, n0, n, 0.001, "l2", seeds_s, seeds_e, sampling
-            ),
+            lambda: certify_batch(model, x, 0.25, meta.num_classes, n0, n, 0.001, "l2", seeds_s, seeds_e, sampling),
             device,
         )[1]
 

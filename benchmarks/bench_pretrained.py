@@ -2,12 +2,12 @@
 
 1. **Load and speed**: a locuslab-layout CIFAR ResNet-110 checkpoint (seeded random weights, written by the tests'
    independent fixture module) against the same weights as smoothcert's own ``cifar_resnet110`` ``model.pt``: load
-   time, and certification throughput (evaluations per second of ``engine.core.count_classes``, channels-last as
+   time, and certification throughput (evaluations per second of ``engine.sampling.count_classes``, channels-last as
    the pipeline runs it, small batches). Both load into one module class, so the speed should agree within noise.
 2. **ONNX**: a CIFAR ResNet-20 exported to ONNX (opset 17), run through onnx2torch (as loaded, and channels-last
    as the pipeline prepares it) and through onnxruntime, against the torch original: throughput, and whether the
    class counts (hence the certificates) are identical under the same seed. The pipeline counts with the faster
-   route that needs no gradient (``training.pretrained.onnx_route``).
+   route that needs no gradient (``training.model_check.onnx_route``).
 3. **Dry run**: ``snakemake -n --configfile config/cifar10_locuslab.yaml`` (and with ``config/sequential.yaml``) in a
    copy of the repository with fixture checkpoints at the config's paths: jobs per rule, and no train job.
 
@@ -29,14 +29,14 @@ import harness
 
 sys.path.insert(0, str(harness.REPO / "tests"))  # the fixture writer shared with the tests (no package code)
 from locuslab_fixture import write_locuslab_checkpoint  # noqa: E402
-from smoothcert.engine import core  # noqa: E402
+from smoothcert.engine.sampling import Sampling, count_classes  # noqa: E402
 from smoothcert.training.models import prepare_for_inference  # noqa: E402
 from smoothcert.training.pretrained import load_model_file  # noqa: E402
 
 
 def counts(model, x, num: int, batch: int, seed: int = 0):
-    sampling = core.Sampling(kind="gaussian", batch_size=batch, chunk=min(num, 500), device="cpu")
-    return core.count_classes(model, x, 0.25, num, 10, [seed + i for i in range(len(x))], sampling)
+    sampling = Sampling(kind="gaussian", batch_size=batch, chunk=min(num, 500), device="cpu")
+    return count_classes(model, x, 0.25, num, 10, [seed + i for i in range(len(x))], sampling)
 
 
 def load_and_speed(folder: Path, args) -> dict:

@@ -33,8 +33,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from smoothcert import config as config_mod  # noqa: E402
-from smoothcert.engine import core  # noqa: E402
+from smoothcert.engine.certify import certify_batch  # noqa: E402
 from smoothcert.engine.noise import stream_seed  # noqa: E402
+from smoothcert.engine.sampling import Sampling  # noqa: E402
 from smoothcert.errors import SmoothcertError, require  # noqa: E402
 from smoothcert.training.pretrained import load_model_file  # noqa: E402
 
@@ -89,14 +90,12 @@ def main(argv=None) -> dict:
         "relative_difference": relative,
         "same_argmax_images": int((got.argmax(1) == want.argmax(1)).sum()),
     }
-    sampling = core.Sampling(batch_size=args.batch_size, chunk=min(args.batch_size, args.n), device=device)
+    sampling = Sampling(batch_size=args.batch_size, chunk=min(args.batch_size, args.n), device=device)
     idx = range(len(x))
     seeds = ([stream_seed(0, i, "select") for i in idx], [stream_seed(0, i, "estimate") for i in idx])
-    core.certify_batch(
-        model, x[:1], SIGMA, 10, args.n0, min(args.n, 1000), ALPHA, "l2", *(s[:1] for s in seeds), sampling
-    )
+    certify_batch(model, x[:1], SIGMA, 10, args.n0, min(args.n, 1000), ALPHA, "l2", *(s[:1] for s in seeds), sampling)
     out, seconds, _ = harness.timed(
-        lambda: core.certify_batch(model, x, SIGMA, 10, args.n0, args.n, ALPHA, "l2", *seeds, sampling), device
+        lambda: certify_batch(model, x, SIGMA, 10, args.n0, args.n, ALPHA, "l2", *seeds, sampling), device
     )
     certified = out["predict"] >= 0
     record = {

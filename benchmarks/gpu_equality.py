@@ -35,8 +35,9 @@ import harness  # noqa: E402
 from smoothcert import config as config_mod  # noqa: E402
 from smoothcert import data as data_mod  # noqa: E402
 from smoothcert.artifacts import sha256_file  # noqa: E402
-from smoothcert.engine import core  # noqa: E402
+from smoothcert.engine.certify import certify_batch  # noqa: E402
 from smoothcert.engine.noise import stream_seed  # noqa: E402
+from smoothcert.engine.sampling import Sampling  # noqa: E402
 from smoothcert.training.models import load_model  # noqa: E402
 
 SIGMA = 0.25
@@ -60,10 +61,10 @@ class Recorder(nn.Module):
         return torch.cat(self.argmax)
 
 
-def certify(model, x, idx, cc: dict, sampling: core.Sampling) -> dict:
+def certify(model, x, idx, cc: dict, sampling: Sampling) -> dict:
     seeds = ([stream_seed(0, int(i), "select") for i in idx], [stream_seed(0, int(i), "estimate") for i in idx])
     t0 = time.perf_counter()
-    out = core.certify_batch(model, x, SIGMA, 10, cc["n0"], cc["n"], cc["alpha"], "l2", *seeds, sampling)
+    out = certify_batch(model, x, SIGMA, 10, cc["n0"], cc["n"], cc["alpha"], "l2", *seeds, sampling)
     harness.sync(sampling.device)
     out["seconds"] = time.perf_counter() - t0
     out["radius"] = SIGMA * out["gap"]
@@ -136,7 +137,7 @@ def main(argv=None) -> dict:
     x = x_all[idx]
     model_cpu = load_model(cfg, path, cpu).eval()
     model_dev = load_model(cfg, path, dev).eval()
-    on_cpu = core.Sampling(batch_size=cc["batch_size"], chunk=cc["chunk"], device=cpu)
+    on_cpu = Sampling(batch_size=cc["batch_size"], chunk=cc["chunk"], device=cpu)
 
     ref_model = Recorder(model_cpu, cpu)
     ref = certify(ref_model, x, idx, cc, on_cpu)
@@ -154,11 +155,11 @@ def main(argv=None) -> dict:
         harness.emit({"same_noise": True, **row})
         same_noise.append(row)
 
-    on_dev = core.Sampling(batch_size=cc["batch_size"], chunk=cc["chunk"], device=dev)
+    on_dev = Sampling(batch_size=cc["batch_size"], chunk=cc["chunk"], device=dev)
     plain = certify(model_cpu, x, idx, cc, on_cpu)
     first = certify(model_dev, x, idx, cc, on_dev)
     again = certify(model_dev, x, idx, cc, on_dev)
-    wide = certify(model_dev, x, idx, cc, core.Sampling(batch_size=4 * cc["batch_size"], chunk=cc["chunk"], device=dev))
+    wide = certify(model_dev, x, idx, cc, Sampling(batch_size=4 * cc["batch_size"], chunk=cc["chunk"], device=dev))
     ks = sps.ks_2samp(plain["radius"], first["radius"]) if len(idx) > 1 else None
     device_engine = {
         "device": str(dev),

@@ -16,8 +16,10 @@ from scipy.special import gammaln
 from scipy.stats import norm
 from torch import nn
 
-from smoothcert.engine import core, stats
+from smoothcert.engine import stats
+from smoothcert.engine.certify import certify_batch
 from smoothcert.engine.noise import stream_seed
+from smoothcert.engine.sampling import Sampling
 
 
 class Linear(nn.Module):
@@ -48,7 +50,7 @@ def _inputs(w, theta, dist, scale_norm):
 def _certify(model, x, theta, n, norm_name, seed=0):
     seeds = lambda s: [stream_seed(seed, i, s) for i in range(len(x))]  # noqa: E731
     kind = stats.NOISE_OF_NORM[norm_name]
-    return core.certify_batch(
+    return certify_batch(
         model,
         torch.from_numpy(x),
         torch.as_tensor(theta, dtype=torch.float32),
@@ -59,7 +61,7 @@ def _certify(model, x, theta, n, norm_name, seed=0):
         norm_name,
         seeds("select"),
         seeds("estimate"),
-        core.Sampling(kind=kind, batch_size=100_000, chunk=10_000),
+        Sampling(kind=kind, batch_size=100_000, chunk=10_000),
     )
 
 

@@ -28,8 +28,10 @@ import yaml
 
 from smoothcert import data as data_mod
 from smoothcert.cli import main
-from smoothcert.engine import core
+from smoothcert.engine.certificates import ABSTAIN
+from smoothcert.engine.certify import certify_batch, predict_batch
 from smoothcert.engine.noise import stream_seed
+from smoothcert.engine.sampling import Sampling
 from smoothcert.training.loop import make_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -619,7 +621,7 @@ def test_code_running_resume_checkpoint_is_refused(ws, tmp_path):
 def test_overflowing_weights_never_yield_certificates(ws, tmp_path):
     """Finite weights × 1e12 overflow to NaN logits. Those must not become certificates.
 
-    ``core.count_classes`` lets a draw with non-finite logits vote for no class, so nA stays 0 and
+    ``engine.sampling.count_classes`` lets a draw with non-finite logits vote for no class, so nA stays 0 and
     every input abstains.
     """
     state = {k: v * 1e12 if k.endswith("weight") else v for k, v in ws.state.items()}
@@ -656,10 +658,10 @@ def test_core_abstains_on_nan_logits(model):
     x = torch.zeros(4, 1, 2, 2)
     seeds = [stream_seed(0, i, "select") for i in range(4)]
     seeds2 = [stream_seed(0, i, "estimate") for i in range(4)]
-    out = core.certify_batch(model, x, 0.5, 3, 50, 2000, 0.01, "l2", seeds, seeds2, core.Sampling(batch_size=1000))
-    assert (out["predict"] == core.ABSTAIN).all(), out
-    pred = core.predict_batch(model, x, 0.5, 3, 2000, 0.01, seeds2, core.Sampling(batch_size=1000))
-    assert (pred == core.ABSTAIN).all(), pred
+    out = certify_batch(model, x, 0.5, 3, 50, 2000, 0.01, "l2", seeds, seeds2, Sampling(batch_size=1000))
+    assert (out["predict"] == ABSTAIN).all(), out
+    pred = predict_batch(model, x, 0.5, 3, 2000, 0.01, seeds2, Sampling(batch_size=1000))
+    assert (pred == ABSTAIN).all(), pred
 
 
 # ---------------------------------------------------------------------------------------- data

@@ -1,4 +1,5 @@
-"""Cohen's PREDICT and CERTIFY against classifiers whose smoothed behaviour is known."""
+"""Cohen's PREDICT and CERTIFY (engine.certify, counting by engine.sampling, Smooth) against classifiers whose smoothed
+behaviour is known."""
 
 import numpy as np
 import pytest
@@ -7,8 +8,9 @@ from scipy.stats import norm
 from torch import nn
 
 from smoothcert import ABSTAIN, Smooth
-from smoothcert.engine import core
+from smoothcert.engine.certify import certify_batch
 from smoothcert.engine.noise import stream_seed
+from smoothcert.engine.sampling import Sampling, count_classes
 
 
 def _true_radius(model, x):
@@ -19,9 +21,7 @@ def _true_radius(model, x):
 def _certify(model, x, sigma, n, seed=0, alpha=0.001):
     seeds = [stream_seed(seed, i, "select") for i in range(len(x))]
     seeds2 = [stream_seed(seed, i, "estimate") for i in range(len(x))]
-    out = core.certify_batch(
-        model, x, sigma, 2, 100, n, alpha, "l2", seeds, seeds2, core.Sampling(batch_size=20000, chunk=5000)
-    )
+    out = certify_batch(model, x, sigma, 2, 100, n, alpha, "l2", seeds, seeds2, Sampling(batch_size=20000, chunk=5000))
     return out
 
 
@@ -87,9 +87,9 @@ def test_predict_and_certify_confident_input(linear_model):
 def test_counts_do_not_depend_on_batch_size(linear_model):
     x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(3))
     seeds = [stream_seed(0, i, "estimate") for i in range(5)]
-    a = core.count_classes(linear_model, x, 0.5, 3000, 2, seeds, core.Sampling(batch_size=500, chunk=1000))
-    b = core.count_classes(linear_model, x, 0.5, 3000, 2, seeds, core.Sampling(batch_size=7000, chunk=1000))
-    c = core.count_classes(linear_model, x[2:3], 0.5, 3000, 2, seeds[2:3], core.Sampling(batch_size=100, chunk=1000))
+    a = count_classes(linear_model, x, 0.5, 3000, 2, seeds, Sampling(batch_size=500, chunk=1000))
+    b = count_classes(linear_model, x, 0.5, 3000, 2, seeds, Sampling(batch_size=7000, chunk=1000))
+    c = count_classes(linear_model, x[2:3], 0.5, 3000, 2, seeds[2:3], Sampling(batch_size=100, chunk=1000))
     assert np.array_equal(a, b) and np.array_equal(a[2:3], c)
     assert (a.sum(1) == 3000).all()
 

@@ -22,10 +22,11 @@ import yaml
 
 from smoothcert import artifacts
 from smoothcert import config as config_mod
-from smoothcert.artifacts import ShardWriter, fingerprint, save_torch, write_table
+from smoothcert.artifacts import fingerprint, save_torch, write_table
 from smoothcert.cli import main
 from smoothcert.errors import SmoothcertError
 from smoothcert.pipeline import stages
+from smoothcert.shards import ShardWriter
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = REPO / "tests" / "fixtures" / "report"
@@ -239,7 +240,7 @@ def test_rows_of_other_code_are_not_resumed(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(stages, "code_fingerprint", lambda *a, **k: "sha256:" + "1" * 64)
     from smoothcert.engine import certify as engine_certify
 
-    real, done = engine_certify.certify_batch, []
+    real, done = engine_certify._certify_fixed, []
 
     def killing(classifier, x, *args, **kwargs):
         if len(done) >= 3:
@@ -258,14 +259,14 @@ def test_rows_of_other_code_are_not_resumed(tmp_path, capsys, monkeypatch):
     torch.save({"arch": "digits_cnn", "state_dict": make_model(cfg).state_dict()}, root / "model.pt")
     space = {"root": root, "data": root / "data", "ckpt": {0: root / "model.pt"}}
     out = root / "c.tsv"
-    monkeypatch.setattr(engine_certify, "certify_batch", killing)  # what engine.certify.certify calls
+    monkeypatch.setattr(engine_certify, "_certify_fixed", killing)  # the fixed-N CERTIFY engine.certify.certify runs
     with pytest.raises(Killed):
         run_certify(space, root, cfg, out, ckpt=root / "model.pt")
     part = Path(f"{out}.part")
     assert len(part.read_text().splitlines()) == 2 + 3
     capsys.readouterr()
     monkeypatch.setattr(stages, "code_fingerprint", lambda *a, **k: "sha256:" + "2" * 64)
-    monkeypatch.setattr(engine_certify, "certify_batch", real)
+    monkeypatch.setattr(engine_certify, "_certify_fixed", real)
     run_certify(space, root, cfg, out, ckpt=root / "model.pt")
     err = capsys.readouterr().err
     assert f"resume: {part} was certified with other code; starting over" in err
@@ -288,7 +289,7 @@ def test_training_checkpoint_of_other_code_is_trained_again(tmp_path, capsys):
 
 HOLDER = """
 import sys, time
-from smoothcert.artifacts import WriterLock
+from smoothcert.shards import WriterLock
 lock = WriterLock(sys.argv[1])
 print("held", flush=True)
 time.sleep(60)
@@ -336,7 +337,7 @@ def test_a_writer_that_failed_half_way_hands_its_lock_to_the_rerun_in_the_same_p
         [
             sys.executable,
             "-c",
-            "import sys; from smoothcert.artifacts import WriterLock; WriterLock(sys.argv[1])",
+            "import sys; from smoothcert.shards import WriterLock; WriterLock(sys.argv[1])",
             str(out),
         ],
         capture_output=True,

@@ -28,11 +28,12 @@ import torch
 import yaml
 
 from smoothcert import data as data_mod
-from smoothcert.artifacts import FINGERPRINT_PREFIX, fingerprint, load_torch, resume_conflict, save_torch
+from smoothcert.artifacts import fingerprint, load_torch, resume_conflict, save_torch
 from smoothcert.cli import main
 from smoothcert.config import ModelSpec
 from smoothcert.engine import certify as engine_certify
 from smoothcert.pipeline import certify as certify_mod
+from smoothcert.shards import FINGERPRINT_PREFIX
 from smoothcert.training import loop as train_mod
 from smoothcert.training.loop import make_model, train
 
@@ -97,7 +98,7 @@ def work(monkeypatch):
         inputs = 0
         kill_after = None
 
-    real = engine_certify.certify_batch
+    real = engine_certify._certify_fixed
 
     def counting(classifier, x, *args, **kwargs):
         if Work.kill_after is not None and Work.inputs + len(x) > Work.kill_after:
@@ -105,7 +106,7 @@ def work(monkeypatch):
         Work.inputs += len(x)
         return real(classifier, x, *args, **kwargs)
 
-    monkeypatch.setattr(engine_certify, "certify_batch", counting)  # what engine.certify.certify calls
+    monkeypatch.setattr(engine_certify, "_certify_fixed", counting)  # the fixed-N CERTIFY engine.certify.certify runs
     return Work
 
 

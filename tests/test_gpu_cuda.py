@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from smoothcert.engine import core
 from smoothcert.engine.noise import chunk_sizes, fill_standard, make_generator, stream_seed
+from smoothcert.engine.sampling import Sampling, count_classes
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 REPO = Path(__file__).resolve().parents[1]
@@ -99,12 +99,12 @@ def test_device_engine_counts_each_inputs_own_stream_at_any_batch_size():
             want[i] += np.bincount(model(rows).argmax(1).cpu().numpy(), minlength=3)
     assert want.sum() == len(x) * num and (want > 0).sum() >= 6
     for batch in (7, 1000, 2500, 100_000):  # passes that split chunks and inputs, and one pass for all
-        sampling = core.Sampling(batch_size=batch, chunk=chunk, device=dev)
-        got = core.count_classes(model, x, sigma, num, 3, seeds, sampling)
+        sampling = Sampling(batch_size=batch, chunk=chunk, device=dev)
+        got = count_classes(model, x, sigma, num, 3, seeds, sampling)
         assert np.array_equal(got, want), batch
     # a continued stream (sequential mode) sees the same draws as one call
-    first = core.count_classes(model, x, sigma, 1200, 3, seeds, core.Sampling(batch_size=1000, chunk=chunk, device=dev))
-    rest = core.count_classes(
-        model, x, sigma, num - 1200, 3, seeds, core.Sampling(batch_size=1000, chunk=chunk, device=dev), first_chunk=3
+    first = count_classes(model, x, sigma, 1200, 3, seeds, Sampling(batch_size=1000, chunk=chunk, device=dev))
+    rest = count_classes(
+        model, x, sigma, num - 1200, 3, seeds, Sampling(batch_size=1000, chunk=chunk, device=dev), first_chunk=3
     )
     assert np.array_equal(first + rest, want)

@@ -9,8 +9,9 @@ import torch
 from scipy import stats as sps
 from torch import nn
 
-from smoothcert.engine import core, noise
+from smoothcert.engine import noise
 from smoothcert.engine.noise import STREAMS, fill_standard, make_generator, stream_seed
+from smoothcert.engine.sampling import Sampling, count_classes, noise_threads
 
 
 def draw(seed: int, n: int = 64, kind: str = "gaussian", calls: int = 1, dtype=torch.float32) -> torch.Tensor:
@@ -173,16 +174,15 @@ def test_counts_are_the_same_drawn_ahead_by_noise_threads_or_in_line(monkeypatch
     x = torch.rand(b, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     seeds = [stream_seed(1, i, "estimate") for i in range(b)]
     sigma = torch.rand(b, 1, 8, 8, generator=torch.Generator().manual_seed(1)) + 0.1
-    sampling = core.Sampling(kind=kind, batch_size=batch_size, chunk=chunk)
+    sampling = Sampling(kind=kind, batch_size=batch_size, chunk=chunk)
     got = {}
     for threads in ("0", "1", "3"):
         monkeypatch.setenv("SMOOTHCERT_NOISE_THREADS", threads)
-        assert core.noise_threads() == int(threads)
-        got[threads] = core.count_classes(PixelVote(), x, sigma, n, 4, seeds, sampling)
+        assert noise_threads() == int(threads)
+        got[threads] = count_classes(PixelVote(), x, sigma, n, 4, seeds, sampling)
     assert np.array_equal(got["0"], got["1"]) and np.array_equal(got["0"], got["3"])
     alone = [
-        core.count_classes(PixelVote(), x[i : i + 1], sigma[i : i + 1], n, 4, seeds[i : i + 1], sampling)
-        for i in range(b)
+        count_classes(PixelVote(), x[i : i + 1], sigma[i : i + 1], n, 4, seeds[i : i + 1], sampling) for i in range(b)
     ]
     assert np.array_equal(got["0"], np.concatenate(alone))
 
@@ -197,11 +197,11 @@ def test_non_finite_logits_vote_for_no_class_in_both_counting_paths(monkeypatch)
 
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     seeds = [stream_seed(2, i, "estimate") for i in range(3)]
-    sampling = core.Sampling(batch_size=100, chunk=50)
+    sampling = Sampling(batch_size=100, chunk=50)
     got = []
     for threads in ("0", "1"):
         monkeypatch.setenv("SMOOTHCERT_NOISE_THREADS", threads)
-        got.append(core.count_classes(Broken(), x, 0.3, 300, 4, seeds, sampling))
+        got.append(count_classes(Broken(), x, 0.3, 300, 4, seeds, sampling))
     assert np.array_equal(got[0], got[1])
     assert (got[0].sum(1) < 300).all()
 

@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from smoothcert.engine import core
 from smoothcert.engine.noise import stream_seed
+from smoothcert.engine.sampling import Sampling, count_classes
 
 SHAPE = (1, 8, 8)
 ROW_BYTES = 4 * int(np.prod(SHAPE))
@@ -103,9 +103,7 @@ def _peak(n: int, batch_size: int, chunk: int, b: int = 2, scale=0.5) -> LiveTor
     x, seeds = _inputs(b)
     model = PixelVote()
     with LiveTorchBytes() as mem:
-        counts = core.count_classes(
-            model, x, scale, n, model.k, seeds, core.Sampling(batch_size=batch_size, chunk=chunk)
-        )
+        counts = count_classes(model, x, scale, n, model.k, seeds, Sampling(batch_size=batch_size, chunk=chunk))
     assert (counts.sum(1) == n).all()
     return mem
 
@@ -157,7 +155,7 @@ def test_peak_memory_with_per_dimension_scale_is_bounded():
 def test_every_forward_pass_is_full_but_the_last(b, n, batch_size, chunk):
     x, seeds = _inputs(b)
     model = PixelVote()
-    core.count_classes(model, x, 0.5, n, model.k, seeds, core.Sampling(batch_size=batch_size, chunk=chunk))
+    count_classes(model, x, 0.5, n, model.k, seeds, Sampling(batch_size=batch_size, chunk=chunk))
     assert sum(model.sizes) == b * n
     assert all(m == batch_size for m in model.sizes[:-1])
     assert 0 < model.sizes[-1] <= batch_size
@@ -167,7 +165,7 @@ def test_every_forward_pass_is_full_but_the_last(b, n, batch_size, chunk):
 def test_forward_runs_in_inference_mode_without_grad():
     x, seeds = _inputs(2)
     model = PixelVote()
-    core.count_classes(model, x, 0.5, 500, model.k, seeds, core.Sampling(batch_size=128, chunk=100))
+    count_classes(model, x, 0.5, 500, model.k, seeds, Sampling(batch_size=128, chunk=100))
     assert all(model.inference) and not any(model.grad)
 
 
@@ -202,22 +200,20 @@ def test_counts_do_not_depend_on_batch_size_or_grouping(b, n, chunk, batch_a, ba
     }[scale]
     model = PixelVote()
     progress = Progress()
-    a = core.count_classes(
-        model, x, sigma, n, model.k, seeds, core.Sampling(kind=kind, batch_size=batch_a, chunk=chunk), progress
+    a = count_classes(
+        model, x, sigma, n, model.k, seeds, Sampling(kind=kind, batch_size=batch_a, chunk=chunk), progress
     )
-    c = core.count_classes(
-        model, x, sigma, n, model.k, seeds, core.Sampling(kind=kind, batch_size=batch_b, chunk=chunk)
-    )
+    c = count_classes(model, x, sigma, n, model.k, seeds, Sampling(kind=kind, batch_size=batch_b, chunk=chunk))
     split = b // 2
     parts = [
-        core.count_classes(
+        count_classes(
             model,
             x[lo:hi],
             sigma if scale == "scalar" else sigma[lo:hi],
             n,
             model.k,
             seeds[lo:hi],
-            core.Sampling(kind=kind, batch_size=batch_b, chunk=chunk),
+            Sampling(kind=kind, batch_size=batch_b, chunk=chunk),
         )
         for lo, hi in ((0, split), (split, b))
     ]
@@ -236,7 +232,7 @@ def test_counts_match_input_by_input_reference(b, n, batch_size):
     x, seeds = _inputs(b)
     sigma = torch.linspace(0.2, 1.0, b)
     model = PixelVote()
-    got = core.count_classes(model, x, sigma, n, model.k, seeds, core.Sampling(batch_size=batch_size, chunk=chunk))
+    got = count_classes(model, x, sigma, n, model.k, seeds, Sampling(batch_size=batch_size, chunk=chunk))
     want = np.zeros_like(got)
     for i in range(b):
         gen = noise.make_generator(seeds[i], "cpu")

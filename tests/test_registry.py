@@ -20,7 +20,7 @@ import yaml
 from torch import nn
 
 from smoothcert import cli, config, methods
-from smoothcert.engine.core import Certified
+from smoothcert.engine.certify import Certified
 from smoothcert.errors import SmoothcertError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,8 +22,9 @@ from scipy.stats import binom, norm
 from torch import nn
 
 from smoothcert import Smooth
-from smoothcert.engine import core
+from smoothcert.engine.certify import certify_batch
 from smoothcert.engine.noise import stream_seed
+from smoothcert.engine.sampling import Sampling
 
 K = 10  # tied classes
 TRIALS = 2000  # independent inputs, one seed each
@@ -56,9 +57,7 @@ def test_batched_certify_does_not_reuse_selection_draws(n0, n):
     x = torch.zeros(TRIALS, 1, 2, 2)
     sel = [stream_seed(7, i, "select") for i in range(TRIALS)]
     est = [stream_seed(7, i, "estimate") for i in range(TRIALS)]
-    out = core.certify_batch(
-        model, x, sigma, K, n0, n, ALPHA, "l2", sel, est, core.Sampling(batch_size=50_000, chunk=100)
-    )
+    out = certify_batch(model, x, sigma, K, n0, n, ALPHA, "l2", sel, est, Sampling(batch_size=50_000, chunk=100))
     # every class has p = 1/K, so p̲A > 1/K is an over-claim whichever class was guessed
     over = int((out["pA_lower"] > 1.0 / K).sum())
     assert over <= _allowed(TRIALS), f"p̲A over-claimed in {over}/{TRIALS} trials (allowed {_allowed(TRIALS)})"

@@ -19,7 +19,9 @@ import yaml
 from torch import nn
 
 from smoothcert import Smooth, audit, cli
-from smoothcert.engine import core, sequential
+from smoothcert.engine import sequential
+from smoothcert.engine.certify import SequentialPlan, certify_sequential_batch, predict_sequential_batch
+from smoothcert.engine.sampling import Sampling, count_classes
 
 
 class Linear2(nn.Module):
@@ -59,9 +61,9 @@ def test_a_bound_without_union_over_checkpoints_fails():
 def test_continued_streams_are_the_first_draws_of_one_stream():
     model = Linear2(torch.tensor([1.0, -0.5]))
     x = torch.tensor([[0.1, 0.2], [0.3, -0.1]])
-    s = core.Sampling(kind="gaussian", batch_size=333, chunk=100)
-    whole = core.count_classes(model, x, 0.7, 700, 2, [1, 2], s)
-    parts = core.count_classes(model, x, 0.7, 300, 2, [1, 2], s) + core.count_classes(
+    s = Sampling(kind="gaussian", batch_size=333, chunk=100)
+    whole = count_classes(model, x, 0.7, 700, 2, [1, 2], s)
+    parts = count_classes(model, x, 0.7, 300, 2, [1, 2], s) + count_classes(
         model, x, 0.7, 400, 2, [1, 2], s, first_chunk=3
     )
     assert np.array_equal(whole, parts)
@@ -70,10 +72,10 @@ def test_continued_streams_are_the_first_draws_of_one_stream():
 def test_results_do_not_depend_on_grouping_or_batch_size():
     model = Linear2(torch.tensor([1.0, 0.0]))
     x = torch.tensor([[m, 0.0] for m in np.linspace(-0.4, 1.2, 9)], dtype=torch.float32)
-    plan = core.SequentialPlan(CKS, sequential.UnionCP(CKS), (0.0, 0.25, 0.5), 0.1)
+    plan = SequentialPlan(CKS, sequential.UnionCP(CKS), (0.0, 0.25, 0.5), 0.1)
 
     def run(rows, pos):
-        return core.certify_sequential_batch(
+        return certify_sequential_batch(
             model,
             x[pos],
             SIGMA,
@@ -83,7 +85,7 @@ def test_results_do_not_depend_on_grouping_or_batch_size():
             "l2",
             [int(i) for i in pos],
             [int(i) + 100 for i in pos],
-            core.Sampling(batch_size=rows, chunk=100),
+            Sampling(batch_size=rows, chunk=100),
             plan,
             np.full(len(pos), SIGMA),
         )
@@ -189,14 +191,14 @@ def test_sequential_predict_stops_early_and_abstains_on_ties():
     pred, used = sm.predict_sequential(torch.tensor([1.0, 0.0]), 10_000, 0.001, 100)
     assert pred == 1 and used == 100
     x = torch.zeros(300, 2)
-    out = core.predict_sequential_batch(
+    out = predict_sequential_batch(
         Linear2(torch.tensor([1.0, 0.0])),
         x,
         0.5,
         2,
         0.1,
         list(range(300)),
-        core.Sampling(batch_size=10_000, chunk=100),
+        Sampling(batch_size=10_000, chunk=100),
         CKS,
     )
     answered = int((out["predict"] >= 0).sum())

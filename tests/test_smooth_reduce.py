@@ -13,8 +13,10 @@ import yaml
 from scipy.stats import norm
 from torch import nn
 
-from smoothcert.engine import core, patches
+from smoothcert.engine import patches
+from smoothcert.engine.certify import certify_batch
 from smoothcert.engine.noise import stream_seed
+from smoothcert.engine.sampling import Sampling, count_classes
 from smoothcert.errors import SmoothcertError
 from smoothcert.methods import smooth_reduce as sr
 
@@ -39,12 +41,12 @@ def cfg_for(**sr_settings):
     return {"seed": 0, "smooth_reduce": {**SR_PARAMS, **sr_settings}, "video": {"window": 2}}
 
 
-SAMPLING = core.Sampling(batch_size=4000, chunk=1000)
+SAMPLING = Sampling(batch_size=4000, chunk=1000)
 
 
 def certify(target, x, sigma, n=2000, alpha=0.001):
     seeds = list(range(len(x)))
-    out = core.certify_batch(
+    out = certify_batch(
         target.classifier,
         target.to_space(x),
         sigma,
@@ -324,7 +326,7 @@ def test_uncorrelated_l1_certificate_survives_the_worst_perturbation_in_its_radi
     stacked-patch space is tight to first order. In image space, the exact worst case over the ℓ1 ball of
     radius r is a single pixel lowered by r: A = E·S has nonnegative entries, so raising pixels never lowers
     P(class 0), and log P(class 0) is concave in the (nonnegative) amounts the pixels are lowered by, so its
-    minimum over the simplex is at a vertex. The test certifies with the pipeline (``core.certify_batch``,
+    minimum over the simplex is at a vertex. The test certifies with the pipeline (``engine.certify.certify_batch``,
     uniform noise, n = 2000), then checks every single-pixel perturbation of ℓ1 norm equal to the reported
     radius: none may flip the smoothed class. With the old factor 1/(√9·‖S‖₂) = 1/3.77 the reported radius is
     4× too large and lowering the most-covered pixel drops P(class 0) to about 0.13; with the exact factor
@@ -350,8 +352,8 @@ def test_uncorrelated_l1_certificate_survives_the_worst_perturbation_in_its_radi
         == sr.wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", (1, 8, 8), norm="l1").radius_factor
     )
     x = torch.full((1, 1, 8, 8), tau + sigma)
-    sampling = core.Sampling(kind="uniform", batch_size=4000, chunk=1000)
-    out = core.certify_batch(
+    sampling = Sampling(kind="uniform", batch_size=4000, chunk=1000)
+    out = certify_batch(
         target.classifier,
         target.to_space(x),
         sigma,
@@ -382,7 +384,7 @@ def test_uncorrelated_l1_certificate_survives_the_worst_perturbation_in_its_radi
     assert p_beyond < 0.5  # not vacuous: 1.5× the radius is enough to flip it
     moved = x.clone().flatten()
     moved[j] -= 1.5 * radius
-    counts = core.count_classes(
+    counts = count_classes(
         target.classifier,
         target.to_space(moved.view(1, 1, 8, 8)),
         sigma,
@@ -422,7 +424,7 @@ def test_correlated_l1_adds_uniform_noise_once_before_resizing():
     assert torch.equal(target.to_space(x), x)
     inputs = []
     target.classifier.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].clone()))
-    core.count_classes(target.classifier, x, 0.5, 300, 2, [5], core.Sampling(kind="uniform", batch_size=100, chunk=100))
+    count_classes(target.classifier, x, 0.5, 300, 2, [5], Sampling(kind="uniform", batch_size=100, chunk=100))
     noisy = torch.cat(inputs)
     assert noisy.shape == (300, 1, 8, 8)  # draws in input space: resizing comes after the noise
     eps = noisy - x

@@ -13,7 +13,9 @@ from smoothcert.audit.harness import (
     verdict,
 )
 from smoothcert.config import ROOT
-from smoothcert.engine import core
+from smoothcert.engine.certificates import ABSTAIN
+from smoothcert.engine.certify import certify_batch, predict_batch
+from smoothcert.engine.sampling import Sampling, count_classes
 
 # ------------------------------------------------------------------------------------------ attack
 
@@ -101,8 +103,8 @@ def attack(
 ) -> list[dict]:
     """PGD inside (factor 1) and just outside (1.5) the certified radius of certified, correct inputs."""
     k = 10
-    sampling = core.Sampling(batch_size=20_000, chunk=1000)
-    out = core.certify_batch(
+    sampling = Sampling(batch_size=20_000, chunk=1000)
+    out = certify_batch(
         model,
         x,
         sigma,
@@ -122,13 +124,11 @@ def attack(
     for factor in factors:
         delta = pgd_smoothed(model, xc, label, radius * factor, sigma, steps, draws, seed + int(100 * factor))
         xa = xc + delta
-        pred = core.predict_batch(
-            model, xa, sigma, k, eval_n, eval_alpha, _seeds(seed + 1, len(xa), "attack"), sampling
-        )
+        pred = predict_batch(model, xa, sigma, k, eval_n, eval_alpha, _seeds(seed + 1, len(xa), "attack"), sampling)
         # pA of the certified class at the attacked point, for the report only (fewer draws)
-        counts = core.count_classes(model, xa, sigma, pa_n, k, _seeds(seed + 2, len(xa), "attack"), sampling)
+        counts = count_classes(model, xa, sigma, pa_n, k, _seeds(seed + 2, len(xa), "attack"), sampling)
         p_label = counts[np.arange(len(good)), label.numpy()] / pa_n
-        flips = (pred != core.ABSTAIN) & (pred != label.numpy())
+        flips = (pred != ABSTAIN) & (pred != label.numpy())
         check = f"attack_x{factor:g}"
         extra = {
             "inputs": int(len(good)),
@@ -140,7 +140,7 @@ def attack(
             "eval_n": eval_n,
             "eval_alpha": eval_alpha,
             "pA_draws": pa_n,
-            "abstained": int((pred == core.ABSTAIN).sum()),
+            "abstained": int((pred == ABSTAIN).sum()),
             "mean_pA_at_attack": float(p_label.mean()) if len(good) else None,
             "min_pA_at_attack": float(p_label.min()) if len(good) else None,
             "delta_norm_max_over_radius": float((delta.flatten(1).norm(dim=1) / radius.float()).max())

@@ -14,7 +14,9 @@ from smoothcert.audit.harness import (
     _seeds,
     verdict,
 )
-from smoothcert.engine import core
+from smoothcert.engine.certificates import ABSTAIN
+from smoothcert.engine.certify import SequentialPlan, certify_sequential_batch, predict_batch
+from smoothcert.engine.sampling import Sampling
 
 # ------------------------------------------------------------------------------------------ sequential
 
@@ -60,8 +62,8 @@ def sequential(
     x = torch.zeros(trials, 1, 4, 4)
     x[:, 0, 0, 0] = margin
     kind = "gaussian" if norm_name == "l2" else "uniform"
-    plan = core.SequentialPlan(cks, cs, (margin,) if target == "decide" else None, 0.05)
-    out = core.certify_sequential_batch(
+    plan = SequentialPlan(cks, cs, (margin,) if target == "decide" else None, 0.05)
+    out = certify_sequential_batch(
         Linear2(w, 0.0),
         x,
         sigma,
@@ -71,7 +73,7 @@ def sequential(
         norm_name,
         _seeds(seed, trials, "select"),
         _seeds(seed, trials, "estimate"),
-        core.Sampling(kind=kind, batch_size=50_000, chunk=cks[0]),
+        Sampling(kind=kind, batch_size=50_000, chunk=cks[0]),
         plan,
         np.full(trials, sigma),
     )
@@ -104,10 +106,10 @@ def predict(trials=1000, n=500, alpha=0.1, sigma=0.5, pa=0.51, seed=6) -> dict:
     sign = rng.choice([-1.0, 1.0], trials)
     x = _inputs_with_margin(w, b, sign * sigma * np.linalg.norm(w) * normal.ppf(pa), rng, (1, 4, 4))
     margin = _margins(model, x)
-    pred = core.predict_batch(
-        model, x, sigma, 2, n, alpha, _seeds(seed, trials, "predict"), core.Sampling(batch_size=100_000, chunk=n)
+    pred = predict_batch(
+        model, x, sigma, 2, n, alpha, _seeds(seed, trials, "predict"), Sampling(batch_size=100_000, chunk=n)
     )
-    wrong = (pred != core.ABSTAIN) & (pred != (margin > 0).astype(np.int64))
+    wrong = (pred != ABSTAIN) & (pred != (margin > 0).astype(np.int64))
     return verdict(
-        f"predict_pA{pa:g}", trials, int(wrong.sum()), alpha, n=n, pA=pa, abstained=int((pred == core.ABSTAIN).sum())
+        f"predict_pA{pa:g}", trials, int(wrong.sum()), alpha, n=n, pA=pa, abstained=int((pred == ABSTAIN).sum())
     )

@@ -10,12 +10,13 @@ import torch
 
 from smoothcert import config as config_mod
 from smoothcert import methods
-from smoothcert.artifacts import check_writable, write_theta
+from smoothcert.artifacts import check_writable
 from smoothcert.commands._common import add_shard_job, setup, shard_inputs
 from smoothcert.commands._model import load_base_model
 from smoothcert.errors import require
 from smoothcert.pipeline.certify import load_theta
 from smoothcert.pipeline.optimize import optimize_shard
+from smoothcert.shards import write_theta
 
 HELP = "search per-input noise (σ or θ) for one shard with a per-input-σ method"
 
@@ -44,7 +45,8 @@ def run(args):
     spec = config_mod.model_spec(cfg, args.model)
     check_writable(args.out)
     x, _, idx = shard_inputs(cfg, args)
-    init, start = None, methods.get(args.method).init_from
+    method = methods.get(args.method)
+    init, start = None, method.init_from
     if start is not None:
         require(args.init is not None, f"method {args.method} needs --init, the {start} θ file of the same shard")
         init = load_theta(args.init, idx, int(np.prod(x.shape[1:])))
@@ -54,7 +56,7 @@ def run(args):
     out = optimize_shard(
         cfg,
         spec,
-        args.method,
+        method,
         model,
         x[idx],
         idx,

@@ -32,6 +32,20 @@ class Certified:
     evals_per_draw: int = 1
 
 
+@dataclass(frozen=True)
+class Draws:
+    """How CERTIFY draws for a batch — the options object of :func:`certify`: ``n0`` selection draws, then ``n``
+    estimation draws — or, with a sequential ``plan``, as many as it says — at level ``alpha``, for the
+    certificate of ``norm``; ``sampling`` says how the draws are made."""
+
+    n0: int
+    alpha: float
+    norm: str
+    sampling: Sampling
+    n: int = 0
+    plan: SequentialPlan | None = None
+
+
 def certify_batch(
     model: nn.Module,
     x: torch.Tensor,
@@ -46,7 +60,8 @@ def certify_batch(
     sampling: Sampling,
     progress=None,
 ) -> dict[str, np.ndarray]:
-    """CERTIFY for a batch: guess cA from n0 draws, bound p̲A from n fresh draws.
+    """CERTIFY for a batch: guess cA from n0 draws, bound p̲A from n fresh draws (the public, locuslab-like form of
+    :func:`certify` with ``Draws(n0, alpha, norm, sampling, n=n)``).
 
     Guarantee (Cohen et al. Thm. 1 / Yang et al. for uniform ℓ1): for each input,
     with probability ≥ 1 - alpha over the estimation draws, either the result is
@@ -54,12 +69,18 @@ def certify_batch(
     {δ : ‖δ ⊘ θ‖_p < gap}. Abstains whenever p̲A < 1/2.
     Returns arrays ``predict``, ``count`` (nA), ``pA_lower`` and ``gap``.
     """
-    sel = count_classes(model, x, scale, n0, num_classes, seeds_select, sampling)
+    draws = Draws(n0, alpha, norm, sampling, n=n)
+    return _certify_fixed(model, x, scale, num_classes, (seeds_select, seeds_estimate), draws, progress)
+
+
+def _certify_fixed(model, x, scale, num_classes: int, seeds: tuple, draws: Draws, progress=None) -> dict:
+    """:func:`certify_batch`'s CERTIFY with ``draws.n`` estimation draws."""
+    sel = count_classes(model, x, scale, draws.n0, num_classes, seeds[0], draws.sampling)
     guess = sel.argmax(1)
-    est = count_classes(model, x, scale, n, num_classes, seeds_estimate, sampling, progress)
+    est = count_classes(model, x, scale, draws.n, num_classes, seeds[1], draws.sampling, progress)
     n_a = est[np.arange(len(guess)), guess]
-    p_lower = np.atleast_1d(stats.lower_confidence_bound(n_a, n, alpha))
-    predict, gap = _decided(guess, p_lower, norm)
+    p_lower = np.atleast_1d(stats.lower_confidence_bound(n_a, draws.n, draws.alpha))
+    predict, gap = _decided(guess, p_lower, draws.norm)
     return {"predict": predict, "count": n_a.astype(np.int64), "pA_lower": p_lower.astype(float), "gap": gap}
 
 
@@ -148,8 +169,19 @@ def certify_sequential_batch(
     All inputs still running advance to the next checkpoint together, in one :func:`count_classes` call, so
     forward batches stay full; each input's draws are the first n of its own stream (``first_chunk``), so
     results do not depend on which inputs share a call, on the batch size or on sharding.
-    Returns :func:`certify_batch`'s arrays plus ``n`` (estimation draws used per input).
+    Returns :func:`certify_batch`'s arrays plus ``n`` (estimation draws used per input). The public form of
+    :func:`certify` with ``Draws(n0, alpha, norm, sampling, plan=plan)``.
     """
+    draws = Draws(n0, alpha, norm, sampling, plan=plan)
+    return _certify_sequential(
+        model, x, scale, num_classes, (seeds_select, seeds_estimate), draws, radius_scale, progress
+    )
+
+
+def _certify_sequential(model, x, scale, num_classes: int, seeds: tuple, draws: Draws, radius_scale, progress=None):
+    """:func:`certify_sequential_batch`'s CERTIFY, drawing as ``draws.plan`` says."""
+    n0, alpha, norm, sampling, plan = draws.n0, draws.alpha, draws.norm, draws.sampling, draws.plan
+    seeds_select, seeds_estimate = seeds
     b = x.shape[0]
     sel = count_classes(model, x, scale, n0, num_classes, seeds_select, sampling)
     guess = sel.argmax(1)
@@ -251,43 +283,22 @@ def predict_sequential_batch(
     return {"predict": out, "n": used}
 
 
-@dataclass(frozen=True)
-class Draws:
-    """How CERTIFY draws for a batch (what were long parameter lists): ``n0`` selection draws, then ``n``
-    estimation draws — or, with a sequential ``plan``, as many as it says — at level ``alpha``, for the
-    certificate of ``norm``; ``sampling`` says how the draws are made."""
-
-    n0: int
-    alpha: float
-    norm: str
-    sampling: Sampling
-    n: int = 0
-    plan: SequentialPlan | None = None
-
-
 def certify(
-    model: nn.Module, x: torch.Tensor, scale, num_classes: int, seeds: tuple, draws: Draws, radius_scale=None
+    model: nn.Module,
+    x: torch.Tensor,
+    scale,
+    num_classes: int,
+    seeds: tuple,
+    draws: Draws,
+    radius_scale=None,
+    progress=None,
 ) -> dict[str, np.ndarray]:
-    """CERTIFY as ``draws`` says: :func:`certify_batch` with ``n`` draws, or :func:`certify_sequential_batch`
-    with the ``plan`` (``radius_scale`` (B,): gap-to-radius factor per input, for its target radii).
-    ``seeds``: (selection seeds, estimation seeds), one per input. Returns their arrays, ``n`` (estimation
-    draws per input) included in both forms; the same guarantees."""
+    """CERTIFY as ``draws`` says: ``n`` draws (:func:`certify_batch`'s guarantee), or the sequential ``plan``
+    (:func:`certify_sequential_batch`'s; ``radius_scale`` (B,): gap-to-radius factor per input, for its target
+    radii). ``seeds``: (selection seeds, estimation seeds), one per input. Returns their arrays, ``n``
+    (estimation draws per input) included in both forms."""
     if draws.plan is None:
-        out = certify_batch(
-            model, x, scale, num_classes, draws.n0, draws.n, draws.alpha, draws.norm, *seeds, draws.sampling
-        )
+        out = _certify_fixed(model, x, scale, num_classes, seeds, draws, progress)
         out["n"] = np.full(len(x), draws.n, dtype=np.int64)
         return out
-    return certify_sequential_batch(
-        model,
-        x,
-        scale,
-        num_classes,
-        draws.n0,
-        draws.alpha,
-        draws.norm,
-        *seeds,
-        draws.sampling,
-        draws.plan,
-        radius_scale,
-    )
+    return _certify_sequential(model, x, scale, num_classes, seeds, draws, radius_scale, progress)

@@ -5,7 +5,7 @@ resizes its input to ``resize``×``resize`` (bilinear, ``align_corners=False``),
 cuts P patches, runs f on all patches of all rows in one batch and reduces the P
 logit vectors by ``max`` or ``mean``; smoothing then votes with the argmax.
 
-Correlated variant (default): :mod:`smoothcert.engine.core` adds one noise draw ε to the
+Correlated variant (default): :mod:`smoothcert.engine.sampling` adds one noise draw ε to the
 whole input (Gaussian for ℓ2, uniform U[-σ, σ] for ℓ1), and resizing and patching
 happen inside the classifier. The composite x + ε ↦ argmax reduce(f(patches(resize(x + ε))))
 is one deterministic function of the noisy input, so the ℓ2 (Cohen et al., Thm. 1) and

@@ -19,12 +19,13 @@ from smoothcert import methods
 from smoothcert.engine import noise as noise_mod
 from smoothcert.engine.surrogate import resolve_precision
 from smoothcert.errors import require
+from smoothcert.methods import Method
 
 
 def optimize_shard(
     cfg: dict,
     spec,
-    method_name: str,
+    method: Method | str,
     model: nn.Module,
     x: torch.Tensor,
     idx: np.ndarray,
@@ -32,7 +33,8 @@ def optimize_shard(
     init=None,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Search σ / θ with method ``method_name`` for inputs ``x`` with test indices ``idx``.
+    """Search σ / θ with ``method`` (a registered :class:`Method`, or its name) for inputs ``x`` with test indices
+    ``idx``.
 
     Batches of ``cfg[section]['batch_size']`` inputs; the search starts at ``spec.sigma`` or, for a method with
     ``init_from``, at ``init`` (n, d), the θ of that method for the same inputs (required then).
@@ -40,7 +42,8 @@ def optimize_shard(
     wall time / batch size) and ``evals`` int64 (n,) base-classifier evaluations per input: every row it sent
     through the model (the method's search counts them; DDRS's float32 central difference forwards each draw twice).
     """
-    method = methods.get(method_name)
+    method = methods.get(method)
+    method_name = method.name
     require(method.per_input_sigma, f"optimize: method {method_name!r} has no per-input σ to search")
     search = methods.function(method.optimize)
     settings = cfg[method.section]
