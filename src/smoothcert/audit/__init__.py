@@ -1,6 +1,6 @@
 """Soundness audit: do certificates fail no more often than alpha says they may?
 
-Each check runs CERTIFY (``core.certify_batch``) many times, every trial with its own seeds, on a
+Each check runs CERTIFY (``engine.certify.certify_batch``) many times, every trial with its own seeds, on a
 classifier whose *exact* answer is known, and counts the trials whose certificate is wrong:
 
 * a linear binary classifier f(x) = 1[wᵀx + b > 0]. Under any symmetric noise its smoothed classifier
@@ -8,12 +8,12 @@ classifier whose *exact* answer is known, and counts the trials whose certificat
   hyperplane: in the θ-scaled ℓp metric the exact gap is |wᵀx + b| / ‖θ ⊙ w‖_q (q the dual norm:
   ℓ2 → ℓ2, ℓ1 → ℓ∞). A certificate fails when it predicts the wrong class or its gap exceeds this.
   Checks: ``cohen_l2`` (isotropic Gaussian; ``cohen_clip_l2`` on (T, C, H, W) clips), ``ddrs_l2``
-  (per-input σ from ``engine.surrogate.ddrs_sigma``), ``ancer_l2`` (per-dimension θ from ``optimize.ancer_theta``),
+  (per-input σ from the ddrs method's search), ``ancer_l2`` (per-dimension θ from the ancer method's),
   ``cohen_l1`` and ``ddrs_l1`` (isotropic uniform noise, fixed or DDRS σ, on an axis-aligned classifier,
   where the ℓ1 bound is tight), ``ancer_l1`` (per-dimension uniform noise, generic w in d = 4: here the
   exact smoothed probability is computed in closed form, and both p̲A > pA and a region that crosses the
   hyperplane count as failures), ``smooth_reduce_mean`` / ``smooth_reduce_clip_mean`` (the correlated
-  Smooth-Reduce classifier built by ``smooth_reduce.wrap`` around a linear patch / sub-clip classifier
+  Smooth-Reduce classifier the registered method's ``wrap`` builds around a linear patch / sub-clip classifier
   with mean reduction: the composite is linear, its weight vector is read off by autograd), and
   ``smooth_reduce_mean_l1`` (correlated, uniform noise, one patch reading one pixel: ≤ 4 bilinear weights,
   exact pA in closed form).
@@ -25,7 +25,7 @@ classifier whose *exact* answer is known, and counts the trials whose certificat
   wrong class, p̲A > pA, or the smoothed class changing inside the reported input-space radius.
   ``broken_smooth_reduce[_clip]_uncorrelated_l1`` re-reads the ℓ1 certificates with the ℓ2 factor
   1/(√maxcov·‖S‖₂) the ℓ1 radius used to be divided by; the audit must flag it.
-* ``predict``: PREDICT (``core.predict_batch``) at known pA = 0.51 and 0.55 must return the wrong class
+* ``predict``: PREDICT (``engine.certify.predict_batch``) at known pA = 0.51 and 0.55 must return the wrong class
   at rate <= alpha (Cohen et al., Prop. 1).
 * ``attack``: a digits CNN trained with Gaussian noise; for certified, correctly classified test inputs,
   PGD on the smoothed classifier's soft output (mean softmax over fresh noise draws each step) inside

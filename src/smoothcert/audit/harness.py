@@ -1,5 +1,6 @@
 """The audit's harness: the verdict of a check (failures against the binomial bound), seeded trials, CERTIFY on
-a classifier whose answer is known (a linear one, inputs at a chosen margin), and the linear checks' failure rule."""
+a classifier whose answer is known (a linear one, inputs at a chosen margin), the linear checks' failure rule, and
+the methods under audit reached through the registry (:func:`search`, :func:`wrapped`), as the pipeline reaches them."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 from scipy.stats import binom, binomtest
+from scipy.stats import norm as normal
 from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
-from smoothcert.engine import core
-from smoothcert.engine.noise import stream_seed
+from smoothcert import methods
+from smoothcert.engine.certificates import ABSTAIN
+from smoothcert.engine.certify import certify_batch
+from smoothcert.engine.noise import make_generator, stream_seed
+from smoothcert.engine.sampling import Sampling
 
 DELTA = 1e-3  # false-alarm probability of one check
 
@@ -62,8 +67,8 @@ def _seeds(seed: int, trials: int, stream: str) -> list[int]:
 
 
 def _certify(model, x, scale, n0, n, alpha, norm_name, seed, kind, num_classes=2):
-    sampling = core.Sampling(kind=kind, batch_size=100_000, chunk=n)
-    return core.certify_batch(
+    sampling = Sampling(kind=kind, batch_size=100_000, chunk=n)
+    return certify_batch(
         model,
         x,
         scale,
@@ -88,6 +93,15 @@ def _inputs_with_margin(w: np.ndarray, b: float, margin: np.ndarray, rng: np.ran
     return torch.from_numpy(x.reshape(len(margin), *shape)).float()
 
 
+def gaussian_inputs(rng: np.random.Generator, w: np.ndarray, b: float, trials: int, scale, shape, norm_of=None):
+    """Inputs on a random side of {wᵀx + b = 0} at margin ±scale·‖norm_of‖·Φ⁻¹(pA), pA a random target in
+    [0.55, 0.99] per trial: under N(0, scale²) noise on a classifier whose weights are ``norm_of`` (default ``w``)
+    the exact smoothed pA is the target. Draws the side, then pA, then the inputs from ``rng``."""
+    sign = rng.choice([-1.0, 1.0], trials)
+    norm_w = np.linalg.norm(w if norm_of is None else norm_of)
+    return _inputs_with_margin(w, b, sign * scale * norm_w * normal.ppf(_target_pa(rng, trials)), rng, shape)
+
+
 def _margins(model: Linear2, x: torch.Tensor) -> np.ndarray:
     """wᵀx + b of the float32 inputs actually certified, in float64."""
     return x.flatten(1).double().numpy() @ model.w.double().numpy() + model.b
@@ -100,7 +114,7 @@ def _target_pa(rng, trials, lo=0.55, hi=0.99) -> np.ndarray:
 def _linear_failures(out: dict, margin: np.ndarray, exact_gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(certified, failed) per trial: wrong class, or certified gap beyond the exact one."""
     pred = out["predict"]
-    certified = pred != core.ABSTAIN
+    certified = pred != ABSTAIN
     truth = (margin > 0).astype(np.int64)
     failed = certified & ((pred != truth) | (out["gap"] > exact_gap * (1 + 1e-9)))
     return certified, failed
@@ -146,3 +160,37 @@ def uniform_verdict(check, trials, alpha, n, n0, out, margin, exact_gap, p1, **e
     bound_fail = certified & (out["pA_lower"] > p_true)
     fails = dict(region_failures=int(failed.sum()), bound_failures=int(bound_fail.sum()))
     return certify_verdict(check, trials, failed | bound_fail, alpha, n, n0, certified, **fails, **extra)
+
+
+# ------------------------------------------------------------------------------------------ methods under audit
+
+
+def search(name: str, model: nn.Module, x: torch.Tensor, init: torch.Tensor, norm: str, seed: int, **settings):
+    """θ (B, d) from the σ / θ search of the registered method ``name`` (its entry's ``optimize``), started at
+    ``init`` (B, d), each input on its own noise stream (``stream_seed(seed, i, "optimize")``), in float32,
+    without early stop. ``settings``: the keys of the method's params.yaml section the check sets; the section
+    is validated against the method's own schema, so the audit runs the search the pipeline runs."""
+    import jsonschema
+
+    method = methods.get(name)
+    section = {
+        "batch_size": len(x),
+        "precision": "float32",
+        "early_stop": False,
+        "patience": 1,
+        "tolerance": 0.0,
+        "smoothing": 0.0,
+        "sigma_max": None,
+        **settings,
+    }
+    jsonschema.validate(section, method.schema)
+    gens = [make_generator(s, "cpu") for s in _seeds(seed, len(x), "optimize")]
+    theta, _ = methods.function(method.optimize)(model, x, None, init, norm, section, gens, None)
+    return theta
+
+
+def wrapped(name: str, base: nn.Module, cfg: dict, shape: tuple[int, ...], norm: str):
+    """The :class:`~smoothcert.engine.certify.Certified` classifier the registered wrapper method ``name`` builds
+    around ``base`` for inputs of ``shape`` (its entry's ``wrap``), certified in ``norm``."""
+    method = methods.get(name)
+    return methods.function(method.wrap)(base, cfg, method.name, shape, norm=norm)

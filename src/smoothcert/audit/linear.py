@@ -12,15 +12,15 @@ from smoothcert.audit.harness import (
     _inputs_with_margin,
     _linear_failures,
     _margins,
-    _seeds,
     _target_pa,
     certify_verdict,
+    gaussian_inputs,
     margin_for,
+    search,
     smoothed_probability_uniform,
     uniform_verdict,
 )
-from smoothcert.engine import core
-from smoothcert.engine.noise import make_generator
+from smoothcert.engine.certificates import ABSTAIN
 
 # ------------------------------------------------------------------------------------------ linear checks
 
@@ -31,8 +31,7 @@ def cohen_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=0, broken=Fal
     d = int(np.prod(shape))
     w, b = rng.normal(size=d), 0.1
     model = Linear2(torch.from_numpy(w), b)
-    sign = rng.choice([-1.0, 1.0], trials)
-    x = _inputs_with_margin(w, b, sign * sigma * np.linalg.norm(w) * normal.ppf(_target_pa(rng, trials)), rng, shape)
+    x = gaussian_inputs(rng, w, b, trials, sigma, shape)
     margin = _margins(model, x)
     wn = np.linalg.norm(model.w.double().numpy())
     out = _certify(model, x, sigma, n0, n, alpha, "l2", seed, "gaussian")
@@ -41,7 +40,7 @@ def cohen_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=0, broken=Fal
         ok = (p_hat > 0.5) & (out["count"] > 0)
         guess = np.where(margin > 0, 1, 0)  # the selection step is almost always right here
         out = {
-            "predict": np.where(ok, guess, core.ABSTAIN),
+            "predict": np.where(ok, guess, ABSTAIN),
             "gap": np.where(ok, normal.ppf(np.clip(p_hat, 0, 1 - 1e-12)), 0.0),
         }
     certified, failed = _linear_failures(out, margin, np.abs(margin) / (sigma * wn))
@@ -52,14 +51,10 @@ def cohen_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=0, broken=Fal
 
 
 def _ddrs(model: Linear2, x: torch.Tensor, sigma0: np.ndarray, norm: str, iterations: int, seed: int) -> torch.Tensor:
-    """DDRS's σ per trial (the ascent the ddrs method runs) from σ0, each trial on its own noise stream."""
-    from smoothcert.engine.surrogate import ddrs_sigma
-
-    gens = [make_generator(s, "cpu") for s in _seeds(seed, len(x), "optimize")]
-    sigma0 = torch.from_numpy(sigma0).float()
-    return ddrs_sigma(
-        model, x, sigma0, norm, iterations=iterations, lr=0.05, samples=16, sigma_min=0.05, generator=gens
-    )
+    """σ per trial by the registered ddrs method's search, from σ0, each trial on its own noise stream."""
+    init = torch.from_numpy(sigma0).float()[:, None].expand(len(x), x[0].numel())
+    settings = {"iterations": iterations, "lr": 0.05, "samples": 16, "sigma0": None, "sigma_min": 0.05}
+    return search("ddrs", model, x, init, norm, seed, **settings)[:, 0]
 
 
 def ddrs_l2(trials=1000, n=500, n0=50, alpha=0.1, seed=1, iterations=3) -> dict:
@@ -68,10 +63,7 @@ def ddrs_l2(trials=1000, n=500, n0=50, alpha=0.1, seed=1, iterations=3) -> dict:
     w, b = rng.normal(size=16), -0.2
     model = Linear2(torch.from_numpy(w), b)
     sigma0 = rng.uniform(0.25, 1.0, trials)
-    sign = rng.choice([-1.0, 1.0], trials)
-    x = _inputs_with_margin(
-        w, b, sign * sigma0 * np.linalg.norm(w) * normal.ppf(_target_pa(rng, trials)), rng, (1, 4, 4)
-    )
+    x = gaussian_inputs(rng, w, b, trials, sigma0, (1, 4, 4))
     sigma = _ddrs(model, x, sigma0, "l2", iterations, seed).double().numpy()
     margin = _margins(model, x)
     wn = np.linalg.norm(model.w.double().numpy())
@@ -84,22 +76,16 @@ def ddrs_l2(trials=1000, n=500, n0=50, alpha=0.1, seed=1, iterations=3) -> dict:
 
 def ancer_l2(trials=1000, n=500, n0=50, alpha=0.1, seed=2, iterations=3) -> dict:
     """Per-dimension θ from ANCER (started from a random anisotropic θ0); exact gap |wᵀx + b| / ‖θ ⊙ w‖₂."""
-    from smoothcert.methods.ancer import ancer_theta
-
     rng = np.random.default_rng(seed)
     d = 16
     w, b = rng.normal(size=d), 0.05
     model = Linear2(torch.from_numpy(w), b)
     sigma0 = rng.uniform(0.25, 1.0, trials)
-    sign = rng.choice([-1.0, 1.0], trials)
-    x = _inputs_with_margin(
-        w, b, sign * sigma0 * np.linalg.norm(w) * normal.ppf(_target_pa(rng, trials)), rng, (1, 4, 4)
-    )
-    gens = [make_generator(s, "cpu") for s in _seeds(seed, trials, "optimize")]
+    x = gaussian_inputs(rng, w, b, trials, sigma0, (1, 4, 4))
     # an anisotropic start (up to ~5× between dimensions); ANCER keeps θ >= θ0 elementwise
     theta0 = torch.from_numpy(sigma0[:, None] * np.exp(rng.uniform(-0.8, 0.8, (trials, d)))).float()
-    theta = ancer_theta(model, x, theta0, "l2", iterations=iterations, lr=0.04, samples=16, kappa=2.0, generator=gens)
-    theta = theta.reshape(trials, d).float()
+    settings = {"iterations": iterations, "lr": 0.04, "samples": 16, "kappa": 2.0}
+    theta = search("ancer", model, x, theta0, "l2", seed, **settings).reshape(trials, d).float()
     margin = _margins(model, x)
     w64 = model.w.double().numpy()
     th = theta.double().numpy()

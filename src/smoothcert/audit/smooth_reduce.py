@@ -15,12 +15,14 @@ from smoothcert.audit.harness import (
     _linear_failures,
     _target_pa,
     certify_verdict,
+    gaussian_inputs,
     margin_for,
     smoothed_probability_uniform,
     uniform_verdict,
     verdict,
+    wrapped,
 )
-from smoothcert.engine import core
+from smoothcert.engine.certificates import ABSTAIN
 
 
 def _sr_setup(variant: str, clip: bool, seed: int, positions: str = "grid", num_random: int = 9):
@@ -44,14 +46,21 @@ def _sr_setup(variant: str, clip: bool, seed: int, positions: str = "grid", num_
     return cfg, ((3, 1, 4, 4) if clip else (1, 8, 8))
 
 
-def _sub_size(cfg: dict, shape: tuple[int, ...]) -> int:
-    """Values the base classifier reads per patch (images) or per sub-clip (clips)."""
-    from smoothcert.methods.smooth_reduce import clip_geometry
+class _Reads(nn.Module):
+    """A base classifier that records how many values it reads per row (two constant logits)."""
 
-    if len(shape) == 3:
-        return shape[0] * cfg["smooth_reduce"]["patch"] ** 2
-    g = clip_geometry(cfg, shape[0], shape[2], shape[3])
-    return g["window"] * shape[1] * g["patch"] ** 2
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        self.size = int(np.prod(p.shape[1:]))
+        return torch.zeros(len(p), 2, dtype=p.dtype)
+
+
+def _sub_size(cfg: dict, shape: tuple[int, ...]) -> int:
+    """Values the base classifier reads per patch (images) or per sub-clip (clips), as the method's wrapper cuts
+    them: measured by wrapping a classifier that records them."""
+    probe = _Reads()
+    target = wrapped("smooth_reduce_mean", probe, cfg, shape, "l2")
+    target.classifier(target.to_space(torch.zeros(1, *shape)))
+    return probe.size
 
 
 def _dense(target, shape: tuple[int, ...]) -> np.ndarray:
@@ -76,19 +85,14 @@ def _linear_weights(clf: nn.Module, shape: tuple[int, ...]) -> tuple[np.ndarray,
 
 def smooth_reduce_mean(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=5, clip=False) -> dict:
     """Correlated Smooth-Reduce (mean over the patches / sub-clips of a linear classifier): linear end to end."""
-    from smoothcert.methods.smooth_reduce import wrap
-
     rng = np.random.default_rng(seed)
     cfg, shape = _sr_setup("correlated", clip, seed)
     base = Linear2(torch.from_numpy(rng.normal(size=_sub_size(cfg, shape))), 0.1)
-    certified_model = wrap(base, cfg, "smooth_reduce_mean", shape, norm="l2")
+    certified_model = wrapped("smooth_reduce_mean", base, cfg, shape, "l2")
     assert certified_model.radius_factor == 1.0
     clf = certified_model.classifier
     v, b_eff = _linear_weights(clf, shape)  # the composite's weights and bias
-    sign = rng.choice([-1.0, 1.0], trials)
-    x = _inputs_with_margin(
-        v, b_eff, sign * sigma * np.linalg.norm(v) * normal.ppf(_target_pa(rng, trials)), rng, shape
-    )
+    x = gaussian_inputs(rng, v, b_eff, trials, sigma, shape)
     margin = x.flatten(1).double().numpy() @ v + b_eff
     out = _certify(clf, x, sigma, n0, n, alpha, "l2", seed, "gaussian")
     certified, failed = _linear_failures(out, margin, np.abs(margin) / (sigma * np.linalg.norm(v)))
@@ -103,13 +107,11 @@ def smooth_reduce_mean_l1(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=
     pixel, so the exact smoothed pA is the closed form of :func:`smoothed_probability_uniform`; failures: p̲A > pA,
     or a certified ℓ1 region reaching the hyperplane (gap > |m| / (σ‖v‖_∞)). Radius factor 1.
     """
-    from smoothcert.methods.smooth_reduce import wrap
-
     rng = np.random.default_rng(seed)
     cfg, shape = _sr_setup("correlated", False, seed, positions="random", num_random=1)
     w = np.zeros(64)
     w[rng.integers(64)] = 1.0
-    certified_model = wrap(Linear2(torch.from_numpy(w), 0.0), cfg, "smooth_reduce_mean", shape, norm="l1")
+    certified_model = wrapped("smooth_reduce_mean", Linear2(torch.from_numpy(w), 0.0), cfg, shape, "l1")
     assert certified_model.radius_factor == 1.0 and certified_model.evals_per_draw == 1
     clf = certified_model.classifier
     v, b_eff = _linear_weights(clf, shape)
@@ -136,24 +138,19 @@ def smooth_reduce_uncorrelated_l2(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.
     reported radius σΦ⁻¹(p̲A) · radius_factor beyond |m| / ‖Aᵀv‖₂. The patch weights are the top singular vector of
     the map patch weights ↦ Aᵀv, so the ℓ2 factor bound is as close to tight as this classifier allows.
     """
-    from smoothcert.methods.smooth_reduce import wrap
-
     rng = np.random.default_rng(seed)
     cfg, shape = _sr_setup("uncorrelated", clip, seed)
     k = _sub_size(cfg, shape)
-    probe = wrap(Linear2(torch.ones(k, dtype=torch.float64), 0.0), cfg, "smooth_reduce_mean", shape, norm="l2")
+    probe = wrapped("smooth_reduce_mean", Linear2(torch.ones(k, dtype=torch.float64), 0.0), cfg, shape, "l2")
     a = _dense(probe, shape)
     subs = probe.evals_per_draw
     tile = np.tile(np.eye(k), (subs, 1)) / subs  # patch weights w ↦ v = (w, ..., w) / P
     _, _, vt = np.linalg.svd(a.T @ tile)
     base = Linear2(torch.from_numpy(vt[0]), 0.05)
-    target = wrap(base, cfg, "smooth_reduce_mean", shape, norm="l2")
+    target = wrapped("smooth_reduce_mean", base, cfg, shape, "l2")
     v = np.tile(base.w.double().numpy(), subs) / subs  # z-space weights of the mean-reduced classifier
     u = a.T @ v  # input-space weights
-    sign = rng.choice([-1.0, 1.0], trials)
-    x = _inputs_with_margin(
-        u, base.b, sign * sigma * np.linalg.norm(v) * normal.ppf(_target_pa(rng, trials)), rng, shape
-    )
+    x = gaussian_inputs(rng, u, base.b, trials, sigma, shape, norm_of=v)
     z = target.to_space(x)
     margin = z.flatten(1).double().numpy() @ v + base.b
     out = _certify(target.classifier, z, sigma, n0, n, alpha, "l2", seed, "gaussian")
@@ -210,14 +207,12 @@ def smooth_reduce_uncorrelated_l1(
     re-reads the same certificates with the factor 1/(√maxcov·‖S‖₂) the ℓ1 radius used to be divided by:
     the audit must flag it.
     """
-    from smoothcert.methods.smooth_reduce import wrap
-
     rng = np.random.default_rng(seed)
     cfg, shape = _sr_setup("uncorrelated", clip, seed)
-    target = wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", shape, norm="l1")
+    target = wrapped("smooth_reduce_max", BelowThreshold(tau), cfg, shape, "l1")
     a = _dense(target, shape)
     assert (a >= 0).all() and np.allclose(a.sum(1), 1.0)
-    l2_target = wrap(BelowThreshold(tau), cfg, "smooth_reduce_max", shape, norm="l2")
+    l2_target = wrapped("smooth_reduce_max", BelowThreshold(tau), cfg, shape, "l2")
     old_factor = l2_target.radius_factor
     assert np.isclose(1 / target.radius_factor, a.sum(0).max()) and old_factor > 2 * target.radius_factor
     d = a.shape[1]
@@ -234,7 +229,7 @@ def smooth_reduce_uncorrelated_l1(
     assert np.allclose(target.to_space(x).flatten(1).double().numpy(), z, atol=1e-6)
     p_true = _p_no_fire(z, tau, sigma)
     out = _certify(target.classifier, target.to_space(x), sigma, n0, n, alpha, "l1", seed, "uniform")
-    certified = out["predict"] != core.ABSTAIN
+    certified = out["predict"] != ABSTAIN
     wrong = certified & (out["predict"] != 0)
     bound_fail = certified & (out["pA_lower"] > p_true)
 

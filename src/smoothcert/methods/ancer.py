@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from smoothcert.errors import require
 from smoothcert.methods import Method
-from smoothcert.methods.ddrs import SEARCH, SIGMA_MAX
+from smoothcert.methods.ddrs import SEARCH, SIGMA_MAX, search_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -40,24 +40,9 @@ def optimize(
     evaluations (B,) each input spent."""
     import torch
 
-    from smoothcert.engine.surrogate import EarlyStop
-
     evals = torch.zeros(x.shape[0], dtype=torch.int64)
-    theta = ancer_theta(
-        model,
-        x,
-        init,
-        norm,
-        iterations=int(settings["iterations"]),
-        lr=float(settings["lr"]),
-        samples=int(settings["samples"]),
-        kappa=float(settings["kappa"]),
-        generator=generator,
-        sigma_max=settings["sigma_max"],
-        amp=amp,
-        early_stop=EarlyStop.of(settings),
-        evals=evals,
-    )
+    kappa = float(settings["kappa"])
+    theta = ancer_theta(model, x, init, norm, kappa=kappa, **search_arguments(settings, generator, amp, evals))
     return theta, evals
 
 

@@ -71,31 +71,47 @@ SCHEMA = {
 }
 
 
+def search_arguments(settings: dict, generator, amp, evals) -> dict:
+    """The keyword arguments every σ / θ search (DDRS's, ANCER's) takes from its params.yaml section (the
+    :data:`SEARCH` keys and ``sigma_max``), with the per-input ``generator`` list, autocast ``amp`` and the
+    ``evals`` (B,) tensor that receives the base-classifier evaluations each input spent."""
+    from smoothcert.engine.surrogate import EarlyStop
+
+    return {
+        "iterations": int(settings["iterations"]),
+        "lr": float(settings["lr"]),
+        "samples": int(settings["samples"]),
+        "sigma_max": settings["sigma_max"],
+        "generator": generator,
+        "amp": amp,
+        "early_stop": EarlyStop.of(settings),
+        "evals": evals,
+    }
+
+
 def optimize(
     model: nn.Module, x: torch.Tensor, start: float, init, norm: str, settings: dict, generator, amp
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """σ per input of ``x`` (B, ...), broadcast to θ (B, d), from σ0 = ``settings['sigma0']`` or ``start``; and the
+    """σ per input of ``x`` (B, ...), broadcast to θ (B, d), from σ0 = ``settings['sigma0']`` or ``start`` — or, given
+    ``init`` (B, d) (a caller with a start per input: the audit), from each row's smallest entry; and the
     base-classifier evaluations (B,) each input spent."""
     import torch
 
-    sigma0 = settings["sigma0"] if settings["sigma0"] is not None else start
-    from smoothcert.engine.surrogate import EarlyStop, ddrs_sigma
+    from smoothcert.engine.surrogate import ddrs_sigma
 
+    if init is not None:
+        sigma0 = torch.as_tensor(init).amin(1)
+    else:
+        start = settings["sigma0"] if settings["sigma0"] is not None else start
+        sigma0 = torch.full((x.shape[0],), float(start), device=x.device)
     evals = torch.zeros(x.shape[0], dtype=torch.int64)
     sigma = ddrs_sigma(
         model,
         x,
-        torch.full((x.shape[0],), float(sigma0), device=x.device),
+        sigma0,
         norm,
-        iterations=int(settings["iterations"]),
-        lr=float(settings["lr"]),
-        samples=int(settings["samples"]),
         sigma_min=float(settings["sigma_min"]),
-        sigma_max=settings["sigma_max"],
-        generator=generator,
-        amp=amp,
-        early_stop=EarlyStop.of(settings),
-        evals=evals,
+        **search_arguments(settings, generator, amp, evals),
     )
     return sigma.unsqueeze(1).expand(x.shape[0], x[0].numel()), evals
 
