@@ -33,7 +33,7 @@ it (started from, and kept above, the DDRS σ); sequential draws per input n ∈
 1. ``memory``: the memory step (``smoothcert.pipeline.memory.final_table``) with the ANCER θ (n × 784) for each
    ``--memory-runs`` NORM:σ (default ℓ2 0.25 / 0.5 / 1.0, ℓ1 0.5 / 2.0, as at d = 64);
 2. ``report``: a results folder shaped like a pipeline run (``<model_id>/<method>/certify.tsv``,
-   ``final.tsv`` for ddrs / ancer, ``theta/<i>-of-<shards>.pt`` written by ``smoothcert.artifacts.write_theta``
+   ``final.tsv`` for ddrs / ancer, ``theta/<i>-of-<shards>.pt`` written by ``smoothcert.shards.write_theta``
    for ancer, n rows each; ``--report-models`` NORM:σ models × cohen, ddrs, ancer; the test split in
    ``data/test.pt``), then ``build_report`` with plots off (``report_tables``) and on (``report``: every
    figure, the ancer θ figure included). ``final.tsv`` holds a synthetic memory outcome (93 % none, 5 %
@@ -68,10 +68,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm as normal
 from sklearn.datasets import load_digits
 
 import harness
+from smoothcert.engine import stats
+from smoothcert.engine.certificates import MEMORY_ACTIONS
 from smoothcert.engine.regions import candidate_pairs
 from smoothcert.pipeline.memory import final_table
 
@@ -101,7 +102,7 @@ def synthetic(n: int, norm: str, sigma: float, seed: int = 0, workload: str = "d
     wrong = rng.random(n) < 0.10
     predict = np.where(wrong, (label + rng.integers(1, 10, n)) % 10, label)
     p_lower = 0.5 + 0.4999 * rng.beta(2.0, 1.0, n)
-    gap = normal.ppf(p_lower) if norm == "l2" else 2.0 * (p_lower - 0.5)
+    gap = stats.gap(p_lower, norm)
     abstain = rng.random(n) < 0.05
     predict = np.where(abstain, -1, predict)
     gap = np.where(abstain, 0.0, gap)
@@ -140,7 +141,7 @@ def bench(n: int, norm: str, sigma: float, workload: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ d = 784 (28×28)
-ACTIONS = ("none", "inside", "shrunk", "abstained")
+ACTIONS = MEMORY_ACTIONS  # the memory step's outcomes
 METHODS_784 = ("cohen", "ddrs", "ancer")  # the report's experiments per model
 MEMORY_METHODS = ("ddrs", "ancer")  # with final.tsv
 STEPS = ("memory", "report", "theta")
@@ -203,7 +204,6 @@ def certificates(label: np.ndarray, d: int, norm: str, sigma: float, method: str
     """A certify.tsv table (every column of ``smoothcert.engine.certificates.COLUMNS``, the certificate by
     :func:`smoothcert.engine.certificates.certificate`) and θ (n, d) of one experiment; None for θ where the
     method has no per-pixel θ (cohen, ddrs: isotropic)."""
-    from smoothcert.engine import stats
     from smoothcert.engine.certificates import ABSTAIN, COLUMNS, certificate
 
     n = len(label)
@@ -248,9 +248,13 @@ def certificates(label: np.ndarray, d: int, norm: str, sigma: float, method: str
     return table[COLUMNS], theta
 
 
-def synthetic_final(table: pd.DataFrame, d: int, seed: int = 0) -> pd.DataFrame:
+def synthetic_final(table: pd.DataFrame, theta: np.ndarray | None, d: int, seed: int = 0) -> pd.DataFrame:
     """``final.tsv``: the table after a synthetic memory step (93 % none, 5 % shrunk, 1 % inside, 1 % abstained
-    among answered inputs), with the columns the memory step adds."""
+    among answered inputs), with the columns the memory step adds; the certificate of the new gaps by
+    :func:`smoothcert.engine.certificates.certificate` with the table's θ (``theta`` (n, d), or the isotropic σ of
+    its ``sigma_min`` column where None)."""
+    from smoothcert.engine.certificates import CERTIFICATE, certificate
+
     rng = np.random.default_rng([seed, len(table), 2])
     out = table.copy()
     predict, gap = out["predict"].to_numpy(), out["gap"].to_numpy(dtype=float)
@@ -260,12 +264,12 @@ def synthetic_final(table: pd.DataFrame, d: int, seed: int = 0) -> pd.DataFrame:
     new_pred = np.where(action == "abstained", -1, predict)
     ok = new_pred >= 0
     out["predict_original"], out["gap_original"], out["memory"] = predict, gap, action
-    out["predict"], out["gap"] = new_pred, new_gap
-    out["radius"] = np.where(ok, out["sigma_min"] * new_gap, 0.0)
-    out["proxy_radius"] = np.where(ok, out["sigma_gmean"] * new_gap, 0.0)
-    # log-volume changes by d·log(g'/g) for the same θ
-    with np.errstate(divide="ignore"):
-        out["log_volume"] = np.where(ok & (new_gap > 0), out["log_volume"] + d * np.log(scale), -np.inf)
+    out["predict"] = new_pred
+    if theta is None:
+        theta = np.broadcast_to(out["sigma_min"].to_numpy(dtype=float)[:, None], (len(out), d))
+    cert = certificate(new_pred, np.where(ok, new_gap, 0.0), theta, 1.0, str(out["norm"].iloc[0]))
+    for column in CERTIFICATE:
+        out[column] = cert[column]
     out["correct"] = (new_pred == out["label"].to_numpy()).astype(int)
     return out
 
@@ -275,7 +279,8 @@ def report_folder(folder: Path, n: int, models: list, data_dir: Path, dataset: s
     import yaml
 
     from smoothcert import config as config_mod
-    from smoothcert.artifacts import write_table, write_text, write_theta
+    from smoothcert.artifacts import write_table, write_text
+    from smoothcert.shards import write_theta
 
     _, label = load_centres(data_dir, dataset, n)
     d = 28 * 28
@@ -293,7 +298,7 @@ def report_folder(folder: Path, n: int, models: list, data_dir: Path, dataset: s
             table, theta = certificates(label, d, spec.norm, spec.sigma, method)
             write_table(base / "certify.tsv", table)
             if method in MEMORY_METHODS:
-                write_table(base / "final.tsv", synthetic_final(table, d))
+                write_table(base / "final.tsv", synthetic_final(table, theta, d))
             if theta is not None:
                 for k, rows in enumerate(np.array_split(np.arange(n), shards)):
                     write_theta(
