@@ -247,6 +247,15 @@ class Active:
             self.generator = [self.all_gen[int(i)] for i in self.rows]
 
 
+def record_cost(taken: torch.Tensor, per_step: int, steps: torch.Tensor | None, evals: torch.Tensor | None) -> None:
+    """A search's cost per input, into the caller's tensors (either may be None): ``steps`` receives the steps
+    each input ``taken``, ``evals`` its base-classifier evaluations (steps × ``per_step`` forwards)."""
+    if steps is not None:
+        steps.copy_(taken)
+    if evals is not None:
+        evals.copy_(taken * per_step)
+
+
 def ddrs_sigma(
     model: nn.Module,
     x: torch.Tensor,
@@ -304,10 +313,7 @@ def ddrs_sigma(
                 active.drop(plateau.update(rows, value))
             if callback is not None:
                 callback(step, sigma.clone())
-    if steps is not None:
-        steps.copy_(taken)
-    if evals is not None:
-        evals.copy_(taken * per_step)
+    record_cost(taken, per_step, steps, evals)
     return sigma
 
 

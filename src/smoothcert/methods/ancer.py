@@ -143,8 +143,5 @@ def ancer_theta(
                 active.drop(plateau.update(rows, terms.detach()))
             if callback is not None:
                 callback(step, result.clone())
-    if steps is not None:
-        steps.copy_(taken)
-    if evals is not None:
-        evals.copy_(taken * samples)
+    sg.record_cost(taken, samples, steps, evals)
     return result
