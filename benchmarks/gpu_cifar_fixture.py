@@ -33,6 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from smoothcert import config as config_mod  # noqa: E402
+from smoothcert.engine.certificates import certificate  # noqa: E402
 from smoothcert.engine.certify import certify_batch  # noqa: E402
 from smoothcert.engine.noise import stream_seed  # noqa: E402
 from smoothcert.engine.sampling import Sampling  # noqa: E402
@@ -98,6 +99,7 @@ def main(argv=None) -> dict:
         lambda: certify_batch(model, x, SIGMA, 10, args.n0, args.n, ALPHA, "l2", *seeds, sampling), device
     )
     certified = out["predict"] >= 0
+    radius = certificate(out["predict"], out["gap"], np.full((len(x), x[0].numel()), SIGMA), 1.0, "l2")["radius"]
     record = {
         "machine": harness.machine(),
         "commit": harness.commit(),
@@ -112,7 +114,7 @@ def main(argv=None) -> dict:
         "certified": int(certified.sum()),
         "abstained": int((~certified).sum()),
         "certified_correct": int((certified & (out["predict"] == labels)).sum()),
-        "mean_radius_certified": float(SIGMA * out["gap"][certified].mean()) if certified.any() else 0.0,
+        "mean_radius_certified": float(radius[certified].mean()) if certified.any() else 0.0,
         "predictions": out["predict"].tolist(),
         "labels": labels.tolist(),
         "ok": relative <= 1e-2,

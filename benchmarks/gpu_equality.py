@@ -35,6 +35,7 @@ import harness  # noqa: E402
 from smoothcert import config as config_mod  # noqa: E402
 from smoothcert import data as data_mod  # noqa: E402
 from smoothcert.artifacts import sha256_file  # noqa: E402
+from smoothcert.engine.certificates import certificate  # noqa: E402
 from smoothcert.engine.certify import certify_batch  # noqa: E402
 from smoothcert.engine.noise import stream_seed  # noqa: E402
 from smoothcert.engine.sampling import Sampling  # noqa: E402
@@ -67,7 +68,8 @@ def certify(model, x, idx, cc: dict, sampling: Sampling) -> dict:
     out = certify_batch(model, x, SIGMA, 10, cc["n0"], cc["n"], cc["alpha"], "l2", *seeds, sampling)
     harness.sync(sampling.device)
     out["seconds"] = time.perf_counter() - t0
-    out["radius"] = SIGMA * out["gap"]
+    theta = np.full((len(x), x[0].numel()), SIGMA)
+    out["radius"] = certificate(out["predict"], out["gap"], theta, 1.0, "l2")["radius"]
     return out
 
 
