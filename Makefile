@@ -30,9 +30,9 @@ lint: setup  ## ruff check, ruff format --check, snakemake --lint: all three run
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --lint || status=1; \
 	exit $$status
 
-experiment: setup  ## one experiment config in runs/<name>/, resumable, page -> docs/results/: make experiment CONFIG=config/mnist5k.yaml [QUICK=1]
-	@test -n "$(CONFIG)" || { echo "usage: make experiment CONFIG=config/<name>.yaml [QUICK=1]" >&2; exit 2; }
-	PUBLISH=$(if $(QUICK),0,1) PATH=$(CURDIR)/$(BIN):$$PATH workflow/scripts/experiment.sh $(CONFIG) $(if $(QUICK),config/quick.yaml)
+experiment: setup  ## one experiment config in runs/<name>/, resumable, page -> docs/results/: make experiment CONFIG=config/mnist5k.yaml [QUICK=1] [CAP=config/cap/mnist5k.yaml]
+	@test -n "$(CONFIG)" || { echo "usage: make experiment CONFIG=config/<name>.yaml [QUICK=1] [CAP=config/cap/<name>.yaml]" >&2; exit 2; }
+	CAP=$(CAP) PUBLISH=$(if $(QUICK),0,1) PATH=$(CURDIR)/$(BIN):$$PATH workflow/scripts/experiment.sh $(CONFIG) $(if $(QUICK),config/quick.yaml)
 
 dag: setup  ## dag.png: the rule graph (one node per rule; `snakemake --dag` would draw every job)
 	@command -v dot >/dev/null || { echo "make dag: graphviz's dot is not installed (apt-get install graphviz)" >&2; exit 1; }

@@ -383,7 +383,7 @@ def test_import_only_report_over_all_formats(tables, tmp_path):
     assert s.loc["ddrs_pub", "proxy_acc@0.5"] == pytest.approx(0.25)  # = radius
     assert np.isnan(s.loc["ancer_pub", "median_log_volume"])
     page = (out / "page.md").read_text()
-    assert page.startswith("# imported tables: does it reproduce the papers?")
+    assert page.startswith("# imported tables — cohen_pub, ddrs_pub, ancer_pub at ℓ2 σ = 0.25; ℓ1 σ = 0.144338: does")
     assert "`ddrs_pub`: ddrs table" in page and "**Data**" not in page  # setup describes the imports
 
 

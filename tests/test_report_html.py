@@ -35,7 +35,9 @@ def test_front_page_text(tmp_path):
     build_report(config.load(REPO / "params.yaml"), None, tmp_path, imports=imports)
     text = (tmp_path / "front.rst").read_text()
     head = next(line for line in (tmp_path / "page.md").read_text().splitlines() if line.startswith("**Headline**"))
-    assert text.startswith("imported tables: does it reproduce the papers?\n====")
+    title = "imported tables — cohen, ddrs\\_pub at ℓ2 σ = 0.25: does it reproduce the papers?"
+    assert text.startswith(f"{title}\n{'=' * len(title)}\n")
+    assert "2 imported tables, no run of this config" in text and "digits" not in text
     assert "**Headline**: best certified accuracy at ℓ2 r = 0.5" in text and "ddrs\\_pub" in text
     assert head.split(": ", 1)[1].replace("_", "\\_") in text
     assert ".. csv-table:: Claims of the seed papers" in text and "certified\\@0.5" in text
@@ -66,7 +68,8 @@ def test_report_html_opens_on_the_results(tmp_path):
     browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000"]
     dom = subprocess.run([*browser, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120).stdout
     dom = re.sub(r"<script\b.*?</script>", "", dom, flags=re.S)  # what the page rendered, not its script's data
-    assert "imported tables: does it reproduce the papers?" in dom
+    assert "imported tables — cohen, ddrs at ℓ2 σ = 0.25: does it reproduce the papers?" in dom
+    assert "digits" not in dom  # the config's data is not what imported tables certify
     assert "Claims of the seed papers" in dom and "best certified accuracy at ℓ2 r = 0.5" in dom
     assert 'src="data:image/png;base64,' in dom  # the first figure, embedded
     shot = tmp_path / "front.png"

@@ -46,6 +46,20 @@ def add_arguments(p):
         default=None,
         help="folder for metrics.json and curves*.csv (DVC metrics/plots); default: the --out folder",
     )
+    p.add_argument(
+        "--capped",
+        default=None,
+        metavar="RUN",
+        help="folder of a run of this config with a σ cap (its params.yaml differs only in models and "
+        "<method>.sigma_max; results/<dataset>/ under it): the page shows each of its experiments beside the uncapped "
+        "one (workflow/scripts/experiment.sh with CAP= makes it)",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="without --results: the data the --import tables certify, named in the page's and figures' titles "
+        "(the tables do not record it; default 'imported tables')",
+    )
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
 
 
@@ -62,5 +76,7 @@ def run(args):
         plot=not args.no_plots,
         video=args.video,
         metrics_dir=args.metrics,
+        capped=args.capped,
+        dataset=args.dataset,
     )
     print(f"report: {', '.join(f'{norm}: {len(runs)} experiments' for norm, runs in head.items())} -> {args.out}")

@@ -27,6 +27,7 @@ from smoothcert.shards import check_rows
 TRAINING_COLUMNS = ["epoch", "train_loss", "train_acc", "test_clean_acc", "test_noisy_acc", "time"]
 THETA_PANELS = 6  # inputs shown per θ figure
 HEADLINES = "metrics"  # report/metrics/<model>/<method>.json: each experiment at a glance
+IMPORTS_TITLE = "imported tables"  # what titles name when the report is on imports alone and no --dataset is given
 
 
 def configured_inputs(cfg: dict, data: str | Path | None) -> np.ndarray | None:
@@ -225,11 +226,24 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
 
 
 def build_report(
-    cfg: dict, results, out, models=None, data=None, imports=(), plot: bool = True, video=None, metrics_dir=None
+    cfg: dict,
+    results,
+    out,
+    models=None,
+    data=None,
+    imports=(),
+    plot: bool = True,
+    video=None,
+    metrics_dir=None,
+    capped=None,
+    dataset: str | None = None,
 ) -> dict:
     """Write every report file into ``out`` (metrics.json and curves into ``metrics_dir`` if given).
 
-    ``results`` None: only the ``imports`` (tables someone already has), with the config's radii, α and ρ.
+    ``results`` None: only the ``imports`` (tables someone already has), with the config's radii, α and ρ; titles
+    then name ``dataset`` (the tables do not record it) or "imported tables", never the config's dataset.
+    ``capped``: the folder of a run of this config with a σ cap (:mod:`smoothcert.reporting.cap`), whose
+    experiments the page shows beside their uncapped twins (never in the claims, the summary or the metrics).
     Returns the experiments it reports on (keys), per norm. Bad or missing tables are one-line errors; nothing
     is bolded or ranked on proxy accuracy (no certificate).
     """
@@ -237,15 +251,24 @@ def build_report(
     rc = cfg["report"]
     radii_by_norm = {k: [float(r) for r in v] for k, v in rc["radii"].items()}
     require(results is not None or imports, "report: nothing to report (give --results and/or --import)")
+    require(capped is None or results is not None, "report: --capped needs --results (the uncapped run)")
+    require(
+        dataset is None or results is None, "report: --dataset names the imported tables' data; a run's is its config's"
+    )
     loaded = [importers.load(t) for t in imports]
-    ran = load_experiments(cfg, results, configured_inputs(cfg, data)) if results is not None else []
+    expected = configured_inputs(cfg, data) if results is not None else None
+    ran = load_experiments(cfg, results, expected) if results is not None else []
+    if capped is not None:
+        from smoothcert.reporting import cap as cap_mod
+
+        capped, pairs = cap_mod.load(cfg, capped, expected, ran)
     experiments = ran + [e for e, _ in loaded]
     keys = [e.key for e in experiments]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     require(not dup, f"two experiments share a name: {dup} (give each --import at one σ and norm its own NAME)")
     for e in experiments:
         require(e.norm in radii_by_norm, f"{e.key}: no report.radii.{e.norm} in the config")
-    dataset = cfg["data"]["dataset"]
+    dataset = cfg["data"]["dataset"] if results is not None else (dataset or IMPORTS_TITLE)
     alpha = cfg["certify"]["alpha"]
     summ = rep.summary(experiments, radii_by_norm, alpha, rc["rho"])
     write_csv(out / "summary.csv", summ)
@@ -332,8 +355,33 @@ def build_report(
     # each norm its own curve figures: the configured models' (the workflow's outputs), then the imports'
     configured = [s.norm for s in config_mod.model_specs(cfg)] if results is not None else []
     norms = list(dict.fromkeys(configured + [e.norm for e in experiments]))
-    held = _figures(out, cfg, experiments, norms, curves, curves_proxy, mem, metrics, data) if plot else set()
+    held = _figures(out, cfg, dataset, experiments, norms, curves, curves_proxy, mem, metrics, data) if plot else set()
     from smoothcert.reporting.page import FRONT, PAGE, extras, front, page
+
+    if capped is not None:
+        capped = {**capped, "pairs": pairs, "experiments": ran, "figure": None}
+        capped["rows"] = cap_mod.rows(
+            pairs,
+            capped["config"],
+            lambda es: pd.concat(
+                [
+                    rep.summary(es, radii_by_norm, alpha, rc["rho"]),
+                    extras(es).drop(columns=["model_id", "method"]),
+                ],
+                axis=1,
+            ),
+        )
+        if plot:
+            from smoothcert.reporting import plots
+
+            runs, panels = cap_mod.curve_pairs(pairs)
+            plots.curve_panels(
+                rep.curves(runs, radii_by_norm),
+                panels,
+                out / cap_mod.CAP_FIGURE,
+                f"{dataset}: certified accuracy vs radius, uncapped vs capped σ",
+            )
+            capped["figure"] = cap_mod.CAP_FIGURE
 
     shown = {p.name for p in out.glob("*.png")} - held
     imported = [d for _, d in loaded]
@@ -359,16 +407,27 @@ def build_report(
         extras(experiments),
         classes,
         paper_md,
+        capped,
+        dataset,
     )
     write_text(out / PAGE, text)
     first = next((out / n for n in curve_figures(norms) if n in shown), None)
     title = text.splitlines()[0].lstrip("# ")
-    write_text(out / FRONT, front(title, head_line, checked, cc["level"], first))
+    if results is not None:
+        about = f"The run: {dataset}, certified with α = {alpha:g} per certificate"
+    else:
+        about = f"{len(loaded)} imported tables, no run of this config (report/page.md's Setup says what each is)"
+    about += f"; claims at family-wise level {cc['level']:g}."
+    write_text(out / FRONT, front(title, head_line, checked, cc["level"], first, about))
     return {norm: [e.key for e in glance if e.norm == norm] for norm in dict.fromkeys(e.norm for e in glance)}
 
 
 def _attr(e: rep.Experiment, name: str):
-    return f"{e.objective}/{e.sigma_mode}" if name == "training" else getattr(e, name)
+    """An experiment's value of a panel key; "training" is objective/σ mode of the base model, and an import's is
+    "imported" (its σ mode is its method's, so imported DDRS / ANCER share the panels of the methods at their σ)."""
+    if name != "training":
+        return getattr(e, name)
+    return IMPORTED if e.objective == IMPORTED else f"{e.objective}/{e.sigma_mode}"
 
 
 def _shown(name: str, value) -> str:
@@ -406,12 +465,12 @@ def _placeholder(path: Path, title: str, why: str) -> str:
     return path.name
 
 
-def _figures(out: Path, cfg, experiments, norms, curves, curves_proxy, mem, metrics, data) -> set[str]:
-    """Write every figure (the certified-accuracy ones for each of ``norms``); returns the names of placeholders."""
+def _figures(out: Path, cfg, dataset: str, experiments, norms, curves, curves_proxy, mem, metrics, data) -> set[str]:
+    """Write every figure (the certified-accuracy ones for each of ``norms``), titled by ``dataset``; returns the
+    names of placeholders."""
     from smoothcert.reporting import plots
 
     held: set[str] = set()
-    dataset = cfg["data"]["dataset"]
     questions = {"method": "methods at one σ", "sigma": "σ for one method", "training": "training objectives"}
     for norm in norms:
         runs = [e for e in experiments if e.norm == norm]
