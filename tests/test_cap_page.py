@@ -77,6 +77,7 @@ def test_page_shows_the_capped_experiment_beside_the_uncapped(tmp_path):
     ddrs = pd.read_csv(FIX / "ddrs_final.tsv", sep="\t")
     above = int((ddrs["sigma_max"] > CAP).sum())
     assert f"would also change {L2}/ancer ({above} of {len(ddrs)} inputs with ddrs σ above {CAP:g}), not rerun" in part
+    assert "Whether the same code ran both is not recorded for gaussian-fixed-l2-0.25/ddrs optimize" in part
     assert "](sigma_cap.png)" in part and (out / "sigma_cap.png").stat().st_size > 1000
     rows = [line for line in part.splitlines() if line.startswith("| gaussian")]
     assert len(rows) == 2 and "| none |" in rows[0] and f"| {CAP:g} |" in rows[1]
@@ -200,3 +201,40 @@ def test_cap_configs_rerun_one_ddrs_experiment_of_their_run(name):
     assert caps == [("ddrs.sigma_max", None, 2 * largest)]
     objective = {"fashion_mnist": "macer", "mnist5k": "smoothadv"}[name]
     assert config_mod.experiments(capped) == [(f"{objective}-fixed-l2-0.25", "ddrs")]
+
+
+def _record(run: Path, output: str, digest: str) -> None:
+    """A Snakemake metadata record of the job that wrote ``output``, as Snakemake 9 writes it (trigger params)."""
+    import base64
+    import json
+
+    path = run / ".snakemake" / "metadata" / base64.urlsafe_b64encode(output.encode()).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = [str({"params": {"ddrs": {"sigma_max": None}}, "code": digest}), "data/prepared/x"]
+    path.write_text(json.dumps({"record_format_version": 6, "params": str(params)}))
+
+
+def test_code_changes_read_both_runs_records(tmp_path):
+    """The page says whether the capped experiments ran the uncapped run's code, from Snakemake's records."""
+    cfg = config_mod.load(REPO / "params.yaml")
+    cfg["models"] = [
+        {"objective": "gaussian", "sigma_mode": "fixed", "norm": "l2", "sigmas": [0.25], "methods": ["ddrs"]}
+    ]
+    base, capped = tmp_path / "base", tmp_path / "capped"
+    root = f"results/{cfg['data']['dataset']}/gaussian-fixed-l2-0.25/ddrs"
+    shards = config_mod.shard_names(cfg)
+    outputs = {
+        "optimize": [f"{root}/theta/{s}.pt" for s in shards],
+        "certify": [f"{root}/shards/{s}.tsv" for s in shards],
+        "memory_check": [f"{root}/final.tsv"],
+    }
+    for run in (base, capped):
+        for stage, files in outputs.items():
+            for f in files:
+                _record(run, f, ("b" if run == capped and stage == "certify" else "a") * 64)
+    assert cap.recorded_code(base, outputs["optimize"][0]) == "a" * 64
+    assert cap.recorded_code(base, f"{root}/nothing.tsv") is None
+    code = cap.code_changes(base, capped, cfg)
+    assert code["changed"] == ["gaussian-fixed-l2-0.25/ddrs certify"]
+    assert code["same"] == ["gaussian-fixed-l2-0.25/ddrs optimize", "gaussian-fixed-l2-0.25/ddrs memory_check"]
+    assert cap.code_changes(None, capped, cfg)["unrecorded"] == code["same"][:1] + code["changed"] + code["same"][1:]

@@ -261,7 +261,9 @@ def build_report(
     if capped is not None:
         from smoothcert.reporting import cap as cap_mod
 
-        capped, pairs = cap_mod.load(cfg, capped, expected, ran)
+        where = Path(results).resolve()  # <run>/results/<dataset>: the run's Snakemake records are in <run>
+        base_run = where.parents[1] if where.parent.name == "results" else None
+        capped, pairs = cap_mod.load(cfg, capped, expected, ran, base_run)
     experiments = ran + [e for e, _ in loaded]
     keys = [e.key for e in experiments]
     dup = sorted({k for k in keys if keys.count(k) > 1})

@@ -11,6 +11,7 @@ from); :func:`section` writes the results page's side-by-side comparison.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +76,54 @@ def check(base: dict, capped: dict, source: str) -> list[tuple[str, object, obje
     return diffs
 
 
-def load(base: dict, folder: str | Path, expected: np.ndarray | None, base_experiments) -> tuple[dict, list]:
-    """(the capped run's config, [(uncapped, capped) experiment pairs]) of the capped run ``folder`` (its
-    params.yaml and results/<dataset>/), every table checked to hold the ``expected`` test inputs."""
+STAGES = {"optimize": "theta/{shard}.pt", "certify": "shards/{shard}.tsv", "memory_check": "final.tsv"}
+RECORDED_CODE = re.compile(r"'code': '([0-9a-f]{64})'")  # the code digest in a job's trigger params
+
+
+def recorded_code(run: Path, output: str) -> str | None:
+    """The code digest (:func:`smoothcert.pipeline.stages.stage_code_digest`) Snakemake recorded in ``run`` for the job
+    that wrote ``output`` (a path relative to ``run``), from the trigger params in its metadata; None if none."""
+    import base64
+    import json
+
+    b64 = base64.urlsafe_b64encode(output.encode()).decode()  # Snakemake's file name for the record (chunked)
+    chunks = [b64[i : i + 254] for i in range(0, len(b64), 254)]
+    path = run / ".snakemake" / "metadata" / Path(*["@" + c for c in chunks[:-1]], chunks[-1])
+    try:
+        found = RECORDED_CODE.findall(str(json.loads(path.read_text()).get("params")))
+    except (OSError, ValueError):
+        return None
+    return found[0] if len(set(found)) == 1 else None
+
+
+def code_changes(base_run: Path | None, folder: Path, cfg: dict) -> dict[str, list[str]]:
+    """Per capped experiment's stage, whether the code that ran it equals the uncapped run's, from both runs'
+    Snakemake records: {"same": [...], "changed": [...], "unrecorded": [...]} of ``<experiment> <stage>``."""
+    out: dict[str, list[str]] = {"same": [], "changed": [], "unrecorded": []}
+    results = f"results/{cfg['data']['dataset']}"
+    from smoothcert.methods import get
+
+    for model_id, method in config_mod.experiments(cfg):
+        for stage, name in STAGES.items():
+            if stage == "memory_check" and not get(method).memory:
+                continue
+            shards = [name.format(shard=s) for s in config_mod.shard_names(cfg)] if "{" in name else [name]
+            pairs = [
+                (recorded_code(base_run, rel) if base_run else None, recorded_code(folder, rel))
+                for rel in (f"{results}/{model_id}/{method}/{n}" for n in shards)
+            ]
+            key = "unrecorded" if any(a is None or b is None for a, b in pairs) else "same"
+            key = "changed" if any(a != b for a, b in pairs if a and b) else key
+            out[key].append(f"{model_id}/{method} {stage}")
+    return out
+
+
+def load(
+    base: dict, folder: str | Path, expected: np.ndarray | None, base_experiments, base_run: Path | None = None
+) -> tuple[dict, list]:
+    """(the capped run's config and code comparison, [(uncapped, capped) experiment pairs]) of the capped run
+    ``folder`` (its params.yaml and results/<dataset>/), every table checked to hold the ``expected`` test inputs;
+    ``base_run``: the uncapped run's folder, whose Snakemake records say what code ran (:func:`code_changes`)."""
     from smoothcert.reporting.build import load_experiments
 
     folder = Path(folder)
@@ -88,7 +134,8 @@ def load(base: dict, folder: str | Path, expected: np.ndarray | None, base_exper
         expected = np.unique(np.concatenate([e.table["idx"].to_numpy() for e in base_experiments]))
     capped = load_experiments(cfg, folder / "results" / cfg["data"]["dataset"], expected)
     twins = {e.key: e for e in base_experiments}
-    return {"config": cfg, "caps": diffs}, [(twins[e.key], e) for e in capped]
+    code = code_changes(base_run, folder, cfg)
+    return {"config": cfg, "caps": diffs, "code": code}, [(twins[e.key], e) for e in capped]
 
 
 def _cap_value(cfg: dict, method: str):
@@ -167,6 +214,22 @@ def section(
         + " Column *at cap*: inputs whose largest σ / θ entry is at the cap (capped rows) or above it (uncapped "
         "rows).\n",
     ]
+    code = capped.get("code", {})
+    if code.get("changed"):
+        out.append(
+            "**Not the cap alone**: the code of "
+            + ", ".join(code["changed"])
+            + " differs from what ran the uncapped experiment (Snakemake's records of both runs), so these rows "
+            "compare the cap together with that change.\n"
+        )
+    elif code.get("unrecorded"):
+        out.append(
+            "Whether the same code ran both is not recorded for "
+            + ", ".join(code["unrecorded"])
+            + " (no Snakemake record of the job in one of the runs).\n"
+        )
+    elif code.get("same"):
+        out.append("The same code ran the capped and the uncapped experiments (Snakemake's records of both runs).\n")
     if figure:
         out.append(f"![σ cap]({figure})\n")
     shown = ["objective", "sigma_mode", "method", "sigma", "cap"]
