@@ -139,10 +139,12 @@ def load(
 
 
 def _cap_value(cfg: dict, method: str):
+    """The cap bounding ``method``'s search: its own section's, else that of the method whose θ it starts from."""
     from smoothcert.methods import get
 
     m = get(method)
-    return cfg.get(m.section, {}).get(CAP_KEY) if m.section else None
+    own = cfg.get(m.section, {}).get(CAP_KEY) if m.section else None
+    return own if own is not None or m.init_from is None else _cap_value(cfg, m.init_from)
 
 
 def _source(method: str, capped_sections: set[str]) -> str:
