@@ -18,9 +18,10 @@ overrides=()
 for override in "$@"; do
   [ -f "$override" ] || { echo "$0: $override not found" >&2; exit 2; }
   overrides+=("$(realpath "$override")")
-  extra+=(--configfile "$(realpath "$override")")
   name="$name-$(basename "${override%.yaml}")"
 done
+# one --configfile with every override (nargs="+": a repeated --configfile keeps only the last one)
+[ ${#overrides[@]} -eq 0 ] || extra=(--configfile "${overrides[@]}")
 dir="${RUNS:-$repo/runs}/$name"
 publish() {  # the results page of report/ to docs/results/<dataset>.md (PUBLISH=1)
   if [ "${PUBLISH:-0}" = 1 ]; then
