@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from scipy.stats import norm as normal
 from torch import nn
 
 from smoothcert import Smooth, audit, cli
@@ -102,9 +103,55 @@ def test_smooth_certify_sequential_matches_the_linear_radius_and_saves_draws():
     pred, radius, used = sm.certify_sequential(torch.tensor([1.0, 0.0]), 100, 100_000, 0.001, 1000)
     assert pred == 1 and 0.85 < radius <= 1.0 and used < 100_000 / 5
     pred, radius, used = sm.certify_sequential(torch.tensor([1.0, 0.0]), 100, 100_000, 0.001, 1000, radius=0.5)
-    assert pred == 1 and 0.5 < radius <= 1.0 and used <= 1100  # decided at the first checkpoint
+    assert pred == 1 and 0.5 < radius <= 1.0 and used <= 100 + 200  # pA = Φ(2): decided within a few checkpoints
     pred, radius, used = sm.certify_sequential(torch.tensor([0.01, 0.0]), 100, 100_000, 0.001, 1000, radius=0.5)
-    assert radius < 0.5 and used <= 1100  # "not certified at 0.5" is settled quickly too
+    assert radius < 0.5 and used <= 100 + 200  # "not certified at 0.5" is settled quickly too
+
+
+def test_smooth_sequential_floor_does_not_depend_on_the_batch_size():
+    """The first checkpoint is n_min whatever batch_size (it was gcd(batch_size, n_max)), and the results are
+    the same for any batch size: the draws depend on the seed, the chunk and the checkpoints only."""
+    x = torch.tensor([1.0, 0.0])
+    runs = [
+        Smooth(Linear2(torch.tensor([1.0, 0.0])), 2, 0.25, seed=5, device="cpu").certify_sequential(
+            x, 100, 100_000, 0.001, bs, radius=0.25
+        )
+        for bs in (1000, 64, 5000)
+    ]
+    assert runs[0] == runs[1] == runs[2]
+    # pA = Φ(4): every draw correct (here), so r = 0.25 = σ is certified at the first checkpoint n where the union
+    # bound's Clopper–Pearson bound with c = n, (α/K)^(1/n), exceeds Φ(1) — 62 draws, not the 1,000 of before
+    cks = sequential.schedule(50, 100_000, 1.25)
+    first = cks[(0.001 / len(cks)) ** (1.0 / cks) > normal.cdf(1.0)][0]
+    assert runs[0][0] == 1 and runs[0][2] == 100 + first and first < 100
+
+
+def test_checkpoints_need_not_be_whole_chunks():
+    """Rounds of fewer draws than a chunk (and checkpoints off the chunk grid) give the same result whatever the
+    batch size and grouping; with checkpoints on the chunk grid, the stream is that of a fixed-n call."""
+    model = Linear2(torch.tensor([1.0, 0.0]))
+    x = torch.tensor([[m, 0.0] for m in np.linspace(-0.2, 1.0, 7)], dtype=torch.float32)
+    cks = tuple(int(c) for c in sequential.schedule(30, 5000, 1.3))
+    plan = core.SequentialPlan(cks, sequential.UnionCP(cks), (0.0, 0.25, 0.5), 0.1)
+
+    def run(rows, pos, chunk=400):
+        return core.certify_sequential_batch(
+            model, x[pos], SIGMA, 2, 50, 0.001, "l2", [int(i) for i in pos], [int(i) + 7 for i in pos],
+            core.Sampling(batch_size=rows, chunk=chunk), plan, np.full(len(pos), SIGMA),
+        )  # fmt: skip
+
+    together = run(3000, np.arange(7))
+    split = [run(97, np.arange(0, 3)), run(1111, np.arange(3, 7))]
+    for key in ("predict", "count", "pA_lower", "n"):
+        assert np.array_equal(together[key], np.concatenate([p[key] for p in split])), key
+    assert set(together["n"]) <= set(cks) and together["n"].min() < 400
+    # on the chunk grid the rounds continue one stream: their counts add up to those of one fixed-n call
+    from smoothcert.engine.certify import _rounds
+
+    xs, sampling = x[:3], core.Sampling(batch_size=333, chunk=100)
+    rounds = _rounds(model, xs, SIGMA, 2, [4, 5, 6], sampling, (100, 200, 400, 800), np.ones(3, dtype=bool))
+    total = sum(est for _, _, _, est in rounds)
+    assert np.array_equal(total, core.count_classes(model, xs, SIGMA, 800, 2, [4, 5, 6], sampling))
 
 
 def test_pipeline_runs_every_method_and_norm_sequentially(params, tmp_path):
@@ -131,8 +178,10 @@ def test_pipeline_runs_every_method_and_norm_sequentially(params, tmp_path):
     base, data, models, results = ["--config", str(path)], tmp_path / "d", tmp_path / "m", tmp_path / "r"
     assert cli.main([*base, "prepare-data", "--out", str(data)]) == 0
 
+    cks = set(sequential.schedule(100, 1600, cfg["certify"]["sequential"]["ratio"]).tolist())
+
     def check(table: pd.DataFrame, what: str) -> None:
-        assert set(table["n"]) <= {100 * 2**k for k in range(5)}, what
+        assert set(table["n"]) <= cks, what
         assert (table["evals"] >= table["n0"] + table["n"]).all(), what
         ok = table["predict"] >= 0
         assert (table.loc[ok, "pA_lower"] > 0.5).all() and (table.loc[~ok, "radius"] == 0).all(), what
@@ -189,7 +238,7 @@ def test_sequential_predict_stops_early_and_abstains_on_ties():
     them may return a class."""
     sm = Smooth(Linear2(torch.tensor([1.0, 0.0])), 2, 0.5, seed=4, device="cpu")
     pred, used = sm.predict_sequential(torch.tensor([1.0, 0.0]), 10_000, 0.001, 100)
-    assert pred == 1 and used == 100
+    assert pred == 1 and used == 50
     x = torch.zeros(300, 2)
     out = predict_sequential_batch(
         Linear2(torch.tensor([1.0, 0.0])),

@@ -244,9 +244,9 @@ def _check_semantics(cfg: dict, source: str) -> None:
     if cc["mode"] == "sequential":
         sq = cc["sequential"]
         require(
-            sq["n_min"] % cc["chunk"] == 0 and sq["n_max"] % cc["chunk"] == 0 and sq["n_min"] <= sq["n_max"],
-            f"{source}: certify.sequential.n_min = {sq['n_min']} and n_max = {sq['n_max']} must be multiples of "
-            f"certify.chunk = {cc['chunk']}, with n_min <= n_max",
+            sq["n_min"] <= sq["n_max"] <= MAX_DRAWS,
+            f"{source}: certify.sequential.n_min = {sq['n_min']} and n_max = {sq['n_max']} are not allowed; "
+            f"expected n_min <= n_max <= {MAX_DRAWS:.0e} draws",
         )
     _check_root(cfg, source)
     video = cfg.get("video")

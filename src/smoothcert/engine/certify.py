@@ -9,7 +9,7 @@ are its two forms, :func:`predict_batch` / :func:`predict_sequential_batch` PRED
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -97,37 +97,40 @@ def _rounds(model, x, scale, num_classes: int, seeds: list[int], sampling: Sampl
 
     Yields ``(k, n_k, idx, counts)``: the class counts (len(idx), num_classes) of draws n_{k-1} … n_k of each input
     ``idx`` still running, the continuation of its own stream (``first_chunk``), all in one :func:`count_classes`
-    call so that forward batches stay full. Checkpoints but the last must be whole chunks.
+    call so that forward batches stay full. Any increasing checkpoints will do: round k is drawn in chunks of
+    min(``sampling.chunk``, n_k − n_{k-1}) draws, continuing the generator's calls where round k − 1 left them,
+    so an input's draws depend on its seed, the chunk and the checkpoints only — never on the batch size or on
+    which inputs share a round. (Checkpoints that are whole chunks give the stream of one fixed-n call.)
     """
     cks = np.asarray(checkpoints, dtype=np.int64)
-    chunk = int(sampling.chunk)
-    assert all(c % chunk == 0 for c in cks[:-1]), "checkpoints must be multiples of the chunk"
-    prev = 0
+    prev = call = 0
     for k, n_k in enumerate(cks):
         idx = np.flatnonzero(running)
         if not len(idx):
             return
+        num = int(n_k - prev)
+        chunk = min(int(sampling.chunk), num)
         sub = scale if not torch.is_tensor(scale) or scale.ndim == 0 else scale[torch.as_tensor(idx)]
         est = count_classes(
             model,
             x[torch.as_tensor(idx)],
             sub,
-            int(n_k - prev),
+            num,
             num_classes,
             [seeds[i] for i in idx],
-            sampling,
-            first_chunk=prev // chunk,
+            replace(sampling, chunk=chunk),
+            first_chunk=call,
         )
         yield k, int(n_k), idx, est
-        prev = int(n_k)
+        prev, call = int(n_k), call + -(-num // chunk)
 
 
 @dataclass(frozen=True)
 class SequentialPlan:
     """What sequential CERTIFY aims for and when it may stop.
 
-    ``checkpoints``: the estimation draw counts at which an input may stop (fixed before any draw; multiples
-    of the sampling chunk but for the last); ``cs``: the confidence sequence, valid simultaneously over them
+    ``checkpoints``: the estimation draw counts at which an input may stop (fixed before any draw, increasing;
+    they need not be whole chunks: :func:`_rounds`); ``cs``: the confidence sequence, valid simultaneously over them
     (:mod:`smoothcert.engine.sequential`); ``radii``: decide-at-radius targets (None: estimate mode, which stops
     once the radius of the lower bound is within ``precision`` (relative) of the radius of the upper bound, the
     latter taken as the radius the whole budget ``checkpoints[-1]`` would certify if pA were at its upper bound).

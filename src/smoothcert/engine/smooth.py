@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -11,6 +9,8 @@ from smoothcert.engine import noise as noise_mod
 from smoothcert.engine.certificates import ABSTAIN
 from smoothcert.engine.certify import Draws, SequentialPlan, certify, predict_batch, predict_sequential_batch
 from smoothcert.engine.sampling import Sampling
+
+SEQUENTIAL_CHUNK = 1000  # draws per noise chunk of the sequential streams (fixes their noise, whatever batch_size)
 
 
 class Smooth:
@@ -72,13 +72,14 @@ class Smooth:
         """(base classifier, x as a batch of one, σ, classes): what every engine call of one input starts with."""
         return self.base_classifier, x.unsqueeze(0), self.sigma, self.num_classes
 
-    def _schedule(self, n_max: int, batch_size: int) -> tuple[tuple[int, ...], Sampling]:
-        """Checkpoints doubling from c = gcd(batch_size, n_max) to n_max, and sampling in chunks of c."""
+    def _schedule(self, n_min: int, n_max: int, ratio: float, batch_size: int) -> tuple[tuple[int, ...], Sampling]:
+        """Checkpoints n_min·ratio^k up to n_max (:func:`sequential.schedule`) and sampling in chunks of at most
+        :data:`SEQUENTIAL_CHUNK` draws: neither depends on ``batch_size``, so neither do the results."""
         from smoothcert.engine import sequential
 
-        chunk = math.gcd(int(batch_size), int(n_max))
-        cks = tuple(int(c) * chunk for c in sequential.schedule(1, n_max // chunk, 2.0))
-        return cks, Sampling(kind=self.kind, batch_size=batch_size, chunk=chunk, device=self.device)
+        cks = tuple(int(c) for c in sequential.schedule(n_min, n_max, ratio))
+        sampling = Sampling(kind=self.kind, batch_size=batch_size, chunk=SEQUENTIAL_CHUNK, device=self.device)
+        return cks, sampling
 
     def certify_sequential(
         self,
@@ -90,24 +91,29 @@ class Smooth:
         radius: float | None = None,
         *,
         precision: float = 0.1,
+        n_min: int = 50,
+        ratio: float = 1.25,
     ) -> tuple[int, float, int]:
         """CERTIFY with early stopping (:func:`certify_sequential_batch`): (cA or ABSTAIN, radius, draws used).
 
         ``radius=None``: estimate mode (stop once σ·gap(p̲A) is within ``precision`` of the upper radius);
         a number: decide whether x is certified at that radius. Either way the returned radius is σ·Φ⁻¹(p̲A) at
         the stopping time: with probability ≥ 1 − alpha, g is constant = cA on that ℓ2 ball (ℓ1 for uniform
-        noise). Checkpoints double from gcd(batch_size, n_max) up to n_max (a union bound over them).
+        noise). Checkpoints n_min·ratio^k up to n_max (a union bound over them), whatever ``batch_size``: the
+        results do not depend on it.
         """
         from smoothcert.engine import sequential
 
-        cks, sampling = self._schedule(n_max, batch_size)
+        cks, sampling = self._schedule(n_min, n_max, ratio, batch_size)
         plan = SequentialPlan(cks, sequential.UnionCP(cks), None if radius is None else (float(radius),), precision)
         pred, radius, n = self._certify(x, Draws(n0, alpha, self.norm, sampling, plan=plan))
         return pred, radius, n0 + n
 
-    def predict_sequential(self, x: torch.Tensor, n_max: int, alpha: float, batch_size: int) -> tuple[int, int]:
+    def predict_sequential(
+        self, x: torch.Tensor, n_max: int, alpha: float, batch_size: int, *, n_min: int = 50, ratio: float = 1.25
+    ) -> tuple[int, int]:
         """PREDICT with early stopping (:func:`predict_sequential_batch`): (g(x) or ABSTAIN, draws used); a class
-        other than g(x) is returned with probability ≤ alpha. Checkpoints double from gcd(batch_size, n_max)."""
-        cks, sampling = self._schedule(n_max, batch_size)
+        other than g(x) is returned with probability ≤ alpha. Checkpoints n_min·ratio^k up to n_max."""
+        cks, sampling = self._schedule(n_min, n_max, ratio, batch_size)
         out = predict_sequential_batch(*self._one(x), alpha, self._seeds("predict"), sampling, cks)
         return int(out["predict"][0]), int(out["n"][0])

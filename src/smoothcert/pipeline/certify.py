@@ -177,16 +177,16 @@ def certify_shard(
 
 def sequential_plan(cc: dict) -> SequentialPlan:
     """The :class:`~smoothcert.engine.certify.SequentialPlan` of ``certify.sequential``: checkpoints n_min·ratio^k
-    (whole chunks) up to n_max, and the confidence sequence named by ``bound``, valid over all of them."""
+    up to n_max (draws; independent of the chunk and the batch size), and the confidence sequence named by
+    ``bound``, valid over all of them."""
     from smoothcert.engine import sequential
 
-    sq, chunk = cc["sequential"], cc["chunk"]
+    sq = cc["sequential"]
     require(
-        sq["n_min"] % chunk == 0 and sq["n_max"] % chunk == 0 and sq["n_min"] <= sq["n_max"],
-        f"certify.sequential: n_min = {sq['n_min']} and n_max = {sq['n_max']} must be multiples of certify.chunk "
-        f"= {chunk}, with n_min <= n_max",
+        sq["n_min"] <= sq["n_max"],
+        f"certify.sequential: n_min = {sq['n_min']} and n_max = {sq['n_max']} are not allowed; expected n_min <= n_max",
     )
-    cks = tuple(int(k) * chunk for k in sequential.schedule(sq["n_min"] // chunk, sq["n_max"] // chunk, sq["ratio"]))
+    cks = tuple(int(k) for k in sequential.schedule(sq["n_min"], sq["n_max"], sq["ratio"]))
     cs = sequential.UnionCP(cks) if sq["bound"] == "union_cp" else sequential.BetaMixture()
     radii = tuple(float(r) for r in sq["radii"]) if sq["target"] == "decide" else None
     return SequentialPlan(cks, cs, radii, float(sq["precision"]))
