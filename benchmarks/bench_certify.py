@@ -1,23 +1,20 @@
 """Certification throughput: how close ``core.count_classes`` runs to the speed of the base classifier.
 
-Writes ``benchmarks/results/certify_<device>.json`` with four sections, all measured in one run,
-interleaved (each repeat times every variant once, in rotating order) so that load from other
-processes hits all variants alike; figures are medians over repeats, ratios are medians of the
-per-repeat ratios.
+Writes ``benchmarks/results/certify_<device>.json``, every section measured in one run, interleaved (each
+repeat times every variant once, in rotating order) so that load from other processes hits all variants alike;
+figures are medians over repeats, ratios are medians of the per-repeat ratios.
 
-* ``efficiency``: base-classifier evaluations/s inside ``count_classes`` divided by evaluations/s of
-  plain batched forward passes of the same model, same batch size, on pre-made tensors under
-  ``torch.inference_mode`` (the ceiling), for the digits CNN and ResNet-20, with 1 and 2 threads;
-  the pre-issue-9 engine (``legacy_count_classes`` below) is timed alongside for before/after.
-* ``batched_vs_single``: CERTIFY over test inputs of a digits CNN trained here in seconds, batched as
-  ``certify.certify_shard`` does (several inputs per forward pass) vs one input at a time through
-  ``Smooth.certify`` (the reference implementation's shape), same n0, n, alpha: the speed ratio and
-  whether the radii agree statistically (paired mean difference, two-sample KS test).
-* ``ablations``: each optimization switched off alone in a reference engine that is otherwise the
-  shipped one (its counts are checked equal to ``count_classes``): inference_mode vs no_grad, noise
-  in place in a reused buffer vs allocated per chunk, counting on the device vs numpy, several inputs
-  per forward pass vs one, 1 vs 2 threads, channels-last; plus ``torch.compile`` (in a subprocess with
-  a time limit, since inductor compiles C++ on CPU).
+* ``efficiency``: base-classifier evaluations/s inside ``count_classes`` (the pipeline's path) divided by
+  evaluations/s of plain batched forward passes of the same model, same batch size, on pre-made tensors
+  under ``torch.inference_mode`` (the ceiling), for the digits CNN and ResNet-20, with 1 and 2 threads.
+* ``smooth_certify``: the same ratio for ``Smooth.certify`` (one input per call, n0 + n draws, Cohen et
+  al.'s interface), the model in torch's default layout and as the pipeline prepares it.
+* ``batched_vs_single``: CERTIFY over test inputs of the digits CNN trained by the pipeline's ``train``
+  (``training.loop``), batched as ``certify.certify_shard`` does vs one input at a time through
+  ``Smooth.certify``, same n0, n, alpha: the speed ratio and whether the radii agree statistically.
+* channels-last forward, batch-size sweep, glibc allocator settings and ``torch.compile`` (in a subprocess
+  with a time limit, since inductor compiles C++ on CPU). The engine's choices are options of the engine
+  or of the config (``channels_last``, ``batch_size``, threads), measured here through the engine itself.
 
 Usage: python benchmarks/bench_certify.py [--device cpu|cuda] [--repeats 7] [--quick] [--no-compile]
                                           [--skip-resnet] [--out PATH]
@@ -47,7 +44,6 @@ from harness import best, cpu_flags, interleaved, machine, rate, ratio, sync, th
 from harness import load_avg as load  # noqa: E402
 from smoothcert.artifacts import write_json
 from smoothcert.engine import core  # noqa: E402
-from smoothcert.engine import noise as noise_mod
 from smoothcert.engine.noise import stream_seed
 from smoothcert.training import models
 
@@ -73,137 +69,6 @@ def build(arch: str, device: torch.device, seed: int = 0) -> nn.Module:
 def inputs(arch: str, b: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
     x = torch.rand(b, *ARCHS[arch]["shape"], generator=torch.Generator().manual_seed(seed)).to(device)
     return x, [stream_seed(seed, i, "estimate") for i in range(b)]
-
-
-# ------------------------------------------------------------------------- engines (before / ablations)
-def legacy_count_classes(model, x, scale, num, num_classes, seeds, sampling):
-    """smoothcert's count_classes before issue 9 (groups of inputs, a fresh noise tensor per chunk)."""
-    device = torch.device(sampling.device)
-    b, shape = x.shape[0], tuple(x.shape[1:])
-    counts = torch.zeros((b, num_classes), dtype=torch.int64, device=device)
-    x = x.to(device, torch.float32)
-    s = noise_mod.broadcast_scale(scale, b, shape, device)
-    chunk = min(sampling.chunk, num)
-    group = max(1, sampling.batch_size // chunk)
-    with torch.inference_mode():
-        for g0 in range(0, b, group):
-            g1 = min(b, g0 + group)
-            gens = [noise_mod.make_generator(seeds[i], device) for i in range(g0, g1)]
-            for c in noise_mod.chunk_sizes(num, chunk):
-                k = g1 - g0
-                eps = torch.empty((k, c, *shape), device=device)
-                for j, gen in enumerate(gens):
-                    noise_mod.fill_standard(eps[j], sampling.kind, gen)
-                batch = eps.mul_(s[g0:g1].unsqueeze(1)).add_(x[g0:g1].unsqueeze(1)).reshape(k * c, *shape)
-                owner = torch.arange(k, device=device).repeat_interleave(c) * num_classes
-                for r0 in range(0, k * c, sampling.batch_size):
-                    r1 = min(k * c, r0 + sampling.batch_size)
-                    pred = model(batch[r0:r1]).argmax(1)
-                    counts[g0:g1] += torch.bincount(owner[r0:r1] + pred, minlength=k * num_classes).view(k, num_classes)
-    return counts.cpu().numpy()
-
-
-def engine(
-    model,
-    x,
-    scale,
-    num,
-    num_classes,
-    seeds,
-    sampling,
-    *,
-    grad_mode="inference",
-    noise="inplace",
-    counting="device",
-    pack=True,
-):
-    """The shipped streaming engine with each optimization behind a switch (all on = ``count_classes``).
-
-    grad_mode: "inference" (torch.inference_mode) | "no_grad"; noise: "inplace" (one staging buffer,
-    ε drawn into it in place, x + σ·ε applied in place per forward batch) | "allocated" (a fresh ε tensor
-    per chunk, x + σ·ε out of place per chunk, torch.cat per batch);
-    counting: "device" (index_add_ on the device) | "numpy" (argmax to host, np.bincount);
-    pack: several inputs per forward pass (True) or a pass never mixes inputs (False).
-    """
-    device = torch.device(sampling.device)
-    b, shape = x.shape[0], tuple(x.shape[1:])
-    x = x.to(device, torch.float32)
-    s = noise_mod.broadcast_scale(scale, b, shape, device)
-    chunk = min(sampling.chunk, num)
-    sizes = noise_mod.chunk_sizes(num, chunk)
-    rows = sampling.batch_size
-    counts = torch.zeros(b * num_classes, dtype=torch.int64, device=device)
-    host = np.zeros(b * num_classes, dtype=np.int64)
-    step = torch.arange(min(b * num, rows), device=device)
-    buf = torch.empty((min(b * num, rows + chunk - 1), *shape), device=device) if noise == "inplace" else None
-    st = {"p": 0, "done": 0, "blocks": []}
-
-    def forward(batch):
-        m = batch.shape[0]
-        if noise == "inplace":  # as core.count_classes: ε·σ + x in at most three broadcast pieces
-            start, r, j = st["done"], 0, st["done"] // num
-            if start % num:
-                r = min(m, (j + 1) * num - start)
-                batch[:r].mul_(s[j]).add_(x[j])
-                j += 1
-            k = (m - r) // num
-            if k:
-                batch[r : r + k * num].view(k, num, *shape).mul_(s[j : j + k].unsqueeze(1)).add_(
-                    x[j : j + k].unsqueeze(1)
-                )
-                r, j = r + k * num, j + k
-            if r < m:
-                batch[r:].mul_(s[j]).add_(x[j])
-        logits = model(batch)
-        pred, votes = logits.argmax(1), torch.isfinite(logits.sum(1))  # non-finite logits vote for no class
-        if counting == "device":
-            owner = torch.div(step[:m] + st["done"], num, rounding_mode="floor")
-            counts.index_add_(0, owner.mul_(num_classes).add_(pred), votes.to(torch.int64))
-        else:
-            owner = (np.arange(m) + st["done"]) // num
-            host[:] += np.bincount(
-                owner * num_classes + pred.cpu().numpy(), weights=votes.cpu().numpy(), minlength=len(host)
-            ).astype(np.int64)
-        st["done"] += m
-
-    def flush(final):
-        if noise == "inplace":
-            p, q = st["p"], 0
-            while p - q >= rows or (final and p > q):
-                m = min(rows, p - q)
-                forward(buf[q : q + m])
-                q += m
-            if q and p > q:
-                buf[: p - q].copy_(buf[q:p])
-            st["p"] = p - q
-        elif st["blocks"]:
-            data = torch.cat(st["blocks"])
-            q = 0
-            while len(data) - q >= rows or (final and len(data) > q):
-                m = min(rows, len(data) - q)
-                forward(data[q : q + m])
-                q += m
-            st["blocks"] = [data[q:]] if q < len(data) else []
-            st["p"] = len(data) - q
-
-    ctx = torch.inference_mode if grad_mode == "inference" else torch.no_grad
-    with ctx():
-        for i in range(b):
-            gen = noise_mod.make_generator(seeds[i], device)
-            for c in sizes:
-                if noise == "inplace":
-                    noise_mod.fill_standard(buf[st["p"] : st["p"] + c], sampling.kind, gen)
-                else:
-                    eps = noise_mod.fill_standard(torch.empty((c, *shape), device=device), sampling.kind, gen)
-                    st["blocks"].append(x[i] + s[i] * eps)
-                st["p"] += c
-                if st["p"] >= rows:
-                    flush(False)
-            if not pack:
-                flush(True)
-        flush(True)
-    out = counts if counting == "device" else torch.from_numpy(host)
-    return out.view(b, num_classes).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------- sections
@@ -241,7 +106,6 @@ def efficiency(
     fns = {
         "forward": forward,
         "count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
-        "legacy": lambda: legacy_count_classes(model, x, 0.25, n, 10, seeds, sampling),
         "forward_prepared": forward_prepared,
         "count_classes_prepared": lambda: core.count_classes(prepared, x, 0.25, n, 10, seeds, sampling),
     }
@@ -249,8 +113,7 @@ def efficiency(
         used = torch.get_num_threads()
         mode = core.noise_threads() if device.type == "cpu" else None
         times = interleaved(fns, repeats, device)
-    eff, old = ratio(times, "count_classes", "forward"), ratio(times, "legacy", "forward")
-    eff_cpu, old_cpu = ratio(times, "count_classes@cpu", "forward@cpu"), ratio(times, "legacy@cpu", "forward@cpu")
+    eff, eff_cpu = ratio(times, "count_classes", "forward"), ratio(times, "count_classes@cpu", "forward@cpu")
     row = {
         "model": arch,
         "workload": workload,
@@ -266,18 +129,11 @@ def efficiency(
         "repeats": repeats,
         "forward_evals_per_s": rate(evals, times["forward"]),
         "certify_evals_per_s": rate(evals, times["count_classes"]),
-        "legacy_evals_per_s": rate(evals, times["legacy"]),
         "efficiency": eff["median"],
         "efficiency_range": [eff["min"], eff["max"]],
-        "efficiency_legacy": old["median"],
-        "efficiency_legacy_range": [old["min"], old["max"]],
-        "speedup_vs_legacy": ratio(times, "count_classes", "legacy")["median"],
         "efficiency_best": best(times, "count_classes", "forward"),
-        "efficiency_legacy_best": best(times, "legacy", "forward"),
         "efficiency_cpu_time": eff_cpu["median"],
         "efficiency_cpu_time_range": [eff_cpu["min"], eff_cpu["max"]],
-        "efficiency_legacy_cpu_time": old_cpu["median"],
-        "speedup_vs_legacy_cpu_time": ratio(times, "count_classes@cpu", "legacy@cpu")["median"],
         "goal": GOALS[arch],
         "meets_goal": bool(eff["median"] >= GOALS[arch]),
         "load_avg": load(),
@@ -298,99 +154,6 @@ def efficiency(
     )
     print(json.dumps(row), flush=True)
     return row
-
-
-def ablations(
-    arch: str,
-    b: int,
-    n: int,
-    batch_size: int,
-    chunk: int,
-    repeats: int,
-    device: torch.device,
-    workload: str,
-    which: list[str],
-    n_threads: int | None,
-) -> list[dict]:
-    with threads(n_threads):
-        return _ablations(arch, b, n, batch_size, chunk, repeats, device, workload, which)
-
-
-def _ablations(
-    arch: str,
-    b: int,
-    n: int,
-    batch_size: int,
-    chunk: int,
-    repeats: int,
-    device: torch.device,
-    workload: str,
-    which: list[str],
-) -> list[dict]:
-    model = build(arch, device)
-    x, seeds = inputs(arch, b, device)
-    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
-    args = (x, 0.25, n, 10, seeds, sampling)
-    ref = engine(model, *args)
-    check = {"engine_matches_count_classes": bool(np.array_equal(ref, core.count_classes(model, *args)))}
-    variants = {
-        "optimized": ("all optimizations on (the shipped engine)", lambda: engine(model, *args)),
-        "count_classes": ("core.count_classes itself", lambda: core.count_classes(model, *args)),
-        "legacy": ("pre-issue-9 count_classes", lambda: legacy_count_classes(model, *args)),
-        "no_grad": ("torch.no_grad instead of torch.inference_mode", lambda: engine(model, *args, grad_mode="no_grad")),
-        "noise_allocated": (
-            "noise allocated per chunk (randn, x + s*eps out of place, cat per batch) "
-            "instead of drawn in place into one reused buffer",
-            lambda: engine(model, *args, noise="allocated"),
-        ),
-        "numpy_counting": (
-            "argmax copied to the host and counted with numpy instead of index_add_ on the device",
-            lambda: engine(model, *args, counting="numpy"),
-        ),
-        "one_input_per_pass": (
-            "a forward pass never mixes inputs (batch = one input's draws, at most batch_size)",
-            lambda: engine(model, *args, pack=False),
-        ),
-    }
-    if device.type == "cpu":
-        other = 2 if torch.get_num_threads() == 1 else 1
-
-        def other_threads():
-            with threads(other):
-                engine(model, *args)
-
-        variants["threads"] = (f"torch.set_num_threads({other}) instead of {torch.get_num_threads()}", other_threads)
-    if "channels_last" in which:
-        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        variants["channels_last"] = ("model weights in channels-last memory format", lambda: engine(cl, *args))
-    fns = {k: v[1] for k, v in variants.items() if k in which or k == "optimized"}
-    times = interleaved(fns, repeats, device)
-    evals = b * n
-    rows = []
-    for name in fns:
-        rows.append(
-            {
-                "workload": workload,
-                "model": arch,
-                "variant": name,
-                "change": variants[name][0],
-                "inputs": b,
-                "n": n,
-                "batch_size": batch_size,
-                "chunk": chunk,
-                "threads": torch.get_num_threads(),
-                "evals_per_s": rate(evals, times[name]),
-                "speed_vs_optimized": ratio(times, name, "optimized")["median"],
-                "speed_vs_optimized_range": [
-                    ratio(times, name, "optimized")["min"],
-                    ratio(times, name, "optimized")["max"],
-                ],
-                "speed_vs_optimized_cpu_time": ratio(times, name + "@cpu", "optimized@cpu")["median"],
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    rows[0].update(check)
-    return rows
 
 
 def channels_last_forward(arch: str, batch_size: int, repeats: int, device: torch.device) -> dict:
@@ -463,31 +226,70 @@ def batch_sweep(arch: str, sizes: list[int], evals: int, chunk: int, repeats: in
     return out
 
 
-def _train_digits(sigma: float, epochs: int, device: torch.device):
-    """A digits CNN trained with Gaussian augmentation (seconds on CPU); returns (model, x_test, y_test)."""
-    from sklearn.datasets import load_digits
+def trained_digits(epochs: int, device: torch.device):
+    """The digits CNN trained with Gaussian noise (σ = 0.25) by the pipeline's own ``train`` command
+    (``training.loop``, in ``benchmarks/work/digits``, reused when present); returns (model, x_test, y_test)."""
+    from harness import trained_workspace
+    from smoothcert import data as data_mod
 
-    d = load_digits()
-    xs = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    ys = torch.tensor(d.target, dtype=torch.int64)
-    perm = torch.randperm(len(xs), generator=torch.Generator().manual_seed(0))
-    cut = int(0.7 * len(xs))
-    tr, te = perm[:cut], perm[cut:]
-    torch.manual_seed(0)
-    model = models.build_model(*ARCHS["digits_cnn"]["args"]).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(epochs):
-        model.train()
-        order = tr[torch.randperm(len(tr), generator=gen)]
-        for k in range(0, len(order), 64):
-            xb, yb = xs[order[k : k + 64]], ys[order[k : k + 64]]
-            xb = xb + sigma * torch.randn(xb.shape, generator=gen)
-            loss = nn.functional.cross_entropy(model(xb.to(device)), yb.to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval(), xs[te].to(device), ys[te].numpy()
+    work = REPO / "benchmarks" / "work" / "digits"
+    cfg, data = trained_workspace(work, "digits", "digits_cnn", epochs, [0.25], None)
+    x, y = data_mod.load_split(data, "test", "digits")
+    model = models.load_model(cfg, work / "models" / "gaussian-fixed-l2-0.25" / "model.pt", device).eval()
+    return model, x.to(device), y.numpy()
+
+
+def smooth_efficiency(sizes: tuple, repeats: int, device: torch.device, n_threads: int | None) -> dict:
+    """``Smooth.certify`` (one input per call, n0 + n draws, Cohen et al.'s interface) against the plain batched
+    forward of the same model at the same batch size: evaluations per second, interleaved, in one process; the
+    digits CNN in torch's default layout and as the pipeline prepares it."""
+    b, n0, n, batch_size = sizes
+    model = build("digits_cnn", device)
+    prepared = models.prepare_for_inference(copy.deepcopy(model))
+    x, _ = inputs("digits_cnn", b, device)
+    evals = b * (n0 + n)
+    passes = -(-evals // batch_size)
+    pre = torch.rand(batch_size, *ARCHS["digits_cnn"]["shape"], generator=torch.Generator().manual_seed(1)).to(device)
+
+    def forward(m):
+        def f():
+            with torch.inference_mode():
+                for _ in range(passes):
+                    m(pre)
+
+        return f
+
+    def certify(m):
+        smooth = core.Smooth(m, 10, 0.25, seed=0, device=device)
+        return lambda: [smooth.certify(x[i], n0, n, 0.001, batch_size) for i in range(b)]
+
+    fns = {
+        "forward": forward(model),
+        "smooth": certify(model),
+        "forward_p": forward(prepared),
+        "smooth_p": certify(prepared),
+    }
+    with threads(n_threads):
+        used = torch.get_num_threads()
+        mode = core.noise_threads() if device.type == "cpu" else None
+        times = interleaved(fns, repeats, device)
+    f_evals = passes * batch_size
+    row = {"model": "digits_cnn", "threads": used, "noise_threads": mode, **cpu_flags(), "inputs": b, "n0": n0}
+    row.update(n=n, batch_size=batch_size, repeats=repeats)
+    for tag, fw, sm in (("default_layout", "forward", "smooth"), ("prepared", "forward_p", "smooth_p")):
+        per = [(evals / ts) / (f_evals / tf) for ts, tf in zip(times[sm], times[fw])]
+        cpu = [(evals / ts) / (f_evals / tf) for ts, tf in zip(times[sm + "@cpu"], times[fw + "@cpu"])]
+        row[tag] = {
+            "forward_evals_per_s": rate(f_evals, times[fw]),
+            "smooth_certify_evals_per_s": rate(evals, times[sm]),
+            "efficiency": float(np.median(per)),
+            "efficiency_range": [float(min(per)), float(max(per))],
+            "efficiency_cpu_time": float(np.median(cpu)),
+            "goal": 0.97,
+        }
+    row["load_avg"] = load()
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def batched_vs_single(
@@ -779,10 +581,10 @@ def main() -> None:
     ap.add_argument("--skip-resnet", action="store_true", help="skip ResNet-20 (slow on CPU)")
     ap.add_argument("--compile-timeout", type=int, default=900)
     ap.add_argument(
-        "--ablation-threads",
+        "--section-threads",
         type=int,
         default=None,
-        help="torch threads for the ablations (default on CPU: 1, the least disturbed by other load)",
+        help="torch threads for the sections after efficiency (default on CPU: 1, the least disturbed by other load)",
     )
     ap.add_argument("--out", default=None)
     ap.add_argument("--compile-worker", help=argparse.SUPPRESS)
@@ -817,6 +619,8 @@ def main() -> None:
     digits = (2, 1000, 1000, 500) if q else (max(2, 16 * bs // n), n, bs, chunk)
     select = (10, 100, 1000, 100) if q else (max(1, 8 * bs // n0), n0, bs, min(chunk, n0))
     resnet = (2, 100, 100, 100) if q else ((16, 10_000, 1000, 1000) if gpu else (2, 200, 200, 200))
+    # Smooth.certify one input per call, Cohen et al.'s way: (inputs, n0, n, batch_size)
+    smooth = (1, n0, 1000, 500) if q else (2, n0, 10_000, 1000)
     t_start = time.perf_counter()
     result = {
         "machine": machine(),
@@ -825,13 +629,14 @@ def main() -> None:
         "certify_params": cc,
         "method": "interleaved repeats; medians of times and of per-repeat ratios",
         "efficiency": [],
-        "ablations": [],
+        "smooth_certify": [],
         "channels_last_forward": [],
     }
     thread_settings = [None] if gpu else sorted({1, torch.get_num_threads()}, reverse=True)
     for nt in thread_settings:
         result["efficiency"].append(efficiency("digits_cnn", *digits, 2 * reps, device, nt))
         result["efficiency"].append(efficiency("digits_cnn", *select, 2 * reps, device, nt, workload="select"))
+        result["smooth_certify"].append(smooth_efficiency(smooth, 2 * reps, device, nt))
         if not args.skip_resnet:
             result["efficiency"].append(efficiency("cifar_resnet20", *resnet, reps, device, nt))
     if args.efficiency_only:
@@ -840,9 +645,9 @@ def main() -> None:
         write_json(out_path, result)
         print(f"wrote {out_path}")
         return
-    epochs = 2 if q else 12
-    trained = _train_digits(0.25, epochs, device)
-    ab_threads = args.ablation_threads or (None if gpu else 1)
+    epochs = 2 if q else 20
+    trained = trained_digits(epochs, device)
+    ab_threads = args.section_threads or (None if gpu else 1)
     # at the configured batch size, and (CPU) at 1000 rows, where the digits CNN runs fastest per row
     with threads(ab_threads):
         result["batched_vs_single"] = [
@@ -862,41 +667,10 @@ def main() -> None:
             )
             for size in ([digits[2]] if gpu or digits[2] == 1000 else [digits[2], 1000])
         ]
-    result["ablation_threads"] = ab_threads or torch.get_num_threads()
-    every = [
-        "count_classes",
-        "legacy",
-        "no_grad",
-        "noise_allocated",
-        "numpy_counting",
-        "one_input_per_pass",
-        "threads",
-        "channels_last",
-    ]
-    result["ablations"] += ablations(
-        "digits_cnn", *digits, reps, device, f"estimate (n={digits[1]})", every, ab_threads
-    )
-    result["ablations"] += ablations(
-        "digits_cnn",
-        *select,
-        reps,
-        device,
-        f"select (n0={select[1]})",
-        ["count_classes", "legacy", "one_input_per_pass", "numpy_counting"],
-        ab_threads,
-    )
+    result["section_threads"] = ab_threads or torch.get_num_threads()
     with threads(ab_threads):
         result["channels_last_forward"].append(channels_last_forward("digits_cnn", digits[2], reps, device))
     if not args.skip_resnet:
-        result["ablations"] += ablations(
-            "cifar_resnet20",
-            *resnet,
-            max(3, reps // 2),
-            device,
-            f"estimate (n={resnet[1]})",
-            ["legacy", "noise_allocated", "channels_last"],
-            ab_threads,
-        )
         with threads(ab_threads):
             result["channels_last_forward"].append(
                 channels_last_forward("cifar_resnet20", resnet[2], max(3, reps // 2), device)

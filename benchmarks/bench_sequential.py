@@ -246,8 +246,8 @@ def main(argv=None):
             mode: (fixed if mode == "fixed" else summary(r, labels, sigma, args.radii, args.batch_size, fixed))
             for mode, r in res.items()
         }
-        if "fixed" in res:
-            record["results"][f"{sigma:g}"]["oracle_ratio"] = oracle_ratios(res, sigma, args)
+        if "fixed" in res:  # beside the modes' rows: {σ: {mode: row}} stays one row per mode
+            record.setdefault("oracle_ratio", {})[f"{sigma:g}"] = oracle_ratios(res, sigma, args)
         harness.emit({"sigma": sigma, **{m: record["results"][f"{sigma:g}"][m]["mean_draws"] for m in res}})
         harness.write_result(out, record)  # after every σ: a run stopped later keeps what it measured
 
@@ -289,7 +289,7 @@ def linear_experiments(args, record):
         x = torch.zeros(len(g), 1, 4, 4)
         x[:, 0, 0, 0] = torch.from_numpy(sigma * g).float()
         record.setdefault("linear_mix", {})[f"{sigma:g}"] = {"gap_anchors": gaps, "share_above": share}
-        yield sigma, Linear2(w, 0.0), x, np.ones(len(g), dtype=np.int64), 2, work / f"sigma-{sigma:g}"
+        yield sigma, Linear2(w, 0.0), x, np.ones(len(g), dtype=np.int64), 2, work
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ class Smooth:
         radius: float | None = None,
         *,
         precision: float = 0.1,
-        n_min: int = 50,
+        n_min: int = 10,
         ratio: float = 1.25,
     ) -> tuple[int, float, int]:
         """CERTIFY with early stopping (:func:`certify_sequential_batch`): (cA or ABSTAIN, radius, draws used).
@@ -110,7 +110,7 @@ class Smooth:
         return pred, radius, n0 + n
 
     def predict_sequential(
-        self, x: torch.Tensor, n_max: int, alpha: float, batch_size: int, *, n_min: int = 50, ratio: float = 1.25
+        self, x: torch.Tensor, n_max: int, alpha: float, batch_size: int, *, n_min: int = 10, ratio: float = 1.25
     ) -> tuple[int, int]:
         """PREDICT with early stopping (:func:`predict_sequential_batch`): (g(x) or ABSTAIN, draws used); a class
         other than g(x) is returned with probability ≤ alpha. Checkpoints n_min·ratio^k up to n_max."""
