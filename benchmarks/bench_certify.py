@@ -66,6 +66,17 @@ def build(arch: str, device: torch.device, seed: int = 0) -> nn.Module:
     return models.build_model(*ARCHS[arch]["args"]).to(device).eval()
 
 
+def forward_passes(model: nn.Module, batch: torch.Tensor, passes: int):
+    """A function running ``passes`` plain forward passes of ``batch`` under ``torch.inference_mode``."""
+
+    def f():
+        with torch.inference_mode():
+            for _ in range(passes):
+                model(batch)
+
+    return f
+
+
 def inputs(arch: str, b: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
     x = torch.rand(b, *ARCHS[arch]["shape"], generator=torch.Generator().manual_seed(seed)).to(device)
     return x, [stream_seed(seed, i, "estimate") for i in range(b)]
@@ -252,12 +263,7 @@ def smooth_efficiency(sizes: tuple, repeats: int, device: torch.device, n_thread
     pre = torch.rand(batch_size, *ARCHS["digits_cnn"]["shape"], generator=torch.Generator().manual_seed(1)).to(device)
 
     def forward(m):
-        def f():
-            with torch.inference_mode():
-                for _ in range(passes):
-                    m(pre)
-
-        return f
+        return forward_passes(m, pre, passes)
 
     def certify(m):
         smooth = core.Smooth(m, 10, 0.25, seed=0, device=device)
@@ -420,12 +426,7 @@ def compile_worker(
     passes = b * n // batch_size
 
     def fwd(m):
-        def f():
-            with torch.inference_mode():
-                for _ in range(passes):
-                    m(pre)
-
-        return f
+        return forward_passes(m, pre, passes)
 
     times = interleaved(
         {
