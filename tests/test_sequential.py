@@ -132,12 +132,12 @@ def test_checkpoints_need_not_be_whole_chunks():
     model = Linear2(torch.tensor([1.0, 0.0]))
     x = torch.tensor([[m, 0.0] for m in np.linspace(-0.2, 1.0, 7)], dtype=torch.float32)
     cks = tuple(int(c) for c in sequential.schedule(30, 5000, 1.3))
-    plan = core.SequentialPlan(cks, sequential.UnionCP(cks), (0.0, 0.25, 0.5), 0.1)
+    plan = SequentialPlan(cks, sequential.UnionCP(cks), (0.0, 0.25, 0.5), 0.1)
 
     def run(rows, pos, chunk=400):
-        return core.certify_sequential_batch(
+        return certify_sequential_batch(
             model, x[pos], SIGMA, 2, 50, 0.001, "l2", [int(i) for i in pos], [int(i) + 7 for i in pos],
-            core.Sampling(batch_size=rows, chunk=chunk), plan, np.full(len(pos), SIGMA),
+            Sampling(batch_size=rows, chunk=chunk), plan, np.full(len(pos), SIGMA),
         )  # fmt: skip
 
     together = run(3000, np.arange(7))
@@ -148,10 +148,10 @@ def test_checkpoints_need_not_be_whole_chunks():
     # on the chunk grid the rounds continue one stream: their counts add up to those of one fixed-n call
     from smoothcert.engine.certify import _rounds
 
-    xs, sampling = x[:3], core.Sampling(batch_size=333, chunk=100)
+    xs, sampling = x[:3], Sampling(batch_size=333, chunk=100)
     rounds = _rounds(model, xs, SIGMA, 2, [4, 5, 6], sampling, (100, 200, 400, 800), np.ones(3, dtype=bool))
     total = sum(est for _, _, _, est in rounds)
-    assert np.array_equal(total, core.count_classes(model, xs, SIGMA, 800, 2, [4, 5, 6], sampling))
+    assert np.array_equal(total, count_classes(model, xs, SIGMA, 800, 2, [4, 5, 6], sampling))
 
 
 def test_pipeline_runs_every_method_and_norm_sequentially(params, tmp_path):
