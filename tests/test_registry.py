@@ -237,3 +237,16 @@ def test_dependencies_point_one_way(layer, never):
             m for m in _imported(path) if any(m == f"smoothcert.{n}" or m.startswith(f"smoothcert.{n}.") for n in never)
         }
         assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+def test_package_code_and_tests_import_the_engine_modules_not_core():
+    """engine/core.py only re-exports engine.sampling / certify / smooth for old benchmarks: package code and tests
+    import the module they use, so that a stage's code closure holds only what it runs."""
+    offenders = []
+    for path in [*PACKAGE.rglob("*.py"), *(REPO / "tests").glob("*.py")]:
+        if path == PACKAGE / "engine" / "core.py":
+            continue
+        bad = {m for m in _imported(path) if m == "smoothcert.engine.core" or m.startswith("smoothcert.engine.core.")}
+        if bad:
+            offenders.append(str(path.relative_to(REPO)))
+    assert not offenders, f"import smoothcert.engine.core (import sampling / certify / smooth instead): {offenders}"

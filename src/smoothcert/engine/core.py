@@ -1,10 +1,11 @@
-"""The engine's front door: randomized smoothing (Cohen, Rosenfeld & Kolter 2019), batched over many inputs.
+"""A re-export of the engine's front door, kept only for the benchmarks that still import it
+(``benchmarks/bench_certify.py``, ``benchmarks/bench_sequential.py``); delete it once they import the modules.
 
-The code lives in three modules, re-exported here: :mod:`~smoothcert.engine.sampling` (``Sampling``,
-``count_classes``: the CPU and device counting engines), :mod:`~smoothcert.engine.certify` (``Certified``,
-CERTIFY / PREDICT fixed-N and sequential, ``SequentialPlan``, the options object ``Draws``) and
-:mod:`~smoothcert.engine.smooth` (``Smooth``, the call-compatible port of locuslab/smoothing's ``core.Smooth``).
-Package code imports the module it uses, so that a stage hashes only the code it runs.
+The code lives in three modules: :mod:`~smoothcert.engine.sampling` (``Sampling``, ``count_classes``: the CPU and
+device counting engines), :mod:`~smoothcert.engine.certify` (``Certified``, CERTIFY / PREDICT fixed-N and
+sequential, ``SequentialPlan``, the options object ``Draws``) and :mod:`~smoothcert.engine.smooth` (``Smooth``, the
+call-compatible port of locuslab/smoothing's ``core.Smooth``). Package code and tests import the module they use
+(``tests/test_registry.py`` checks), so that a stage hashes only the code it runs.
 """
 
 from smoothcert.engine.certificates import ABSTAIN
