@@ -98,14 +98,18 @@ def ancer_l2(trials=1000, n=500, n0=50, alpha=0.1, seed=2, iterations=3) -> dict
     return certify_verdict("ancer_l2", trials, failed, alpha, n, n0, certified, **extra)
 
 
+def _axis_aligned(rng: np.random.Generator, d: int, b: float) -> tuple[np.ndarray, Linear2]:
+    """w = 2·e_k for a random axis k, and the classifier 1[wᵀx + b > 0]: where the ℓ1 gap 2(p̲A − ½) is tight."""
+    w = np.zeros(d)
+    w[rng.integers(d)] = 2.0
+    return w, Linear2(torch.from_numpy(w), b)
+
+
 def cohen_l1(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=3) -> dict:
     """Isotropic uniform noise U[-σ, σ] on an axis-aligned classifier: the ℓ1 gap 2(p̲A - ½) is tight there."""
     rng = np.random.default_rng(seed)
-    d = 16
-    w = np.zeros(d)
-    w[rng.integers(d)] = 2.0
-    b = 0.1
-    model = Linear2(torch.from_numpy(w), b)
+    d, b = 16, 0.1
+    w, model = _axis_aligned(rng, d, b)
     pa = _target_pa(rng, trials)
     sign = rng.choice([-1.0, 1.0], trials)
     x = _inputs_with_margin(w, b, sign * sigma * 2.0 * (2 * pa - 1), rng, (1, 4, 4))
@@ -118,11 +122,8 @@ def cohen_l1(trials=1000, n=500, n0=50, alpha=0.1, sigma=0.5, seed=3) -> dict:
 def ddrs_l1(trials=1000, n=500, n0=50, alpha=0.1, seed=8, iterations=3) -> dict:
     """Per-input σ optimized by DDRS for ℓ1 (uniform noise) on an axis-aligned classifier, where 2(p̲A − ½) is tight."""
     rng = np.random.default_rng(seed)
-    d = 16
-    w = np.zeros(d)
-    w[rng.integers(d)] = 2.0
-    b = -0.1
-    model = Linear2(torch.from_numpy(w), b)
+    d, b = 16, -0.1
+    w, model = _axis_aligned(rng, d, b)
     sigma0 = rng.uniform(0.25, 1.0, trials)
     sign = rng.choice([-1.0, 1.0], trials)
     # |m| = σ0·|w|·2(2 pA − 1): pA on the target at σ0; DDRS then moves σ, and the exact gap moves with it
