@@ -425,7 +425,8 @@ def child_theta(folder: str, data_dir: str, n: int) -> dict:
     import yaml
 
     from smoothcert.reporting import plots
-    from smoothcert.reporting.build import load_experiments, theta_panels
+    from smoothcert.reporting.build import theta_panels
+    from smoothcert.reporting.runs import load_experiments
 
     imports = _import_report()
     folder = Path(folder)

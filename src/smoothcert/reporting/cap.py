@@ -124,7 +124,7 @@ def load(
     """(the capped run's config and code comparison, [(uncapped, capped) experiment pairs]) of the capped run
     ``folder`` (its params.yaml and results/<dataset>/), every table checked to hold the ``expected`` test inputs;
     ``base_run``: the uncapped run's folder, whose Snakemake records say what code ran (:func:`code_changes`)."""
-    from smoothcert.reporting.build import load_experiments
+    from smoothcert.reporting.runs import load_experiments
 
     folder = Path(folder)
     require(folder.is_dir(), f"capped run folder not found: {folder}")
