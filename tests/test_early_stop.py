@@ -11,6 +11,7 @@ from torch import nn
 from smoothcert.config import ModelSpec
 from smoothcert.engine import surrogate as sg
 from smoothcert.engine.noise import make_generator, stream_seed
+from smoothcert.errors import SmoothcertError
 from smoothcert.methods import ancer
 from smoothcert.pipeline import optimize
 
@@ -130,7 +131,7 @@ def test_optimize_shard_counts_the_forwards_each_input_spent():
     model, x = _cnn(), torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(4))
     idx = np.array([3, 7, 8, 20, 21])
     spec = ModelSpec("gaussian", "fixed", "l2", 0.25, ("ddrs",))
-    stop = {"early_stop": True, "patience": 3, "tolerance": 0.02, "smoothing": 0.5}
+    stop = {"draws": "iid", "early_stop": True, "patience": 3, "tolerance": 0.02, "smoothing": 0.5}
 
     def cfg(bs, **extra):
         ddrs = {"iterations": 30, "lr": 0.05, "samples": 8, "batch_size": bs, "sigma0": None, "sigma_min": 0.01}
@@ -172,7 +173,7 @@ def test_evals_count_every_forward_of_the_base_classifier(method, gradient, monk
     idx = np.array([3, 7, 8, 20, 21])
     spec = ModelSpec("gaussian", "fixed", "l2", 0.25, (method,))
     search = {"iterations": 30, "lr": 0.05, "samples": 8, "sigma_max": None, "precision": "float32"}
-    stop = {"early_stop": True, "patience": 3, "tolerance": 0.02, "smoothing": 0.5}
+    stop = {"draws": "iid", "early_stop": True, "patience": 3, "tolerance": 0.02, "smoothing": 0.5}
 
     def cfg(bs):
         return {
@@ -192,3 +193,45 @@ def test_evals_count_every_forward_of_the_base_classifier(method, gradient, monk
             init=None if init is None else init[i : i + 1], progress=False,
         )  # fmt: skip
         assert model.rows == int(one["evals"][0]) == int(whole["evals"][i])
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_search_noise_modes(norm):
+    kind, x = sg.noise_kind(norm), torch.zeros(3, 1, 2, 2)
+    active = sg.Active(x, _gens(range(3)))
+    iid = sg.SearchNoise(x, 5, kind, _gens(range(3)), "iid")
+    first = iid.draw(active)
+    assert first.shape == (3, 5, 1, 2, 2) and not torch.equal(first, iid.draw(active))  # fresh every step
+    torch.testing.assert_close(first, sg.standard_noise(x, 5, kind, _gens(range(3))))  # as the papers draw
+    anti = sg.SearchNoise(x, 5, kind, _gens(range(3)), "antithetic").draw(active)
+    assert torch.equal(anti[:, 3:5], -anti[:, :2]) and not torch.equal(anti[:, 2], -anti[:, 2])  # pairs, one odd
+    common = sg.SearchNoise(x, 5, kind, _gens(range(3)), "common_antithetic")
+    a, b = common.draw(active), common.draw(active)
+    assert torch.equal(a, b) and torch.equal(a[:, 3:5], -a[:, :2])  # reused every step
+    active.drop(torch.tensor([True, False, False]))
+    assert torch.equal(common.draw(active), a[1:])  # a stopped input's draws leave with it
+    with pytest.raises(SmoothcertError, match="search draws"):
+        sg.SearchNoise(x, 5, kind, None, "sobol")
+
+
+@pytest.mark.parametrize("draws", ["antithetic", "common", "common_antithetic"])
+def test_variance_reduced_searches_do_not_depend_on_the_batch(draws):
+    model, x = _cnn(), torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    idx = np.arange(30, 34)
+    kw = dict(iterations=15, lr=0.05, samples=6, early_stop=sg.EarlyStop(3, 0.02, 0.5), draws=draws)
+
+    def run(rows):
+        steps = torch.zeros(len(rows), dtype=torch.int64)
+        sig = sg.ddrs_sigma(
+            model, x[rows], torch.full((len(rows),), 0.3), "l2", sigma_min=0.01, generator=_gens(idx[rows]),
+            steps=steps, **kw,
+        )  # fmt: skip
+        th = ancer.ancer_theta(
+            model, x[rows], sig.unsqueeze(1).expand(len(rows), 16), "l2", kappa=2.0, generator=_gens(idx[rows]), **kw
+        )
+        return sig, th, steps
+
+    joint = run(list(range(4)))
+    alone = [run([i]) for i in range(4)]
+    for k in range(3):
+        torch.testing.assert_close(joint[k], torch.cat([a[k] for a in alone]), rtol=1e-6, atol=1e-7)

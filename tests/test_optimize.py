@@ -53,7 +53,7 @@ class SoftLinear(nn.Module):
         return torch.stack([g, -g], 1)
 
 
-NO_STOP = {"early_stop": False, "patience": 5, "tolerance": 0.01, "smoothing": 0.9}
+NO_STOP = {"draws": "iid", "early_stop": False, "patience": 5, "tolerance": 0.01, "smoothing": 0.9}
 
 
 def _small_cnn() -> nn.Module:

@@ -87,9 +87,13 @@ def noisy_batch(x: torch.Tensor, scale: torch.Tensor, samples: int, kind: str, g
     with a list, ε for input i comes from ``generator[i]`` alone (batch-independent).
     Keeps x's dtype (float64 for gradient checks); gradients flow into ``scale``.
     """
+    return perturbed(x, scale, standard_noise(x, samples, kind, generator))
+
+
+def perturbed(x: torch.Tensor, scale: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x + scale ⊙ ε for given ε (B, samples, *shape), as (B·samples, *shape) rows grouped by input."""
     b, shape = x.shape[0], tuple(x.shape[1:])
-    eps = standard_noise(x, samples, kind, generator)
-    return (x.unsqueeze(1) + _scale_view(scale, x).unsqueeze(1) * eps).reshape(b * samples, *shape)
+    return (x.unsqueeze(1) + _scale_view(scale, x).unsqueeze(1) * eps).reshape(b * eps.shape[1], *shape)
 
 
 def standard_noise(x: torch.Tensor, samples: int, kind: str, generator: Generators) -> torch.Tensor:
@@ -118,9 +122,15 @@ def top2_probabilities(
     Gaussian ε for ℓ2, U[-1, 1] for ℓ1. One forward pass for all B·samples draws (under
     autocast(``amp``) when given; the softmax and mean are float32).
     """
-    b = x.shape[0]
-    logits = forward(model, noisy_batch(x, scale, samples, noise_kind(norm), generator), amp)
-    psi = torch.softmax(logits, dim=1).reshape(b, samples, -1).mean(1)
+    return top2_of_noise(model, x, scale, standard_noise(x, samples, noise_kind(norm), generator), amp)
+
+
+def top2_of_noise(
+    model: nn.Module, x: torch.Tensor, scale: torch.Tensor, eps: torch.Tensor, amp: torch.dtype | None = None
+) -> torch.Tensor:
+    """:func:`top2_probabilities` on given standard noise ε (B, samples, *shape)."""
+    logits = forward(model, perturbed(x, scale, eps), amp)
+    psi = torch.softmax(logits, dim=1).reshape(x.shape[0], eps.shape[1], -1).mean(1)
     return psi.topk(2, dim=1).values
 
 
@@ -226,6 +236,41 @@ class Plateau:
         return self.since[rows] >= self.rule.patience
 
 
+DRAWS = ("iid", "antithetic", "common", "common_antithetic")
+
+
+class SearchNoise:
+    """The standard noise ε a search's steps use, per input, by ``mode`` (a variance reduction; a search only
+    proposes σ / θ, so how it draws never touches a certificate):
+
+    - ``iid``: fresh draws every step (as both papers);
+    - ``antithetic``: fresh every step, in pairs ε, −ε (both noises are symmetric; an odd ``samples`` keeps one
+      unpaired draw);
+    - ``common``: one set drawn before the first step and reused at every step (common random numbers: the
+      objective is then a smooth deterministic function of σ / θ, a sample-average approximation);
+    - ``common_antithetic``: one antithetic set, reused.
+
+    Input i's draws come from ``generator[i]`` alone (with a list), so they do not depend on its batch.
+    """
+
+    def __init__(self, x: torch.Tensor, samples: int, kind: str, generator: Generators, mode: str = "iid"):
+        require(mode in DRAWS, f"unknown search draws {mode!r}; allowed: {DRAWS}")
+        self.samples, self.kind, self.antithetic = samples, kind, mode.endswith("antithetic")
+        self.fixed = self._draw(x, generator) if mode.startswith("common") else None
+
+    def _draw(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
+        if not self.antithetic:
+            return standard_noise(x, self.samples, self.kind, generator)
+        half = standard_noise(x, (self.samples + 1) // 2, self.kind, generator)
+        return torch.cat([half, -half], 1)[:, : self.samples]
+
+    def draw(self, active: Active) -> torch.Tensor:
+        """ε (len(active), samples, *shape) for this step of the inputs still searching."""
+        if self.fixed is not None:
+            return self.fixed if len(active) == self.fixed.shape[0] else self.fixed[active.rows]
+        return self._draw(active.x, active.generator)
+
+
 class Active:
     """The inputs of a batch still searching: their rows of ``x`` and their generators, shrunk by :meth:`drop`."""
 
@@ -273,6 +318,7 @@ def ddrs_sigma(
     early_stop: EarlyStop | None = None,
     steps: torch.Tensor | None = None,
     evals: torch.Tensor | None = None,
+    draws: str = "iid",
 ) -> torch.Tensor:
     """DDRS: per-input σ (B,) by plain gradient ascent σ ← clamp(σ + lr·∇σ R(σ), sigma_min, sigma_max) on
     R = :func:`surrogate` (``sigma_max`` None: no upper bound, as the paper).
@@ -282,7 +328,7 @@ def ddrs_sigma(
     whose R (estimated at each step's σ) plateaus leaves the batch and keeps its σ; without, every input takes
     every step. ``steps`` (B,) int64, when given, receives the steps each input took; ``evals`` (B,) int64 the
     base-classifier evaluations (rows forwarded) each input spent: 2·samples a step with the float32 central
-    difference, samples a step with autograd.
+    difference, samples a step with autograd. ``draws``: how each step's noise is drawn (:class:`SearchNoise`).
     Guarantees: the result lies in [sigma_min, sigma_max], detached, of x's dtype; with a list of per-input
     generators, row i depends only on x[i], sigma0[i] and generator[i].
     ``callback(step, sigma)`` (optional) sees σ after each step.
@@ -293,6 +339,7 @@ def ddrs_sigma(
     taken = torch.zeros(x.shape[0], dtype=torch.int64)
     plateau = Plateau(early_stop, x.shape[0]) if early_stop is not None else None
     active = Active(x, generator)
+    noise = SearchNoise(x, samples, noise_kind(norm), generator, draws)
     central = GRADIENT == "central" and amp is None and x.dtype == torch.float32
     per_step = (2 if central else 1) * samples  # forwards per input and step (see _central_gradient)
     with frozen(model), torch.no_grad() if central else torch.enable_grad():
@@ -300,11 +347,13 @@ def ddrs_sigma(
             if not len(active):
                 break
             rows, s = active.rows, sigma[active.rows]
+            eps = noise.draw(active)
             if central:
-                grad, value = _central_gradient(model, active.x, s, norm, samples, active.generator)
+                grad, value = _central_gradient(model, active.x, s, norm, eps)
             else:
                 s.requires_grad_(True)
-                radius = surrogate(model, active.x, s, norm, samples, active.generator, amp)
+                gap = proxy_gap(top2_of_noise(model, active.x, s, eps, amp), norm)
+                radius = s.to(gap.dtype) * gap
                 (grad,) = torch.autograd.grad(radius.sum(), s)
                 s, value = s.detach(), radius.detach()
             sigma[rows] = bounded(s + lr * grad, sigma_min, sigma_max)
@@ -318,13 +367,13 @@ def ddrs_sigma(
 
 
 def _central_gradient(
-    model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, norm: str, samples: int, generator: Generators
+    model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, norm: str, eps: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dR/dσ (B,) of :func:`surrogate` by a central difference (R(σ + h) − R(σ − h)) / 2h, h = FD_STEP·σ, on the
-    same draws ε for both (the step's one draw, as the autograd step takes it); one forward pass of 2·B·samples rows.
-    Also returns (R(σ + h) + R(σ − h)) / 2, the estimate of R(σ) the early stop reads."""
-    b, shape = x.shape[0], tuple(x.shape[1:])
-    eps = standard_noise(x, samples, noise_kind(norm), generator)
+    same draws ε (B, samples, *shape) for both (common random numbers across ±h, the step's one draw as the
+    autograd step takes it); one forward pass of 2·B·samples rows. Also returns (R(σ + h) + R(σ − h)) / 2, the
+    estimate of R(σ) the early stop reads."""
+    b, shape, samples = x.shape[0], tuple(x.shape[1:]), eps.shape[1]
     h = sigma * FD_STEP
     both = torch.cat([sigma + h, sigma - h])  # (2B,)
     view = (2, b, 1, *([1] * len(shape)))

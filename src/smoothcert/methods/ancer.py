@@ -91,6 +91,7 @@ def ancer_theta(
     early_stop: sg.EarlyStop | None = None,
     steps: torch.Tensor | None = None,
     evals: torch.Tensor | None = None,
+    draws: str = "iid",
 ) -> torch.Tensor:
     """ANCER: per-input, per-dimension θ (B, d) maximizing :func:`ancer_objective` with Adam(lr).
 
@@ -102,7 +103,8 @@ def ancer_theta(
     steps are unchanged); ``steps`` (B,) int64, when given, receives the steps each input took, ``evals`` (B,)
     int64 the base-classifier evaluations each input spent (samples a step: one forward, then its backward). Rows are
     independent across inputs, as in :func:`smoothcert.engine.surrogate.ddrs_sigma`; ``amp`` as there.
-    ``callback(step, theta)`` (optional) sees θ after each projection.
+    ``callback(step, theta)`` (optional) sees θ after each projection. ``draws``: how each step's noise is drawn
+    (:class:`smoothcert.engine.surrogate.SearchNoise`).
     """
     import torch
 
@@ -122,6 +124,7 @@ def ancer_theta(
     taken = torch.zeros(b, dtype=torch.int64)
     plateau = sg.Plateau(early_stop, b) if early_stop is not None else None
     active = sg.Active(x, generator)
+    noise = sg.SearchNoise(x, samples, sg.noise_kind(norm), generator, draws)
     opt = torch.optim.Adam([theta], lr=lr, maximize=True)
     with sg.frozen(model), torch.enable_grad():
         for step in range(iterations):
@@ -129,7 +132,7 @@ def ancer_theta(
                 break
             rows = active.rows
             mine = theta if len(rows) == b else theta[rows]
-            gap = sg.proxy_gap(sg.top2_probabilities(model, active.x, mine, norm, samples, active.generator, amp), norm)
+            gap = sg.proxy_gap(sg.top2_of_noise(model, active.x, mine, noise.draw(active), amp), norm)
             terms = ancer_terms(mine, gap, kappa)
             (theta.grad,) = torch.autograd.grad(terms.sum(), theta)
             opt.step()

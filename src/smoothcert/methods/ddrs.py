@@ -26,6 +26,12 @@ SEARCH = {  # the keys every per-input σ / θ search has (ANCER's section uses 
     "samples": {"type": "integer", "minimum": 1, "description": "noise draws per input and step"},
     "batch_size": {"type": "integer", "minimum": 1, "description": "inputs searched together"},
     "precision": PRECISION,
+    "draws": {
+        "enum": ["iid", "antithetic", "common", "common_antithetic"],
+        "description": "the search's noise (a variance reduction; certification draws afresh): iid fresh draws "
+        "every step (the papers) | antithetic ±ε pairs | common one set per input reused every step | "
+        "common_antithetic",
+    },
     "early_stop": {
         "type": "boolean",
         "description": "stop an input's search once its smoothed objective stops improving (iterations is then "
@@ -86,6 +92,7 @@ def search_arguments(settings: dict, generator, amp, evals) -> dict:
         "amp": amp,
         "early_stop": EarlyStop.of(settings),
         "evals": evals,
+        "draws": settings["draws"],
     }
 
 
