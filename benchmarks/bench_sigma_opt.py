@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -320,6 +321,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--paper-ddrs", default="900,100", help="--early-stop: DDRS iterations,samples")
     ap.add_argument("--paper-ancer", default="100,100", help="--early-stop: ANCER iterations,samples")
     ap.add_argument("--certify-n", type=int, default=10_000, help="--early-stop: fixed N of certification")
+    ap.add_argument("--paper-n", type=int, default=100_000, help="--early-stop: the papers' pipeline's fixed N")
+    ap.add_argument("--datasets", default="digits,mnist5k", help="--early-stop: in this order")
+    ap.add_argument("--sigmas", default="0.25,0.5", help="--early-stop: training σ and search start, in this order")
+    ap.add_argument(
+        "--draws", default="iid,antithetic,common,common_antithetic", help="--early-stop: search noise modes to run"
+    )
+    ap.add_argument("--mnist-epochs", type=int, default=10, help="--early-stop: training epochs of the MNIST-5k model")
+    ap.add_argument(
+        "--work", default=str(ROOT / "benchmarks" / "work" / "sigma_opt"), help="--early-stop: resumable cache"
+    )
     ap.add_argument("--radii", default="0.25,0.5,0.75,1.0", help="--early-stop: radii of certified accuracy")
     args = ap.parse_args(argv)
     if args.worker:
@@ -483,119 +494,260 @@ def main(argv=None) -> dict:
     return report
 
 
-def _search_arm(method: str, model, x, settings: dict, sigma0: float, init, idx, device) -> dict:
-    """One search arm over ``x`` the pipeline's way, batch by batch: θ, base-classifier evaluations and seconds
-    per input."""
+def _cached(path: Path, compute):
+    """``compute()`` (a dict of tensors / numbers), saved to ``path`` once; later runs load it (resumable)."""
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    got = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(got, path.with_suffix(".part"))
+    path.with_suffix(".part").replace(path)
+    return got
+
+
+def _bench_model(dataset: str, sigma: float, work: Path, mnist_epochs: int, device):
+    """Test inputs, labels, config and the Gaussian-augmented base model at ``sigma``, trained (once, cached under
+    ``work``) by the package's own training: digits with params.yaml, MNIST-5k with config/mnist5k.yaml (its
+    mnist_cnn_small) and ``mnist_epochs`` epochs."""
+    from smoothcert import config
+    from smoothcert import data as data_mod
+    from smoothcert.config import ModelSpec
+    from smoothcert.training.loop import train
+    from smoothcert.training.models import load_model
+
+    overrides = () if dataset == "digits" else (str(ROOT / "config" / "mnist5k.yaml"),)
+    cfg = config.load(ROOT / "params.yaml", overrides)
+    if dataset != "digits":
+        cfg["train"]["epochs"] = mnist_epochs
+    folder, out = work / dataset / "data", work / dataset / f"gaussian-{sigma}"
+    if not (folder / "test.pt").is_file():
+        data_mod.prepare({**cfg["data"], "seed": cfg["seed"]}, folder)
+    if not (out / "model.pt").is_file():
+        train(cfg, ModelSpec("gaussian", "fixed", "l2", sigma, ("ddrs",)), folder, out, "cpu", progress=False)
+    xte, yte = data_mod.load_split(folder, "test", dataset)
+    model = load_model(cfg, out / "model.pt", device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return xte, yte, cfg, model
+
+
+def _search_arm(method, model, x, settings, sigma0, init, idx, device, cache: Path) -> dict:
+    """One search arm over ``x`` the pipeline's way (params.yaml's batch size, per-input generators), batch by
+    batch, each batch cached: θ, base-classifier evaluations and seconds per input."""
     from smoothcert import methods
     from smoothcert.engine.noise import make_generator, stream_seed
 
     search = methods.function(methods.get(method).optimize)
-    thetas, evals, seconds = [], [], []
     bs = int(settings["batch_size"])
+    parts = []
     for b0 in range(0, len(x), bs):
-        xb = x[b0 : b0 + bs]
-        gens = [make_generator(stream_seed(0, int(i), "optimize"), device) for i in idx[b0 : b0 + bs]]
-        t0 = time.perf_counter()
-        theta, spent = search(
-            model, xb, sigma0, None if init is None else init[b0 : b0 + bs], "l2", settings, gens, None
-        )
-        _sync(device)
-        seconds += [(time.perf_counter() - t0) / len(xb)] * len(xb)
-        thetas.append(theta.float())
-        evals.append(spent)
-    return {"theta": torch.cat(thetas), "evals": torch.cat(evals).numpy(), "seconds": np.array(seconds)}
+
+        def one(b0=b0):
+            xb = x[b0 : b0 + bs]
+            gens = [make_generator(stream_seed(0, int(i), "optimize"), device) for i in idx[b0 : b0 + bs]]
+            t0 = time.perf_counter()
+            start = None if init is None else init[b0 : b0 + bs]
+            theta, spent = search(model, xb, sigma0, start, "l2", settings, gens, None)
+            _sync(device)
+            cpu = time.perf_counter() - t0
+            return {
+                "theta": theta.float().cpu(),
+                "evals": spent.cpu(),
+                "seconds": torch.full((len(xb),), cpu / len(xb)),
+            }
+
+        parts.append(_cached(cache / f"b{b0}.pt", one))
+    return {k: torch.cat([p[k] for p in parts]) for k in ("theta", "evals", "seconds")}
+
+
+def _certify_arm(model, x, theta, cfg, device, cache: Path, n: int | None, part: int = 25) -> dict:
+    """CERTIFY every input at ``theta``, ``part`` inputs at a time (cached): fixed ``n`` estimation draws, or
+    params.yaml's sequential decide when ``n`` is None. Same selection / estimation streams per input in every arm."""
+    from smoothcert.engine.certify import certify_batch, certify_sequential_batch
+    from smoothcert.engine.noise import stream_seed
+    from smoothcert.engine.sampling import Sampling
+    from smoothcert.pipeline.certify import sequential_plan
+
+    cc = cfg["certify"]
+    sampling = Sampling("gaussian", batch_size=int(cc["batch_size"]), chunk=int(cc["chunk"]), device=device)
+    classes = int(model(x[:1].to(device)).shape[1])
+    parts = []
+    for b0 in range(0, len(x), part):
+
+        def one(b0=b0):
+            xb, th = x[b0 : b0 + part].to(device), theta[b0 : b0 + part].to(device)
+            rows = range(b0, b0 + len(xb))
+            sel, est = [stream_seed(0, i, "select") for i in rows], [stream_seed(0, i, "estimate") for i in rows]
+            t0 = time.perf_counter()
+            if n is None:
+                scale = th.reshape(len(xb), *x.shape[1:])
+                got = certify_sequential_batch(
+                    model, xb, scale, classes, int(cc["n0"]), float(cc["alpha"]), "l2", sel, est, sampling,
+                    sequential_plan(cc), th.min(1).values.double().cpu().numpy(),
+                )  # fmt: skip
+                used = got["n"]
+            else:
+                scale = th.reshape(len(xb), *x.shape[1:])
+                got = certify_batch(
+                    model, xb, scale, classes, int(cc["n0"]), n, float(cc["alpha"]), "l2", sel, est, sampling
+                )
+                used = np.full(len(xb), n)
+            _sync(device)
+            return {
+                "predict": torch.as_tensor(got["predict"]),
+                "gap": torch.as_tensor(got["gap"]),
+                "evals": torch.as_tensor(used + int(cc["n0"])),
+                "seconds": torch.full((len(xb),), (time.perf_counter() - t0) / len(xb)),
+            }
+
+        parts.append(_cached(cache / f"b{b0}.pt", one))
+    return {k: torch.cat([p[k] for p in parts]) for k in ("predict", "gap", "evals", "seconds")}
+
+
+def _scores(cert: dict, theta: torch.Tensor, y: np.ndarray, radii) -> dict:
+    """Certified accuracy at ``radii`` and ACR of the ball certificate min θ·gap (σ·gap for DDRS); 0 when wrong."""
+    correct = cert["predict"].numpy() == y
+    radius = np.where(correct, theta.double().numpy().min(1) * cert["gap"].numpy(), 0.0)
+    return {
+        "certified_accuracy": {str(r): float((radius >= r).mean()) for r in radii},
+        "acr": float(radius.mean()),
+        "clean_accuracy": float(correct.mean()),
+    }
 
 
 def early_stop_main(args) -> dict:
-    """``--early-stop``: the early stop against the full search at the papers' settings (see the docstring)."""
-    import yaml
-
+    """``--early-stop``: the early stop (and the search's noise draws) against the full search at the papers'
+    settings, and whole pipelines against the papers' (see the module docstring). Resumable: every search batch
+    and certification part is cached under ``--work``; the JSON is rewritten after each."""
     from smoothcert.artifacts import write_json
-    from smoothcert.engine.certify import certify_batch
-    from smoothcert.engine.noise import stream_seed
-    from smoothcert.engine.sampling import Sampling
 
     torch.set_num_threads(args.threads)
     device = _device(args.device)
-    xte, model, source, yte = _digits(device, labels=True)
-    x, y = xte[: args.inputs].to(device), np.asarray(yte[: args.inputs])
-    idx = np.arange(len(x))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    work = Path(args.work)
     radii = [float(r) for r in args.radii.split(",")]
-    started, load_start = time.perf_counter(), _load()
-    arms = {}
-    for stop in (False, True):
-        init = None
-        for method, paper in (("ddrs", args.paper_ddrs), ("ancer", args.paper_ancer)):
-            iterations, samples = (int(v) for v in paper.split(","))
-            settings = {**params[method], "iterations": iterations, "samples": samples, "early_stop": stop}
-            settings["precision"] = "float32"
-            arm = _search_arm(method, model, x, settings, args.sigma0, init, idx, device)
-            init = arm["theta"]
-            arm["steps"] = arm["evals"] / (samples * (2 if method == "ddrs" else 1))  # float32: central difference
-            arms[f"{method}_{'early_stop' if stop else 'full'}"] = arm
-            print(f"{method} early_stop={stop}: mean steps {arm['steps'].mean():.1f} / {iterations}", flush=True)
-    sampling = Sampling("gaussian", batch_size=1000, chunk=1000, device=device)
-    results = {}
-    for name, arm in arms.items():
-        theta = arm["theta"].to(device)
-        cert = certify_batch(
-            model, x, theta, 10, 100, args.certify_n, 0.001, "l2",
-            [stream_seed(0, int(i), "select") for i in idx], [stream_seed(0, int(i), "estimate") for i in idx],
-            sampling,
-        )  # fmt: skip
-        correct = cert["predict"] == y
-        theta_np = arm["theta"].double().numpy()
-        radius = np.where(correct, theta_np.min(1) * cert["gap"], 0.0)
-        proxy = np.where(correct, np.exp(np.log(theta_np).mean(1)) * cert["gap"], 0.0)
-        results[name] = {
-            "mean_evals_per_input": float(arm["evals"].mean()),
-            "max_evals_per_input": int(arm["evals"].max()),
-            "mean_steps": float(arm["steps"].mean()),
-            "seconds_per_input": float(arm["seconds"].mean()),
-            "certified_accuracy": {str(r): float((radius >= r).mean()) for r in radii},
-            "acr": float(radius.mean()),
-            "proxy_acr": float(proxy.mean()),
-            "clean_accuracy": float(correct.mean()),
-        }
-    for method in ("ddrs", "ancer"):
-        full, es = results[f"{method}_full"], results[f"{method}_early_stop"]
-        results[f"{method}_comparison"] = {
-            "evals_reduction": full["mean_evals_per_input"] / es["mean_evals_per_input"],
-            "time_reduction": full["seconds_per_input"] / es["seconds_per_input"],
-            "certified_accuracy_points": {
-                r: 100 * (es["certified_accuracy"][r] - full["certified_accuracy"][r])
-                for r in full["certified_accuracy"]
-            },
-            "acr_relative": es["acr"] / full["acr"] - 1 if full["acr"] > 0 else None,
-        }
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"sigma_opt_early_stop_{device.type}.json"
+    paper = {
+        "ddrs": [int(v) for v in args.paper_ddrs.split(",")],
+        "ancer": [int(v) for v in args.paper_ancer.split(",")],
+    }
+    draws = [d.strip() for d in args.draws.split(",") if d.strip()]
     report = {
         "device": str(device),
         "cpu": cpu_info(),
         "threads": args.threads,
         "torch": torch.__version__,
-        "model": "digits_cnn",
-        "model_source": source,
-        "inputs": len(x),
-        "sigma0": args.sigma0,
+        "inputs": args.inputs,
         "paper_ddrs": args.paper_ddrs,
         "paper_ancer": args.paper_ancer,
-        "rules": {m: {k: params[m][k] for k in ("patience", "tolerance", "smoothing")} for m in ("ddrs", "ancer")},
         "search_precision": "float32",
-        "certify": {"n0": 100, "n": args.certify_n, "alpha": 0.001, "memory_step": False},
-        "load_avg_start": load_start,
-        "load_avg_end": _load(),
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "note": "evals = steps × samples per input (DDRS's central difference forwards each draw twice); radius = "
-        "min θ·gap (the ball certificate; σ·gap for DDRS), 0 when wrong or abstaining; proxy_acr uses the "
-        "volume-equivalent radius; certification draws are the same per input in every arm; no memory step",
-        "results": results,
+        "certify_n": args.certify_n,
+        "paper_certify_n": args.paper_n,
+        "load_avg_start": _load(),
+        "note": "evals = every base-classifier forward per input (DDRS's float32 central difference forwards each "
+        "draw twice; ANCER one forward per draw, plus its backward); radius = min θ·gap (σ·gap for DDRS), 0 when "
+        "wrong or abstaining; certification draws are the same per input in every arm; no memory step; "
+        "seconds are wall time on a shared, loaded machine (noisy; evaluation counts are load-independent). "
+        "pipelines: ours = early-stopped searches (each draws mode) + params.yaml's sequential decide; papers = "
+        "their search's forwards (900 × 100 DDRS, + 100 × 100 ANCER, autograd: one forward per draw), n0, then "
+        "fixed N; the papers' certified accuracy is that of our full search at their settings certified at fixed N",
+        "runs": {},
     }
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"sigma_opt_early_stop_{device.type}.json"
-    write_json(out, report)
-    print(json.dumps(results, indent=1))
+    for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        for sigma in [float(v) for v in args.sigmas.split(",")]:
+            key = f"{dataset}@{sigma}"
+            xte, yte, cfg, model = _bench_model(dataset, sigma, work, args.mnist_epochs, device)
+            x, y = xte[: args.inputs].to(device), np.asarray(yte[: args.inputs])
+            idx = np.arange(len(x))
+            run = report["runs"][key] = {
+                "inputs": len(x),
+                "model": cfg["model"]["arch"],
+                "rules": {m: {k: cfg[m][k] for k in ("patience", "tolerance", "smoothing")} for m in paper},
+                "arms": {},
+                "pipelines": {},
+            }
+            arms = [(f"early_stop_{d}", True, d) for d in draws] + [("full", False, "iid")]
+            tags = {}
+            for name, stop, mode in arms:
+                init, tag = None, ""
+                for method in ("ddrs", "ancer"):
+                    iterations, samples = paper[method]
+                    settings = {**cfg[method], "iterations": iterations, "samples": samples, "early_stop": stop}
+                    settings.update(precision="float32", draws=mode)
+                    digest = hashlib.sha256(json.dumps([settings, str(tag)], sort_keys=True).encode()).hexdigest()
+                    tag = tags[method, name] = work / "arms" / key / f"{method}_{name}_{digest[:10]}"
+                    arm = _search_arm(method, model, x, settings, sigma, init, idx, device, tag / "search")
+                    init = arm["theta"]
+                    cert = _certify_arm(model, x, arm["theta"], cfg, device, tag / "certify", args.certify_n)
+                    evals = arm["evals"].double().numpy()
+                    run["arms"][f"{method}_{name}"] = {
+                        "mean_evals_per_input": float(evals.mean()),
+                        "max_evals_per_input": float(evals.max()),
+                        "search_seconds_per_input": float(arm["seconds"].mean()),
+                        **_scores(cert, arm["theta"], y, radii),
+                    }
+                    report["load_avg_end"] = _load()
+                    write_json(out, _compare(report))
+                    print(f"{key} {method}_{name}: {json.dumps(run['arms'][f'{method}_{name}'])}", flush=True)
+            for name, _, _ in arms:  # whole pipelines: search + certification per input
+                theta = {}
+                spent = 0.0
+                for method in ("ddrs", "ancer"):
+                    tag = tags[method, name]
+                    parts = sorted((tag / "search").glob("b*.pt"), key=lambda p: int(p.stem[1:]))
+                    got = [torch.load(p, weights_only=True) for p in parts]
+                    theta = torch.cat([g["theta"] for g in got])
+                    spent = spent + torch.cat([g["evals"] for g in got]).double().numpy()
+                    if name == "full":  # the papers' pipeline: their search's forwards, then fixed N
+                        cert = _certify_arm(model, x, theta, cfg, device, tag / "certify_paper", args.paper_n)
+                        # their search's forwards: autograd, one per draw (DDRS, then ANCER from its σ)
+                        search_evals = sum(np.prod(paper[m]) for m in ("ddrs", "ancer")[: 1 + (method == "ancer")])
+                        total = search_evals + cert["evals"].double().numpy()
+                        label = f"{method}_papers"
+                    else:
+                        cert = _certify_arm(model, x, theta, cfg, device, tag / "certify_sequential", None)
+                        total = spent + cert["evals"].double().numpy()
+                        label = f"{method}_ours_{name}"
+                    run["pipelines"][label] = {
+                        "mean_evals_per_input": float(total.mean()),
+                        "certification_evals_per_input": float(cert["evals"].double().mean()),
+                        "certification_seconds_per_input": float(cert["seconds"].mean()),
+                        **_scores(cert, theta, y, radii),
+                    }
+                    report["load_avg_end"] = _load()
+                    write_json(out, _compare(report))
+                    print(f"{key} pipeline {label}: {json.dumps(run['pipelines'][label])}", flush=True)
     print(f"wrote {out}")
     return report
+
+
+def _compare(report: dict) -> dict:
+    """Adds, per run, each early-stop arm's and each of our pipelines' ratios to the full search / the papers'."""
+    for run in report["runs"].values():
+        comp = run["comparison"] = {}
+        for name, arm in run["arms"].items():
+            method, _, rest = name.partition("_")
+            full = run["arms"].get(f"{method}_full")
+            if rest == "full" or full is None:
+                continue
+            comp[name] = _ratio(full, arm, "vs the full search")
+        for name, pipe in run["pipelines"].items():
+            method = name.split("_")[0]
+            papers = run["pipelines"].get(f"{method}_papers")
+            if name.endswith("_papers") or papers is None:
+                continue
+            comp[f"pipeline_{name}"] = _ratio(papers, pipe, "vs the papers' pipeline")
+    return report
+
+
+def _ratio(base: dict, arm: dict, what: str) -> dict:
+    return {
+        "against": what,
+        "evals_reduction": base["mean_evals_per_input"] / arm["mean_evals_per_input"],
+        "certified_accuracy_points": {
+            r: 100 * (arm["certified_accuracy"][r] - base["certified_accuracy"][r]) for r in base["certified_accuracy"]
+        },
+        "acr_relative": arm["acr"] / base["acr"] - 1 if base["acr"] > 0 else None,
+    }
 
 
 def _load() -> list[float]:
