@@ -652,30 +652,46 @@ def early_stop_main(args) -> dict:
         "fixed N; the papers' certified accuracy is that of our full search at their settings certified at fixed N",
         "runs": {},
     }
-    for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        for sigma in [float(v) for v in args.sigmas.split(",")]:
-            key = f"{dataset}@{sigma}"
-            xte, yte, cfg, model = _bench_model(dataset, sigma, work, args.mnist_epochs, device)
-            x, y = xte[: args.inputs].to(device), np.asarray(yte[: args.inputs])
-            idx = np.arange(len(x))
-            run = report["runs"][key] = {
+    jobs = [  # in order of importance: a dataset's searches at every σ, then its pipelines
+        (dataset, phase, float(sigma))
+        for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]
+        for phase in ("arms", "pipelines")
+        for sigma in args.sigmas.split(",")
+    ]
+    arms = [(f"early_stop_{d}", True, d) for d in draws] + [("full", False, "iid")]
+    for dataset, phase, sigma in jobs:
+        key = f"{dataset}@{sigma}"
+        xte, yte, cfg, model = _bench_model(dataset, sigma, work, args.mnist_epochs, device)
+        x, y = xte[: args.inputs].to(device), np.asarray(yte[: args.inputs])
+        idx = np.arange(len(x))
+        run = report["runs"].setdefault(
+            key,
+            {
                 "inputs": len(x),
                 "model": cfg["model"]["arch"],
                 "rules": {m: {k: cfg[m][k] for k in ("patience", "tolerance", "smoothing")} for m in paper},
                 "arms": {},
                 "pipelines": {},
-            }
-            arms = [(f"early_stop_{d}", True, d) for d in draws] + [("full", False, "iid")]
-            tags = {}
-            for name, stop, mode in arms:
-                init, tag = None, ""
+            },
+        )
+        tags, settings = {}, {}
+        for name, stop, mode in arms:  # each arm's settings and cache folder (ANCER's keyed by its DDRS start)
+            tag = ""
+            for method in ("ddrs", "ancer"):
+                iterations, samples = paper[method]
+                st = {**cfg[method], "iterations": iterations, "samples": samples, "early_stop": stop}
+                st.update(precision="float32", draws=mode)
+                digest = hashlib.sha256(json.dumps([st, str(tag)], sort_keys=True).encode()).hexdigest()
+                tag = tags[method, name] = work / "arms" / key / f"{method}_{name}_{digest[:10]}"
+                settings[method, name] = st
+        if phase == "arms":
+            for name, _, _ in arms:
+                init = None
                 for method in ("ddrs", "ancer"):
-                    iterations, samples = paper[method]
-                    settings = {**cfg[method], "iterations": iterations, "samples": samples, "early_stop": stop}
-                    settings.update(precision="float32", draws=mode)
-                    digest = hashlib.sha256(json.dumps([settings, str(tag)], sort_keys=True).encode()).hexdigest()
-                    tag = tags[method, name] = work / "arms" / key / f"{method}_{name}_{digest[:10]}"
-                    arm = _search_arm(method, model, x, settings, sigma, init, idx, device, tag / "search")
+                    tag = tags[method, name]
+                    arm = _search_arm(
+                        method, model, x, settings[method, name], sigma, init, idx, device, tag / "search"
+                    )
                     init = arm["theta"]
                     cert = _certify_arm(model, x, arm["theta"], cfg, device, tag / "certify", args.certify_n)
                     evals = arm["evals"].double().numpy()
@@ -688,8 +704,10 @@ def early_stop_main(args) -> dict:
                     report["load_avg_end"] = _load()
                     write_json(out, _compare(report))
                     print(f"{key} {method}_{name}: {json.dumps(run['arms'][f'{method}_{name}'])}", flush=True)
-            for name, _, _ in arms:  # whole pipelines: search + certification per input
-                theta = {}
+        else:
+            for name, _, mode in arms:  # whole pipelines: search + certification per input
+                if name != "full" and mode != cfg["ddrs"]["draws"]:  # ours: the default draws only
+                    continue
                 spent = 0.0
                 for method in ("ddrs", "ancer"):
                     tag = tags[method, name]
