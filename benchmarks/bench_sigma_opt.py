@@ -676,15 +676,16 @@ def early_stop_main(args) -> dict:
         "fixed N; the papers' certified accuracy is that of our full search at their settings certified at fixed N",
         "runs": {},
     }
-    jobs = [  # in order of importance: a dataset's searches at every σ, then its pipelines
-        (dataset, phase, float(sigma))
-        for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]
-        for phase in ("arms", "pipelines")
-        for sigma in args.sigmas.split(",")
-    ]
-    # in order of importance: the first draws mode's early stop, the full search, then the other modes
-    arms = [(f"early_stop_{d}", True, d) for d in draws]
-    arms.insert(1, ("full", False, "iid"))
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    sigmas = [float(v) for v in args.sigmas.split(",")]
+    # in order of importance: per dataset, the searches and our pipeline at each σ, then the papers' pipeline
+    order = [(phase, sigma) for sigma in sigmas for phase in ("arms", "ours")] + [("papers", v) for v in sigmas]
+    jobs = [(dataset, phase, sigma) for dataset in datasets for phase, sigma in order]
+    # arms (name, DDRS early stop, ANCER early stop, draws), in order of importance: the first draws mode's early
+    # stop, the full ANCER search from that DDRS σ, the other modes, then the full search (DDRS 900 steps)
+    arms = [(f"early_stop_{d}", True, True, d) for d in draws]
+    arms.insert(1, ("full_from_ddrs_early_stop", True, False, draws[0]))
+    arms.append(("full", False, False, "iid"))
     for dataset, phase, sigma in jobs:
         key = f"{dataset}@{sigma}"
         xte, yte, cfg, model = _bench_model(dataset, sigma, work, args.mnist_epochs, device)
@@ -701,20 +702,27 @@ def early_stop_main(args) -> dict:
             },
         )
         tags, settings = {}, {}
-        for name, stop, mode in arms:  # each arm's settings and cache folder (ANCER's keyed by its DDRS start)
+        for name, ddrs_stop, ancer_stop, mode in arms:  # settings and cache folder (ANCER's keyed by its start)
             tag = ""
-            for method in ("ddrs", "ancer"):
+            for method, stop in (("ddrs", ddrs_stop), ("ancer", ancer_stop)):
                 iterations, samples = paper[method]
                 st = {**cfg[method], "iterations": iterations, "samples": samples, "early_stop": stop}
-                st.update(precision="float32", draws=mode)
+                st.update(precision="float32", draws=mode if stop else "iid")  # the full search: the papers' draws
                 digest = hashlib.sha256(json.dumps([st, str(tag)], sort_keys=True).encode()).hexdigest()
-                tag = tags[method, name] = work / "arms" / key / f"{method}_{name}_{digest[:10]}"
+                tag = tags[method, name] = work / "arms" / key / f"{method}_{digest[:12]}"
                 settings[method, name] = st
         if phase == "arms":
-            for name, _, _ in arms:
+            done = set()
+            for name, *_ in arms:
                 init = None
                 for method in ("ddrs", "ancer"):
                     tag = tags[method, name]
+                    if tag in done:  # the same search as an earlier arm's (the DDRS start of an ANCER-only arm)
+                        init = _search_arm(
+                            method, model, x, settings[method, name], sigma, None, idx, device, tag / "search"
+                        )["theta"]
+                        continue
+                    done.add(tag)
                     arm = _search_arm(
                         method, model, x, settings[method, name], sigma, init, idx, device, tag / "search"
                     )
@@ -731,9 +739,11 @@ def early_stop_main(args) -> dict:
                     write_json(out, _compare(report))
                     print(f"{key} {method}_{name}: {json.dumps(run['arms'][f'{method}_{name}'])}", flush=True)
         else:
-            for name, _, mode in arms:  # whole pipelines: search + certification per input
-                if name != "full" and mode != cfg["ddrs"]["draws"]:  # ours: the default draws only
-                    continue
+            for name, _, _, mode in arms:  # whole pipelines: search + certification per input
+                if name == "full_from_ddrs_early_stop" or (phase == "papers") != (name == "full"):
+                    continue  # ours: early-stopped arms; the papers': their full search
+                if name != "full" and mode != cfg["ddrs"]["draws"]:
+                    continue  # ours: the default draws only
                 spent = 0.0
                 for method in ("ddrs", "ancer"):
                     tag = tags[method, name]
@@ -771,9 +781,15 @@ def _compare(report: dict) -> dict:
         for name, arm in run["arms"].items():
             method, _, rest = name.partition("_")
             full = run["arms"].get(f"{method}_full")
-            if rest == "full" or full is None:
+            if rest.startswith("full"):
                 continue
-            comp[name] = _ratio(full, arm, "vs the full search")
+            if full is not None:
+                comp[name] = _ratio(full, arm, "vs the full search")
+            same_start = run["arms"].get("ancer_full_from_ddrs_early_stop")
+            if method == "ancer" and same_start is not None:
+                comp[f"{name}_vs_full_ancer_from_ddrs_early_stop"] = _ratio(
+                    same_start, arm, "vs the full ANCER search from the first draws mode's early-stopped DDRS σ"
+                )
         for name, pipe in run["pipelines"].items():
             method = name.split("_")[0]
             papers = run["pipelines"].get(f"{method}_papers")
