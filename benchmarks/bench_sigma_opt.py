@@ -117,7 +117,7 @@ def _digits(device, labels: bool = False):
         xtr, ytr = data_mod.load_split(folder, "train", "digits")
         xte, yte = data_mod.load_split(folder, "test", "digits")
     else:
-        xtr_np, xte_np, ytr_np, yte_np = data_mod._digits({"test_fraction": 0.3, "seed": 0})
+        xtr_np, xte_np, ytr_np, yte_np = data_mod.LOADERS["digits"]({"test_fraction": 0.3, "seed": 0})
         xtr, ytr, xte, yte = (torch.from_numpy(a) for a in (xtr_np, ytr_np, xte_np, yte_np))
     meta = data_mod.info("digits")
     torch.manual_seed(0)  # the initial weights too: every worker process must train (or load) the same model
