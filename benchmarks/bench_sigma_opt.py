@@ -774,7 +774,7 @@ def early_stop_main(args) -> dict:
                 iterations, samples = paper[method]
                 st = {**cfg[method], "iterations": iterations, "samples": samples, "early_stop": stop}
                 st.update(precision="float32", draws=mode if stop else "iid")  # the full search: the papers' draws
-                digest = hashlib.sha256(json.dumps([st, str(tag)], sort_keys=True).encode()).hexdigest()
+                digest = hashlib.sha256(json.dumps([st, str(tag), len(x)], sort_keys=True).encode()).hexdigest()
                 tag = tags[method, name] = work / "arms" / key / f"{method}_{digest[:12]}"
                 settings[method, name] = st
         if phase == "arms":
