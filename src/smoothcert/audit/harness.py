@@ -168,8 +168,9 @@ def uniform_verdict(check, trials, alpha, n, n0, out, margin, exact_gap, p1, **e
 def search(name: str, model: nn.Module, x: torch.Tensor, init: torch.Tensor, norm: str, seed: int, **settings):
     """θ (B, d) from the σ / θ search of the registered method ``name`` (its entry's ``optimize``), started at
     ``init`` (B, d), each input on its own noise stream (``stream_seed(seed, i, "optimize")``), in float32,
-    with the papers' fresh draws every step, without early stop. ``settings``: the keys of the method's params.yaml section the check sets; the section
-    is validated against the method's own schema, so the audit runs the search the pipeline runs."""
+    with the papers' fresh draws every step, without early stop. ``settings``: the keys of the method's
+    params.yaml section the check sets; the section is validated against the method's own schema, so the audit
+    runs the search the pipeline runs."""
     import jsonschema
 
     method = methods.get(name)
