@@ -1,4 +1,4 @@
-"""Certification throughput: how close ``core.count_classes`` runs to the speed of the base classifier.
+"""Certification throughput: how close ``esampling.count_classes`` runs to the speed of the base classifier.
 
 Writes ``benchmarks/results/certify_<device>.json``, every section measured in one run, interleaved (each
 repeat times every variant once, in rotating order) so that load from other processes hits all variants alike;
@@ -43,7 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import best, cpu_flags, interleaved, machine, rate, ratio, sync, threads  # noqa: E402
 from harness import load_avg as load  # noqa: E402
 from smoothcert.artifacts import write_json
-from smoothcert.engine import core  # noqa: E402
+from smoothcert.engine import certificates as ecertificates  # noqa: E402
+from smoothcert.engine import certify as ecertify
+from smoothcert.engine import sampling as esampling
+from smoothcert.engine import smooth as esmooth
 from smoothcert.engine.noise import stream_seed
 from smoothcert.training import models
 
@@ -96,7 +99,7 @@ def efficiency(
 ) -> dict:
     model = build(arch, device)
     x, seeds = inputs(arch, b, device)
-    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
+    sampling = esampling.Sampling(batch_size=batch_size, chunk=chunk, device=device)
     evals = b * n
     passes = -(-evals // batch_size)
     pre = torch.rand(batch_size, *ARCHS[arch]["shape"], generator=torch.Generator().manual_seed(1)).to(device)
@@ -116,13 +119,13 @@ def efficiency(
 
     fns = {
         "forward": forward,
-        "count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
+        "count_classes": lambda: esampling.count_classes(model, x, 0.25, n, 10, seeds, sampling),
         "forward_prepared": forward_prepared,
-        "count_classes_prepared": lambda: core.count_classes(prepared, x, 0.25, n, 10, seeds, sampling),
+        "count_classes_prepared": lambda: esampling.count_classes(prepared, x, 0.25, n, 10, seeds, sampling),
     }
     with threads(n_threads):
         used = torch.get_num_threads()
-        mode = core.noise_threads() if device.type == "cpu" else None
+        mode = esampling.noise_threads() if device.type == "cpu" else None
         times = interleaved(fns, repeats, device)
     eff, eff_cpu = ratio(times, "count_classes", "forward"), ratio(times, "count_classes@cpu", "forward@cpu")
     row = {
@@ -211,8 +214,8 @@ def batch_sweep(arch: str, sizes: list[int], evals: int, chunk: int, repeats: in
                     model(pre[:bs])
 
         fns[f"forward/{bs}"] = fwd
-        sampling = core.Sampling(batch_size=bs, chunk=min(chunk, bs), device=device)
-        fns[f"count_classes/{bs}"] = lambda sampling=sampling: core.count_classes(
+        sampling = esampling.Sampling(batch_size=bs, chunk=min(chunk, bs), device=device)
+        fns[f"count_classes/{bs}"] = lambda sampling=sampling: esampling.count_classes(
             model, x, 0.25, n, 10, seeds, sampling
         )
     times = interleaved(fns, repeats, device)
@@ -266,7 +269,7 @@ def smooth_efficiency(sizes: tuple, repeats: int, device: torch.device, n_thread
         return forward_passes(m, pre, passes)
 
     def certify(m):
-        smooth = core.Smooth(m, 10, 0.25, seed=0, device=device)
+        smooth = esmooth.Smooth(m, 10, 0.25, seed=0, device=device)
         return lambda: [smooth.certify(x[i], n0, n, 0.001, batch_size) for i in range(b)]
 
     fns = {
@@ -277,7 +280,7 @@ def smooth_efficiency(sizes: tuple, repeats: int, device: torch.device, n_thread
     }
     with threads(n_threads):
         used = torch.get_num_threads()
-        mode = core.noise_threads() if device.type == "cpu" else None
+        mode = esampling.noise_threads() if device.type == "cpu" else None
         times = interleaved(fns, repeats, device)
     f_evals = passes * batch_size
     row = {"model": "digits_cnn", "threads": used, "noise_threads": mode, **cpu_flags(), "inputs": b, "n0": n0}
@@ -314,14 +317,14 @@ def batched_vs_single(
 ) -> dict:
     model, xt, yt = trained
     xt, yt = xt[:num_inputs], yt[:num_inputs]
-    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=device)
+    sampling = esampling.Sampling(batch_size=batch_size, chunk=chunk, device=device)
     group = max(1, batch_size // min(chunk, n))  # as certify.certify_shard groups inputs
 
     def batched(g):
         pred, radius = [], []
         for k in range(0, len(xt), g):
             idx = range(k, min(len(xt), k + g))
-            out = core.certify_batch(
+            out = ecertify.certify_batch(
                 model,
                 xt[k : k + g],
                 sigma,
@@ -335,11 +338,11 @@ def batched_vs_single(
                 sampling,
             )
             pred.append(out["predict"])
-            radius.append(np.where(out["predict"] != core.ABSTAIN, sigma * out["gap"], 0.0))
+            radius.append(np.where(out["predict"] != ecertificates.ABSTAIN, sigma * out["gap"], 0.0))
         return np.concatenate(pred), np.concatenate(radius)
 
     def single():
-        smooth = core.Smooth(model, 10, sigma, seed=1, device=device)
+        smooth = esmooth.Smooth(model, 10, sigma, seed=1, device=device)
         res = [smooth.certify(xt[i], n0, n, alpha, batch_size) for i in range(len(xt))]
         return np.array([r[0] for r in res]), np.array([r[1] for r in res])
 
@@ -371,7 +374,7 @@ def batched_vs_single(
             "inputs_per_s": round(len(yt) / r["seconds"], 3),
             "evals_per_s": round(len(yt) * (n0 + n) / r["seconds"], 1),
             "mean_radius": round(float(r["radius"].mean()), 5),
-            "abstain_rate": round(float((r["predict"] == core.ABSTAIN).mean()), 4),
+            "abstain_rate": round(float((r["predict"] == ecertificates.ABSTAIN).mean()), 4),
             "certified_accuracy": {
                 f"{t:g}": round(float((correct & (r["radius"] >= t)).mean()), 4) for t in (0.0, 0.25, 0.5, 0.75)
             },
@@ -415,7 +418,7 @@ def compile_worker(
     dev = torch.device(device)
     model = build(arch, dev)
     x, seeds = inputs(arch, b, dev)
-    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=dev)
+    sampling = esampling.Sampling(batch_size=batch_size, chunk=chunk, device=dev)
     pre = torch.rand(batch_size, *ARCHS[arch]["shape"]).to(dev)
     t0 = time.perf_counter()
     compiled = torch.compile(model, dynamic=False)
@@ -432,16 +435,16 @@ def compile_worker(
         {
             "eager_forward": fwd(model),
             "compiled_forward": fwd(compiled),
-            "eager_count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
-            "compiled_count_classes": lambda: core.count_classes(compiled, x, 0.25, n, 10, seeds, sampling),
+            "eager_count_classes": lambda: esampling.count_classes(model, x, 0.25, n, 10, seeds, sampling),
+            "compiled_count_classes": lambda: esampling.count_classes(compiled, x, 0.25, n, 10, seeds, sampling),
         },
         repeats,
         dev,
     )
     evals = passes * batch_size
     same = np.array_equal(
-        core.count_classes(model, x, 0.25, n, 10, seeds, sampling),
-        core.count_classes(compiled, x, 0.25, n, 10, seeds, sampling),
+        esampling.count_classes(model, x, 0.25, n, 10, seeds, sampling),
+        esampling.count_classes(compiled, x, 0.25, n, 10, seeds, sampling),
     )
     return {
         "model": arch,
@@ -507,7 +510,7 @@ def malloc_worker(arch: str, b: int, n: int, batch_size: int, chunk: int, repeat
     dev = torch.device("cpu")
     model = build(arch, dev)
     x, seeds = inputs(arch, b, dev)
-    sampling = core.Sampling(batch_size=batch_size, chunk=chunk, device=dev)
+    sampling = esampling.Sampling(batch_size=batch_size, chunk=chunk, device=dev)
     pre = torch.rand(batch_size, *ARCHS[arch]["shape"])
     passes = b * n // batch_size
 
@@ -517,7 +520,7 @@ def malloc_worker(arch: str, b: int, n: int, batch_size: int, chunk: int, repeat
                 model(pre)
 
     times = interleaved(
-        {"forward": fwd, "count_classes": lambda: core.count_classes(model, x, 0.25, n, 10, seeds, sampling)},
+        {"forward": fwd, "count_classes": lambda: esampling.count_classes(model, x, 0.25, n, 10, seeds, sampling)},
         repeats,
         dev,
     )

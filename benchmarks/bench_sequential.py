@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from smoothcert import config as config_mod  # noqa: E402
 from smoothcert import data as data_mod  # noqa: E402
-from smoothcert.engine import core, noise, sequential  # noqa: E402
+from smoothcert.engine import certify as ecertify  # noqa: E402
+from smoothcert.engine import noise, sequential
+from smoothcert.engine import sampling as esampling
 from smoothcert.training.models import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +71,7 @@ def run_mode(mode, model, x, idx, sigma, num_classes, args, sampling, work) -> d
     )
     cks = tuple(int(k) for k in sequential.schedule(args.n_min, args.n_max, args.ratio))
     cs = sequential.UnionCP(cks) if args.bound == "union_cp" else sequential.BetaMixture()
-    plan = core.SequentialPlan(cks, cs, radii, args.precision)
+    plan = ecertify.SequentialPlan(cks, cs, radii, args.precision)
     meter = FillMeter(model)
     start = len(done["idx"])
     for g in range(start, len(idx), args.group):
@@ -81,12 +83,12 @@ def run_mode(mode, model, x, idx, sigma, num_classes, args, sampling, work) -> d
         meter.rows = []
         t0 = time.perf_counter()
         if mode == "fixed":
-            out = core.certify_batch(
+            out = ecertify.certify_batch(
                 meter, x[pos], sigma, num_classes, args.n0, args.n_max, args.alpha, "l2", *seeds, sampling
             )
             out["n"] = np.full(len(pos), args.n_max)
         else:
-            out = core.certify_sequential_batch(
+            out = ecertify.certify_sequential_batch(
                 meter,
                 x[pos],
                 sigma,
@@ -229,7 +231,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    sampling = core.Sampling(kind="gaussian", batch_size=args.batch_size, chunk=args.chunk, device=device)
+    sampling = esampling.Sampling(kind="gaussian", batch_size=args.batch_size, chunk=args.chunk, device=device)
     name = "linear" if args.base == "linear" else args.dataset
     out = args.out or harness.results_path(f"sequential_{name}_{device.type}.json")
     print(f"results -> {out}", flush=True)

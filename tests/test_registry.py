@@ -239,13 +239,11 @@ def test_dependencies_point_one_way(layer, never):
         assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
 
 
-def test_package_code_and_tests_import_the_engine_modules_not_core():
-    """engine/core.py only re-exports engine.sampling / certify / smooth for old benchmarks: package code and tests
-    import the module they use, so that a stage's code closure holds only what it runs."""
+def test_nothing_imports_the_removed_engine_core():
+    """The engine is engine.sampling / certify / smooth (engine/core.py, the old front door, is gone): package code,
+    tests and benchmarks import the module they use, so that a stage's code closure holds only what it runs."""
     offenders = []
-    for path in [*PACKAGE.rglob("*.py"), *(REPO / "tests").glob("*.py")]:
-        if path == PACKAGE / "engine" / "core.py":
-            continue
+    for path in [*PACKAGE.rglob("*.py"), *(REPO / "tests").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]:
         bad = {m for m in _imported(path) if m == "smoothcert.engine.core" or m.startswith("smoothcert.engine.core.")}
         if bad:
             offenders.append(str(path.relative_to(REPO)))
