@@ -446,6 +446,10 @@ def _subcommand_cases(ws_paths):
         ),
         "video --sigma 0": (["video", "--sigma", "0", "--out", "{out}"], r"video: sigma = 0\.0 must be > 0"),
         "video --sigma nan": (["video", "--sigma", "nan", "--out", "{out}"], r"video: sigma = nan must be > 0"),
+        "video --sigma inf": (
+            ["video", "--sigma", "inf", "--out", "{out}"],
+            r"video: sigma = inf must be > 0 and finite",
+        ),
         "report --import without =": (
             ["report", "--results", "{results}", "--out", "{out}", "--no-plots", "--import", "bad"],
             r"--import 'bad': expected NAME=PATH",
