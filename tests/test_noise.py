@@ -238,8 +238,9 @@ def test_central_difference_gradient_matches_autograd(norm):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(9, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
     x, sigma = torch.rand(6, 1, 3, 3), torch.linspace(0.2, 0.6, 6)
-    central, _ = sg._central_gradient(model, x, sigma, norm, 64, make_generator(3, "cpu"))
+    eps = sg.standard_noise(x, 64, sg.noise_kind(norm), make_generator(3, "cpu"))  # both read the same draws
+    central, _ = sg._central_gradient(model, x, sigma, norm, eps)
     s = sigma.clone().requires_grad_(True)
-    r = sg.surrogate(model, x, s, norm, 64, make_generator(3, "cpu"))
+    r = s * sg.proxy_gap(sg.top2_of_noise(model, x, s, eps, None), norm)  # the search's autograd step
     (exact,) = torch.autograd.grad(r.sum(), s)
     torch.testing.assert_close(central, exact, rtol=2e-3, atol=2e-3)
