@@ -239,10 +239,13 @@ def _count_cpu(model, x, scale, num, num_classes, seeds, sampling, progress, fir
                 _votes(flat, index[t % len(index)][:m], logits, ones)
                 report(t * rows + m)
             return counts.numpy()
-        job = ex.submit(prepare, 0)
+        # the ends run here, not on a noise thread: nothing overlaps them, and a thread's wake-up would be waited on
+        job = None
+        prepare(0)
         counting = []
         for t in range(passes):
-            job.result()
+            if job is not None:
+                job.result()
             if t >= 2:  # pass t - 2's counting reads the owners that prepare(t + 1) overwrites
                 counting[t - 2].result()
                 report((t - 1) * rows)
@@ -256,7 +259,10 @@ def _count_cpu(model, x, scale, num, num_classes, seeds, sampling, progress, fir
                 logits = logits.float()  # bfloat16 (autocast): numpy has none
             if logits.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr():
                 logits = logits.clone()  # a view of the staging buffer, which prepare(t + 2) overwrites
-            counting.append(ex.submit(count, t, logits.numpy()))
+            if t + 1 < passes:
+                counting.append(ex.submit(count, t, logits.numpy()))
+            else:
+                count(t, logits.numpy())
         for f in counting[-2:]:
             f.result()
         report(total)
