@@ -246,12 +246,25 @@ def trained_workspace(
     steps = [] if (data / "test.pt").exists() else [["prepare-data", "--out", str(data)]]
     for spec in config_mod.model_specs(cfg):
         out = work / "models" / spec.id
-        if not (out / "model.pt").exists():
+        if not _trained_with(out / "model.pt", cfg):
+            shutil.rmtree(out, ignore_errors=True)  # absent, or trained with other settings: train it anew
             steps.append(["train", "--model", spec.id, "--data", str(data), "--out", str(out), "--no-progress"])
     for step in steps:
         if cli.main(["--config", str(path), *step]) != 0:
             raise RuntimeError(f"smoothcert {' '.join(step)} failed")
     return cfg, data
+
+
+def _trained_with(ckpt: Path, cfg: dict) -> bool:
+    """Whether ``ckpt`` exists and was trained with ``cfg``'s dataset, architecture, training settings and seed
+    (the config the train command stamps into the checkpoint)."""
+    import torch
+
+    if not ckpt.is_file():
+        return False
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True).get("config") or {}
+    same = all(saved.get(k) == cfg.get(k) for k in ("train", "model", "seed"))
+    return same and (saved.get("data") or {}).get("dataset") == cfg["data"]["dataset"]
 
 
 # ------------------------------------------------------------------------------------------------ JSON
