@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from smoothcert.artifacts import load_npz
-from smoothcert.data.readers import one_line
-from smoothcert.errors import SmoothcertError, require
+from smoothcert.errors import SmoothcertError, one_line, require
 
 # Datasets read from a user's files: their shape and classes come from the files, not from DATASETS.
 FILE_DATASETS = ("folder", "npz")

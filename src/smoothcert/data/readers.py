@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smoothcert.errors import SmoothcertError, require
+from smoothcert.errors import SmoothcertError, one_line, require
 
 
 def stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
@@ -71,11 +71,6 @@ FASHION_MD5 = {
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
 }
 _IDX_MAGIC = {"labels": (0x00000801, 1), "images": (0x00000803, 3)}  # magic number, number of dims
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_idx_bytes(path: Path) -> bytes:

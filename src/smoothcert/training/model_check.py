@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from smoothcert import data as data_mod
-from smoothcert.errors import SmoothcertError, require
+from smoothcert.errors import SmoothcertError, one_line, require
 from smoothcert.training.models import prepare_for_inference
-from smoothcert.training.pretrained import load_model_file, one_line
+from smoothcert.training.pretrained import load_model_file
 
 
 def check_model(module: nn.Module, shape: tuple[int, ...], num_classes: int, where: str, device="cpu") -> None:

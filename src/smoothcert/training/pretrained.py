@@ -30,7 +30,7 @@ from torch import nn
 
 from smoothcert import data as data_mod
 from smoothcert.artifacts import load_torch
-from smoothcert.errors import SmoothcertError, require
+from smoothcert.errors import SmoothcertError, one_line, require
 from smoothcert.training.models import ARCHS, CifarResNet, Normalize
 
 FORMATS = ("smoothcert", "locuslab", "state_dict", "torchscript", "onnx")
@@ -83,14 +83,6 @@ class OnnxRuntimeModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input: x.detach().float().cpu().contiguous().numpy()})[0]
         return torch.from_numpy(out).to(x.device)
-
-
-def one_line(exc: BaseException) -> str:
-    """The line of an error that says what went wrong (TorchScript puts it last, after the traceback)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if lines and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
-        lines = lines[-1:]
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _is_torchscript(path: Path) -> bool:
