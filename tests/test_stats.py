@@ -21,6 +21,26 @@ def test_clopper_pearson_is_exact_tail_inversion():
     assert stats.lower_confidence_bound(0, n, alpha) == 0.0
 
 
+def test_clopper_pearson_is_statsmodels_bit_for_bit():
+    # The engine computes the Beta quantile itself (scipy.special) to keep scipy.stats out of every job's imports;
+    # it must equal the reference library's exact interval to the last bit, at every count, n and alpha.
+    from statsmodels.stats.proportion import proportion_confint
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 200_000, 5_000)
+    k = np.minimum((rng.random(5_000) * (n + 1)).astype(int), n)
+    alpha = 10 ** rng.uniform(-8, -1, 5_000)
+    ref, _ = proportion_confint(k, n, alpha=2 * alpha, method="beta")
+    assert np.array_equal(stats.lower_confidence_bound(k, n, alpha), np.nan_to_num(ref, nan=0.0))
+    assert isinstance(stats.lower_confidence_bound(3, 10, 0.01), float)
+
+
+def test_normal_quantile_is_scipy_stats():
+    p = np.linspace(1e-9, 1 - 1e-9, 1001)
+    assert np.array_equal(stats.gap(p, "l2"), norm.ppf(p))
+    assert np.array_equal(stats.p_of_gap(norm.ppf(p), "l2"), norm.cdf(norm.ppf(p)))
+
+
 def test_clopper_pearson_vectorized_matches_scalar():
     counts = np.array([0, 5, 50, 99, 100])
     vec = stats.lower_confidence_bound(counts, 100, 0.01)

@@ -33,8 +33,7 @@ import abc
 from collections.abc import Callable
 
 import numpy as np
-from scipy.special import betaincc, betaln, xlog1py, xlogy
-from scipy.stats import beta as beta_dist
+from scipy.special import betaincc, betainccinv, betaincinv, betaln, xlog1py, xlogy
 
 __all__ = [
     "schedule",
@@ -154,21 +153,21 @@ class UnionCP(ConfidenceSequence):
         return alpha * self.weights[idx_c]
 
     def lower(self, counts, ns, alpha: float) -> np.ndarray:
-        """Exact CP lower bound at level alpha·w_k (0 when count = 0): beta.ppf(a, c, n - c + 1)."""
+        """Exact CP lower bound at level alpha·w_k (0 when count = 0): the Beta(c, n - c + 1) quantile at a."""
         alpha = _check_alpha(alpha)
         c, n = _as_counts(counts, ns)
         a = self._level(n, alpha)
         with np.errstate(invalid="ignore"):
-            out = beta_dist.ppf(a, np.where(c > 0, c, 1.0), n - c + 1.0)
+            out = betaincinv(np.where(c > 0, c, 1.0), n - c + 1.0, a)
         return np.where((c > 0) & (a > 0), out, 0.0)
 
     def upper(self, counts, ns, alpha: float) -> np.ndarray:
-        """Exact CP upper bound at level alpha·w_k (1 when count = n): beta.isf(a, c + 1, n - c)."""
+        """Exact CP upper bound at level alpha·w_k (1 when count = n): the Beta(c + 1, n - c) quantile at 1 - a."""
         alpha = _check_alpha(alpha)
         c, n = _as_counts(counts, ns)
         a = self._level(n, alpha)
         with np.errstate(invalid="ignore"):
-            out = beta_dist.isf(a, c + 1.0, np.where(c < n, n - c, 1.0))
+            out = betainccinv(c + 1.0, np.where(c < n, n - c, 1.0), a)
         return np.where((c < n) & (a > 0), out, 1.0)
 
 
