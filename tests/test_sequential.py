@@ -59,6 +59,18 @@ def test_a_bound_without_union_over_checkpoints_fails():
     assert audit.sequential(trials=1000, bound="beta_mixture")["pass"]
 
 
+@pytest.mark.parametrize("target", ["decide", "estimate"])
+def test_alpha_holds_with_per_input_anisotropic_theta(target):
+    """DDRS / ANCER certified sequentially: per-input θ (up to ~5× between dimensions), a generic w; the exact gap
+    |wᵀx| / ‖θ ⊙ w‖₂ is never exceeded beyond α's bound; decide (which stops at the first checkpoint that certifies)
+    sees the bound without the union over checkpoints (estimate stops on precision, where it over-claims too rarely)."""
+    result = audit.sequential(trials=1000, target=target, anisotropic=True)
+    assert result["pass"], result
+    assert result["certified"] > 300, "the check must certify often enough to see over-claims"
+    if target == "decide":
+        assert not audit.sequential(trials=1000, target=target, anisotropic=True, bound="broken")["pass"]
+
+
 def test_continued_streams_are_the_first_draws_of_one_stream():
     model = Linear2(torch.tensor([1.0, -0.5]))
     x = torch.tensor([[0.1, 0.2], [0.3, -0.1]])

@@ -25,6 +25,10 @@ classifier whose *exact* answer is known, and counts the trials whose certificat
   wrong class, p̲A > pA, or the smoothed class changing inside the reported input-space radius.
   ``broken_smooth_reduce[_clip]_uncorrelated_l1`` re-reads the ℓ1 certificates with the ℓ2 factor
   1/(√maxcov·‖S‖₂) the ℓ1 radius used to be divided by; the audit must flag it.
+* Sequential CERTIFY (:mod:`~smoothcert.audit.stopping`) at the hardest margin, decide and estimate, ℓ2 and ℓ1,
+  every confidence-sequence bound, and ``sequential_*_l2_anisotropic``: per-input anisotropic θ (the sequential
+  certificate of DDRS / ANCER), a generic w, exact gap |wᵀx| / ‖θ ⊙ w‖₂. ``broken_sequential_decide_l2`` drops
+  the union over checkpoints; the audit must flag it.
 * ``predict``: PREDICT (``engine.certify.predict_batch``) at known pA = 0.51 and 0.55 must return the wrong class
   at rate <= alpha (Cohen et al., Prop. 1).
 * ``attack``: a digits CNN trained with Gaussian noise; for certified, correctly classified test inputs,
@@ -124,6 +128,9 @@ def run_all(trials: int, n: int, alpha: float, attack_inputs: int, epochs: int, 
         ("sequential_estimate_l2", sequential, {"target": "estimate"}),
         ("sequential_decide_l1", sequential, {"norm_name": "l1"}),
         ("sequential_estimate_l1", sequential, {"norm_name": "l1", "target": "estimate"}),
+        ("sequential_decide_l2_anisotropic", sequential, {"anisotropic": True}),
+        ("sequential_estimate_l2_anisotropic", sequential, {"anisotropic": True, "target": "estimate"}),
+        ("broken_sequential_decide_l2_anisotropic", sequential, {"anisotropic": True, "bound": "broken"}),
         ("sequential_decide_l2_beta_mixture", sequential, {"bound": "beta_mixture"}),
         ("broken_sequential_decide_l2", sequential, {"bound": "broken"}),
         ("predict_pA0.51", predict, {"pa": 0.51}),

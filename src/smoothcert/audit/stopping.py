@@ -47,12 +47,16 @@ def sequential(
     target="decide",
     bound="union_cp",
     margin=0.3,
+    anisotropic=False,
 ) -> dict:
     """Sequential CERTIFY (``certify.mode: sequential``) on x with wᵀx = ``margin``, w = e₁ in 16 dimensions:
     the exact radius is ``margin`` in ℓ2 (Gaussian noise, pA = Φ(m/σ)) and in ℓ1 (uniform noise,
     pA = ½ + m/2σ). decide asks "certified at the exact radius?" (any yes is an over-claim); estimate reports
     the radius of the lower bound at its stopping time. Every input is at the same, hardest margin; distinct
-    seeds. ``bound``: union_cp, beta_mixture, or broken (no union over checkpoints: must fail)."""
+    seeds. ``bound``: union_cp, beta_mixture, or broken (no union over checkpoints: must fail).
+    ``anisotropic`` (ℓ2; the sequential certificate of DDRS / ANCER's per-input σ / θ): a generic w and a random
+    per-input θ (up to ~5× between dimensions, geometric mean ``sigma``); each x sits where the exact gap
+    |wᵀx| / ‖θ ⊙ w‖₂ equals ``margin`` / min θ, and decide asks for the ℓ2 radius ``margin`` = min θ · gap."""
     from smoothcert.engine import sequential as seq
 
     cks = SEQUENTIAL_CHECKPOINTS
@@ -61,12 +65,26 @@ def sequential(
     w[0] = 1.0
     x = torch.zeros(trials, 1, 4, 4)
     x[:, 0, 0, 0] = margin
+    scale, radius_scale = sigma, np.full(trials, sigma)
+    if anisotropic:
+        if norm_name != "l2":
+            raise ValueError("anisotropic: ℓ2 only (the exact ℓ1 region needs the closed-form pA of ancer_l1)")
+        rng = np.random.default_rng(seed)
+        w = torch.from_numpy(rng.normal(size=16))
+        theta = sigma * np.exp(rng.uniform(-0.8, 0.8, (trials, 16)))
+        scale = torch.from_numpy(theta).float().reshape(trials, 1, 4, 4)
+        theta = scale.reshape(trials, 16).double().numpy()  # the θ the noise is scaled by
+        radius_scale = theta.min(1)
+        exact_gap = margin / radius_scale
+        m = exact_gap * np.linalg.norm(theta * w.numpy(), axis=1)
+        x = torch.from_numpy(w.numpy() / (w.numpy() @ w.numpy()) * m[:, None]).float().reshape(trials, 1, 4, 4)
     kind = "gaussian" if norm_name == "l2" else "uniform"
     plan = SequentialPlan(cks, cs, (margin,) if target == "decide" else None, 0.05)
+    model = Linear2(w, 0.0)
     out = certify_sequential_batch(
-        Linear2(w, 0.0),
+        model,
         x,
-        sigma,
+        scale,
         2,
         n0,
         alpha,
@@ -75,11 +93,16 @@ def sequential(
         _seeds(seed, trials, "estimate"),
         Sampling(kind=kind, batch_size=50_000, chunk=cks[0]),
         plan,
-        np.full(trials, sigma),
+        radius_scale,
     )
-    radius = np.where(out["predict"] == 1, sigma * out["gap"], 0.0)
-    failed = (out["predict"] == 0) | (radius > margin * (1 + 1e-9))
-    name = f"sequential_{target}_{norm_name}" + ("" if bound in ("union_cp", "broken") else f"_{bound}")
+    if anisotropic:  # the region {δ : ‖δ ⊘ θ‖₂ ≤ gap} may not reach the hyperplane; x is on its positive side
+        true_gap = np.abs(_margins(model, x)) / np.linalg.norm(theta * model.w.double().numpy(), axis=1)
+        failed = (out["predict"] == 0) | ((out["predict"] == 1) & (out["gap"] > true_gap * (1 + 1e-9)))
+    else:
+        radius = np.where(out["predict"] == 1, sigma * out["gap"], 0.0)
+        failed = (out["predict"] == 0) | (radius > margin * (1 + 1e-9))
+    name = f"sequential_{target}_{norm_name}" + ("_anisotropic" if anisotropic else "")
+    name += "" if bound in ("union_cp", "broken") else f"_{bound}"
     return verdict(
         name if bound != "broken" else f"broken_{name}",
         trials,
