@@ -10,9 +10,14 @@ checks that ``snakemake -n`` plans the run, then runs the whole default workflow
 * ``max_rss_single_process_mb``: the largest resident set of any one process of the tree
   (``/usr/bin/time -v``'s "Maximum resident set size" when present, else getrusage(RUSAGE_CHILDREN));
 * ``cpu_user_seconds`` / ``cpu_system_seconds``: CPU time of the whole tree (getrusage of the children);
-* ``jobs``: snakemake's job counts per rule; ``machine``: :func:`harness.machine`; ``commit``, ``worktree_dirty``.
+* ``jobs``: snakemake's job counts per rule; ``job_seconds``: summed wall time of the jobs per rule (and method),
+  read from snakemake's log, to see where a change between two commits went;
+* ``machine``: :func:`harness.machine`; ``commit``, ``worktree_dirty``.
 
-Usage: python benchmarks/bench_e2e.py [--cores 2] [--keep DIR] [--configfile extra.yaml] [--timeout 7200]
+``--rev REV`` runs another commit's tree (``git archive``) with that commit's package first on ``PYTHONPATH``;
+run it alternately with the working tree (A B B A) to compare two commits on a shared machine.
+
+Usage: python benchmarks/bench_e2e.py [--cores 2] [--rev REV] [--keep DIR] [--configfile extra.yaml] [--timeout 7200]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -37,8 +43,12 @@ import harness
 BIN = Path(sys.executable).parent
 
 
-def env() -> dict:
-    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0"}
+def env(src: Path | None = None) -> dict:
+    """The run's environment; ``src``: a package tree to import instead of the installed one."""
+    out = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0"}
+    if src is not None:
+        out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
+    return out
 
 
 class TreeSampler(threading.Thread):
@@ -93,11 +103,33 @@ def job_stats(text: str) -> dict[str, int]:
     return jobs
 
 
+def job_seconds(text: str) -> dict[str, float]:
+    """Summed wall seconds of the finished jobs per rule (``rule/method`` where a job has a method wildcard), from
+    snakemake's log: each job's start stamp (the ``[date]`` above its ``rule`` block) to its ``Finished`` stamp."""
+    stamp, started, name, out, pending = None, {}, {}, {}, None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if m := re.fullmatch(r"\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]", line):
+            stamp = datetime.strptime(re.sub(" +", " ", m.group(1)), "%a %b %d %H:%M:%S %Y")
+        elif m := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            pending = m.group(1)
+        elif (m := re.fullmatch(r"jobid: (\d+)", line)) and pending:
+            started[m.group(1)], name[m.group(1)], pending = stamp, pending, None
+        elif (m := re.match(r"wildcards: .*\bmethod=(\w+)", line)) and name:
+            last = next(reversed(name))
+            name[last] = f"{name[last]}/{m.group(1)}"
+        elif (m := re.match(r"Finished jobid: (\d+)", line)) and m.group(1) in started:
+            key = name[m.group(1)]
+            out[key] = out.get(key, 0.0) + (stamp - started[m.group(1)]).total_seconds()
+    return dict(sorted(out.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--profile", default="workflow/profiles/local")
     ap.add_argument("--configfile", default=None, help="extra config merged over params.yaml (default: none)")
+    ap.add_argument("--rev", default=None, help="run this commit's tree and package instead of the working tree")
     ap.add_argument("--keep", default=None, help="run in this directory (kept) instead of a temporary one")
     ap.add_argument("--interval", type=float, default=0.25, help="seconds between RSS samples")
     ap.add_argument("--timeout", type=int, default=7200)
@@ -106,7 +138,13 @@ def main() -> None:
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="smoothcert-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
-    harness.copy_repo(work)
+    src = None
+    if args.rev:
+        tree = subprocess.run(["git", "archive", args.rev], cwd=harness.REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(work)], input=tree, check=True)
+        src = work / "src"
+    else:
+        harness.copy_repo(work)
     cmd = [str(BIN / "snakemake"), "--profile", args.profile, "--cores", str(args.cores)]
     if args.configfile:
         cmd += ["--configfile", str(Path(args.configfile).resolve())]
@@ -118,7 +156,10 @@ def main() -> None:
         "workdir": str(work),
     }
 
-    dry = subprocess.run([*cmd, "-n"], cwd=work, env=env(), capture_output=True, text=True, timeout=600)
+    if args.rev:
+        rev = subprocess.run(["git", "rev-parse", args.rev], cwd=harness.REPO, check=True, capture_output=True)
+        result.update(commit=rev.stdout.decode().strip(), worktree_dirty=False, rev=args.rev)
+    dry = subprocess.run([*cmd, "-n"], cwd=work, env=env(src), capture_output=True, text=True, timeout=600)
     if dry.returncode != 0:
         result.update(status="dry_run_failed", error=(dry.stderr or dry.stdout)[-2000:])
         harness.write_result(args.out, result)
@@ -134,7 +175,7 @@ def main() -> None:
     log = work / "bench_e2e.log"
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(full, cwd=work, env=env(), stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(full, cwd=work, env=env(src), stdout=fh, stderr=subprocess.STDOUT)
         sampler = TreeSampler(proc.pid, args.interval)
         sampler.start()
         try:
@@ -164,6 +205,7 @@ def main() -> None:
         cpu_user_seconds=round(after.ru_utime - before.ru_utime, 1),
         cpu_system_seconds=round(after.ru_stime - before.ru_stime, 1),
         jobs=job_stats(text) or result["planned_jobs"],
+        job_seconds=job_seconds(text),
         load_avg_end=harness.load_avg(),
     )
     if rc != 0:
