@@ -33,7 +33,9 @@ import abc
 from collections.abc import Callable
 
 import numpy as np
-from scipy.special import betaincc, betainccinv, betaincinv, betaln, xlog1py, xlogy
+from scipy.special import betaincc, betainccinv, betaln, xlog1py, xlogy
+
+from smoothcert.engine.stats import lower_confidence_bound
 
 __all__ = [
     "schedule",
@@ -157,9 +159,7 @@ class UnionCP(ConfidenceSequence):
         alpha = _check_alpha(alpha)
         c, n = _as_counts(counts, ns)
         a = self._level(n, alpha)
-        with np.errstate(invalid="ignore"):
-            out = betaincinv(np.where(c > 0, c, 1.0), n - c + 1.0, a)
-        return np.where((c > 0) & (a > 0), out, 0.0)
+        return np.where(a > 0, lower_confidence_bound(c, n, a), 0.0)
 
     def upper(self, counts, ns, alpha: float) -> np.ndarray:
         """Exact CP upper bound at level alpha·w_k (1 when count = n): the Beta(c + 1, n - c) quantile at 1 - a."""
